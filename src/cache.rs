@@ -1,0 +1,451 @@
+//! `moka_py.Moka`: the cache class.
+//!
+//! Which locks each method may wait on, and whether it is attached then:
+//! * `get`/`in`/`[]`: moka's read path takes no blocking lock (its
+//!   housekeeping is only *tried*); with an eviction listener, housekeeping
+//!   takes moka's per-key locks, so reads detach first in that case.
+//! * `set`/`remove`/`clear`/`get_with` (miss)/`run_pending_tasks`/`len`:
+//!   moka's write path and housekeeping may block, so they always run
+//!   detached.
+//! * Python code (the weigher, the initializer, the listener) runs attached
+//!   and outside every moka and in-flight-map call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::entry::Entry;
+use crate::errors::key_error;
+use crate::expiry::PerEntry;
+use crate::key::{self, Key, KeyRef, PyHashBuilder};
+use crate::listener::{self, Listener};
+use crate::loader::{Join, Loads, Outcome};
+use crate::options::{self, Policy};
+use crate::slot::PySlot;
+
+type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
+
+/// A thread-safe in-memory cache with size-bounded eviction and expiration.
+#[pyclass(frozen, generic, module = "moka_py._moka_py", name = "Moka")]
+pub(crate) struct Moka {
+    store: Store,
+    loads: Loads,
+    listener: Option<Arc<Listener>>,
+    weigher: Option<PySlot>,
+    capacity: u64,
+    /// How far over `capacity` the cache may go before a write runs moka's
+    /// housekeeping itself (see [`Moka::bound_size`]).
+    slack: u64,
+    /// Weight written since this binding last ran housekeeping.
+    unsynced: AtomicU64,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    policy: Policy,
+    /// Whether reads must detach (see the module comment).
+    detach_reads: bool,
+}
+
+/// The documented bound on the excess: 1/32 of the capacity, and for a cache
+/// without a weigher never more than 256 entries.
+fn slack_for(capacity: u64, weighted: bool) -> u64 {
+    let slack = capacity / 32;
+    if weighted {
+        slack
+    } else {
+        slack.min(256)
+    }
+}
+
+#[pymethods]
+impl Moka {
+    #[new]
+    #[pyo3(signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None))]
+    fn new(
+        capacity: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+        eviction_listener: Option<&Bound<'_, PyAny>>,
+        policy: Option<&Bound<'_, PyAny>>,
+        weigher: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let capacity = options::capacity(capacity)?;
+        let ttl = options::duration(ttl, "ttl")?;
+        let tti = options::duration(tti, "tti")?;
+        let policy = policy.map_or(Ok(Policy::TinyLfu), Policy::parse)?;
+        let eviction_listener = eviction_listener.filter(|l| !l.is_none());
+        let weigher = weigher.filter(|w| !w.is_none());
+        for (name, f) in [
+            ("eviction_listener", eviction_listener),
+            ("weigher", weigher),
+        ] {
+            if let Some(f) = f {
+                if !f.is_callable() {
+                    return Err(crate::errors::Error::Type(format!(
+                        "{name} must be callable or None, not {}",
+                        options::type_name(f)
+                    ))
+                    .into());
+                }
+            }
+        }
+
+        let mut builder = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(policy.to_moka())
+            .expire_after(PerEntry)
+            .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
+        if let Some(ttl) = ttl {
+            builder = builder.time_to_live(ttl);
+        }
+        if let Some(tti) = tti {
+            builder = builder.time_to_idle(tti);
+        }
+        let listener = eviction_listener.map(|l| Listener::new(l.clone().unbind()));
+        if let Some(l) = &listener {
+            builder = builder.eviction_listener(l.queue());
+        }
+        Ok(Moka {
+            store: builder.build_with_hasher(PyHashBuilder),
+            loads: Loads::default(),
+            detach_reads: listener.is_some(),
+            listener,
+            slack: slack_for(capacity, weigher.is_some()),
+            weigher: weigher.map(|w| PySlot::new(w.clone().unbind())),
+            capacity,
+            unsynced: AtomicU64::new(0),
+            ttl,
+            tti,
+            policy,
+        })
+    }
+
+    /// Stores `value` under `key`, optionally with its own `ttl`/`tti`.
+    #[pyo3(signature = (key, value, ttl=None, tti=None))]
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let ttl = options::duration(ttl, "ttl")?;
+        let tti = options::duration(tti, "tti")?;
+        self.insert(py, Key::new(key)?, value, ttl, tti)
+    }
+
+    /// The value for `key`, or `default` when it is absent.
+    #[pyo3(signature = (key, default=None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.lookup(py, &KeyRef::new(key)?)? {
+            Some(entry) => Ok(entry.obj.clone_ref(py)),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// The value for `key`; on a miss, calls `initializer()` once (however many
+    /// threads ask at the same time), caches and returns its result.
+    #[pyo3(signature = (key, initializer, ttl=None, tti=None))]
+    fn get_with(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        initializer: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let ttl = options::duration(ttl, "ttl")?;
+        let tti = options::duration(tti, "tti")?;
+        let lookup = KeyRef::new(key)?;
+        if let Some(entry) = self.lookup(py, &lookup)? {
+            return Ok(entry.obj.clone_ref(py));
+        }
+        loop {
+            match self
+                .loads
+                .join(py, lookup.to_owned(key), lookup.to_owned(key))?
+            {
+                Join::Waiter(load) => match load.wait(py)? {
+                    Outcome::Value(value) => return Ok(value),
+                    Outcome::Error(err) => return Err(err),
+                    Outcome::Retry => {
+                        if let Some(entry) = self.lookup(py, &lookup)? {
+                            return Ok(entry.obj.clone_ref(py));
+                        }
+                    }
+                },
+                Join::Leader(leader) => {
+                    // A load that finished between our miss and our join has
+                    // already stored its value.
+                    let result = match self.lookup(py, &lookup) {
+                        Ok(Some(entry)) => Ok(entry.obj.clone_ref(py)),
+                        Ok(None) => initializer.call0().and_then(|value| {
+                            self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
+                            Ok(value.unbind())
+                        }),
+                        Err(err) => Err(err),
+                    };
+                    leader.finish(py, &result);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Removes `key` and returns its value, or `default` when it was absent.
+    #[pyo3(signature = (key, default=None))]
+    fn remove(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.take(py, &KeyRef::new(key)?)? {
+            Some(entry) => Ok(entry.obj.clone_ref(py)),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// Removes every entry (the listener sees each with cause `"explicit"`).
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.store.invalidate_all();
+            self.store.run_pending_tasks();
+            self.unsynced.store(0, Ordering::Relaxed);
+        });
+        self.finish(py)
+    }
+
+    /// The number of entries, after applying pending evictions.
+    fn count(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run_pending_tasks(py)?;
+        Ok(self.store.entry_count())
+    }
+
+    /// The total weight of the entries (their number without a weigher).
+    fn weighted_size(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run_pending_tasks(py)?;
+        Ok(self.store.weighted_size())
+    }
+
+    /// Applies pending evictions and expirations now.
+    fn run_pending_tasks(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.store.run_pending_tasks();
+            self.unsynced.store(0, Ordering::Relaxed);
+        });
+        self.finish(py)
+    }
+
+    /// The maximum number of entries (or total weight, with a weigher).
+    #[getter]
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The eviction policy: `"tiny_lfu"` or `"lru"`.
+    #[getter]
+    fn policy(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// The cache-wide time to live in seconds, or None.
+    #[getter]
+    fn ttl(&self) -> Option<f64> {
+        self.ttl.map(|d| d.as_secs_f64())
+    }
+
+    /// The cache-wide time to idle in seconds, or None.
+    #[getter]
+    fn tti(&self) -> Option<f64> {
+        self.tti.map(|d| d.as_secs_f64())
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(usize::try_from(self.count(py)?).unwrap_or(usize::MAX))
+    }
+
+    /// `key in cache`: does not count as an access (for `tti` or eviction).
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = KeyRef::new(key)?;
+        let found = if self.detach_reads {
+            py.detach(|| self.store.contains_key(&key))
+        } else {
+            self.store.contains_key(&key)
+        };
+        self.finish(py)?;
+        Ok(found)
+    }
+
+    fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match self.lookup(py, &KeyRef::new(key)?)? {
+            Some(entry) => Ok(entry.obj.clone_ref(py)),
+            None => Err(key_error(key)),
+        }
+    }
+
+    fn __setitem__(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.insert(py, Key::new(key)?, value, None, None)
+    }
+
+    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.take(py, &KeyRef::new(key)?)? {
+            Some(_) => Ok(()),
+            None => Err(key_error(key)),
+        }
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys(py)?.try_iter().map(Bound::into_any)
+    }
+
+    /// A list of the keys (a snapshot).
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(
+            py,
+            self.snapshot().iter().map(|(k, _)| k.obj().clone_ref(py)),
+        )
+    }
+
+    /// A list of the values (a snapshot).
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.snapshot().iter().map(|(_, e)| e.obj.clone_ref(py)))
+    }
+
+    /// A list of `(key, value)` pairs (a snapshot).
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let pairs: PyResult<Vec<Bound<'py, PyTuple>>> = self
+            .snapshot()
+            .iter()
+            .map(|(k, e)| PyTuple::new(py, [k.obj().clone_ref(py), e.obj.clone_ref(py)]))
+            .collect();
+        PyList::new(py, pairs?)
+    }
+
+    fn __repr__(&self) -> String {
+        let secs = |d: Option<Duration>| {
+            d.map_or_else(|| "None".to_owned(), |d| format!("{}", d.as_secs_f64()))
+        };
+        format!(
+            "Moka(capacity={}, ttl={}, tti={}, policy={:?})",
+            self.capacity,
+            secs(self.ttl),
+            secs(self.tti),
+            self.policy.name()
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(l) = &self.listener {
+            l.traverse(&visit)?;
+        }
+        if let Some(w) = &self.weigher {
+            w.traverse(&visit)?;
+        }
+        for (key, entry) in &self.store {
+            visit.call(key.obj())?;
+            visit.call(&entry.obj)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // No thread is inside a method of an object the GC is clearing (it
+        // would hold a reference), so nothing here waits on another thread.
+        listener::discarding(|| {
+            self.store.invalidate_all();
+            self.store.run_pending_tasks();
+        });
+        if let Some(l) = &self.listener {
+            l.clear();
+        }
+        if let Some(w) = &self.weigher {
+            w.clear();
+        }
+    }
+}
+
+impl Moka {
+    /// What every method does when it is back from moka: raise a key's
+    /// `__eq__` error, deliver queued eviction notifications.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        if self.listener.is_some() {
+            listener::deliver(py);
+        }
+        key::take_eq_error()
+    }
+
+    fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
+        let found = if self.detach_reads {
+            py.detach(|| self.store.get(key))
+        } else {
+            self.store.get(key)
+        };
+        self.finish(py)?;
+        Ok(found)
+    }
+
+    fn take(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
+        let found = py.detach(|| self.store.remove(key));
+        self.finish(py)?;
+        Ok(found)
+    }
+
+    fn insert(
+        &self,
+        py: Python<'_>,
+        key: Key,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<()> {
+        let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
+            Some(weigher) => options::weight(&weigher.bind(py).call1((key.obj(), value))?)?,
+            None => 1,
+        };
+        let entry = Arc::new(Entry {
+            obj: value.clone().unbind(),
+            weight,
+            ttl,
+            tti,
+        });
+        py.detach(|| {
+            self.store.insert(key, entry);
+            self.bound_size(weight);
+        });
+        self.finish(py)
+    }
+
+    /// Keeps the size within `capacity + slack`: moka applies writes in
+    /// batches, so on its own a small cache could run far over its capacity
+    /// until the next batch. Runs detached.
+    fn bound_size(&self, weight: u32) {
+        let written = u64::from(weight);
+        let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
+        if self.store.weighted_size().saturating_add(unsynced)
+            > self.capacity.saturating_add(self.slack)
+        {
+            self.unsynced.store(0, Ordering::Relaxed);
+            self.store.run_pending_tasks();
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Arc<Key>, Arc<Entry>)> {
+        self.store.iter().collect()
+    }
+}

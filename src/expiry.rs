@@ -1,0 +1,60 @@
+//! Per-entry expiration (`set(..., ttl=, tti=)`).
+//!
+//! moka enforces the cache-wide `ttl`/`tti` on its own and this policy on top,
+//! and an entry expires at whichever deadline comes first: a per-entry value
+//! can only shorten the cache-wide policy. An entry set without per-entry
+//! values has no per-entry deadline, so re-setting a key without them clears
+//! the ones it had.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use crate::entry::Entry;
+use crate::key::Key;
+
+pub(crate) struct PerEntry;
+
+fn first_deadline(entry: &Entry) -> Option<Duration> {
+    match (entry.ttl, entry.tti) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Expiry<Key, Arc<Entry>> for PerEntry {
+    fn expire_after_create(&self, _: &Key, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        first_deadline(entry)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        read_at: Instant,
+        duration_until_expiry: Option<Duration>,
+        last_modified_at: Instant,
+    ) -> Option<Duration> {
+        let Some(tti) = entry.tti else {
+            return duration_until_expiry;
+        };
+        // A read restarts the idle clock, but never past the time to live.
+        let age = read_at.saturating_duration_since(last_modified_at);
+        Some(
+            entry
+                .ttl
+                .map_or(tti, |ttl| tti.min(ttl.saturating_sub(age))),
+        )
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        first_deadline(entry)
+    }
+}

@@ -1,0 +1,339 @@
+//! Cache keys: Python's hash and equality, evaluated in Rust wherever possible.
+//!
+//! moka and the in-flight map compare keys while holding their internal locks.
+//! Running Python code there is what makes a binding deadlock, so keys of the
+//! common immutable built-in types (`int`, `bool`, `float`, `str`, `bytes`,
+//! `None` and tuples of them) carry a Rust representation ([`Repr`]) that is
+//! compared without the interpreter. Only other objects fall back to Python's
+//! `==`, which attaches to the interpreter for the comparison (see the locking
+//! rules in `lib.rs` for why that cannot deadlock). An exception raised by such
+//! an `__eq__` is parked in a thread-local slot and raised once the moka call
+//! has returned ([`take_eq_error`]); the comparison counts as "not equal".
+//!
+//! Equality follows `dict`: `1`, `1.0` and `True` are one key, identity is
+//! checked first (a NaN object finds itself), `str` never equals `bytes`.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::os::raw::c_int;
+
+use moka::Equivalent;
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+/// The Rust-comparable form of a key. Pointers borrow immutable buffers owned
+/// by the key object (or, for tuples, by its items), which the key keeps alive.
+pub(crate) enum Repr {
+    /// `int` in the `i64` range, `bool`, and integral `float`s in that range.
+    Int(i64),
+    /// A non-integral `float` or an infinity (NaN is [`Repr::Other`]).
+    Float(f64),
+    /// The UTF-8 bytes of an exact `str`.
+    Str(*const u8, usize),
+    /// The bytes of an exact `bytes`.
+    Bytes(*const u8, usize),
+    /// `None`.
+    None,
+    /// An exact `tuple` whose items are all native.
+    Tuple(Box<[Repr]>),
+    /// Anything else: identity, then Python's `==`.
+    Other,
+}
+
+impl Repr {
+    /// Builds the representation of `obj`.
+    ///
+    /// # Safety
+    /// `obj` must be a valid object pointer and the caller must be attached.
+    unsafe fn of(obj: *mut ffi::PyObject) -> Self {
+        // SAFETY: (for the whole function) `obj` is a live object and we are
+        // attached, as the caller guarantees; every call below is a plain
+        // CPython C-API call on that object or on items it owns.
+        unsafe {
+            if ffi::PyLong_CheckExact(obj) != 0 {
+                let mut overflow: c_int = 0;
+                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
+                if overflow != 0 {
+                    return Repr::Other;
+                }
+                if v == -1 && !ffi::PyErr_Occurred().is_null() {
+                    ffi::PyErr_Clear();
+                    return Repr::Other;
+                }
+                return Repr::Int(v);
+            }
+            if ffi::PyUnicode_CheckExact(obj) != 0 {
+                let mut len: ffi::Py_ssize_t = 0;
+                let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
+                if data.is_null() {
+                    // Lone surrogates cannot be encoded; compare with Python.
+                    ffi::PyErr_Clear();
+                    return Repr::Other;
+                }
+                #[allow(clippy::cast_sign_loss)]
+                return Repr::Str(data.cast::<u8>(), len as usize);
+            }
+            if obj == ffi::Py_None() {
+                return Repr::None;
+            }
+            if ffi::PyBool_Check(obj) != 0 {
+                return Repr::Int(i64::from(obj == ffi::Py_True()));
+            }
+            if ffi::PyFloat_CheckExact(obj) != 0 {
+                return float_repr(ffi::PyFloat_AsDouble(obj));
+            }
+            if ffi::PyBytes_CheckExact(obj) != 0 {
+                let data = ffi::PyBytes_AsString(obj);
+                let len = ffi::PyBytes_Size(obj);
+                #[allow(clippy::cast_sign_loss)]
+                return Repr::Bytes(data.cast::<u8>(), len as usize);
+            }
+            if ffi::PyTuple_CheckExact(obj) != 0 {
+                let n = ffi::PyTuple_Size(obj);
+                let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+                for i in 0..n {
+                    let item = Repr::of(ffi::PyTuple_GetItem(obj, i));
+                    if matches!(item, Repr::Other) {
+                        return Repr::Other;
+                    }
+                    items.push(item);
+                }
+                return Repr::Tuple(items.into_boxed_slice());
+            }
+            Repr::Other
+        }
+    }
+
+    fn is_native(&self) -> bool {
+        !matches!(self, Repr::Other)
+    }
+
+    /// Native equality; only meaningful when both sides are native.
+    fn native_eq(&self, other: &Repr) -> bool {
+        match (self, other) {
+            (Repr::Int(a), Repr::Int(b)) => a == b,
+            #[allow(clippy::float_cmp)]
+            (Repr::Float(a), Repr::Float(b)) => a == b,
+            (Repr::Str(pa, la), Repr::Str(pb, lb)) | (Repr::Bytes(pa, la), Repr::Bytes(pb, lb)) => {
+                // SAFETY: both buffers are owned by immutable live objects that
+                // the keys hold, and the lengths are the ones CPython reported.
+                la == lb && (pa == pb || unsafe { bytes(*pa, *la) == bytes(*pb, *lb) })
+            }
+            (Repr::None, Repr::None) => true,
+            (Repr::Tuple(a), Repr::Tuple(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.native_eq(y))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// # Safety
+/// `ptr` must point to `len` readable bytes that outlive the returned slice.
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+fn float_repr(v: f64) -> Repr {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2**63
+    if v.is_nan() {
+        Repr::Other
+    } else if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
+        Repr::Int(v as i64)
+    } else if v.is_finite() && v.fract() == 0.0 {
+        // An integral float beyond i64 may equal a big int: let Python decide.
+        Repr::Other
+    } else {
+        Repr::Float(v)
+    }
+}
+
+thread_local! {
+    static EQ_ERROR: RefCell<Option<PyErr>> = const { RefCell::new(None) };
+}
+
+/// Raises the exception a key's `__eq__` raised during the last moka call on
+/// this thread, if any.
+pub(crate) fn take_eq_error() -> PyResult<()> {
+    match EQ_ERROR.with(RefCell::take) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Python's `a == b` for two keys, at least one of which is not native.
+fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
+    if a == b {
+        return true;
+    }
+    Python::attach(|py| {
+        // SAFETY: both pointers are live objects owned by the keys being
+        // compared, and we are attached.
+        let r = unsafe { ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) };
+        if r < 0 {
+            let err = PyErr::fetch(py);
+            EQ_ERROR.with(|slot| {
+                slot.borrow_mut().get_or_insert(err);
+            });
+            false
+        } else {
+            r == 1
+        }
+    })
+}
+
+fn keys_eq(
+    (ha, ra, pa): (isize, &Repr, *mut ffi::PyObject),
+    (hb, rb, pb): (isize, &Repr, *mut ffi::PyObject),
+) -> bool {
+    if ha != hb {
+        return false;
+    }
+    if ra.is_native() && rb.is_native() {
+        ra.native_eq(rb)
+    } else {
+        python_eq(pa, pb)
+    }
+}
+
+/// A key stored in the cache: owns a reference to the Python object.
+pub(crate) struct Key {
+    hash: isize,
+    repr: Repr,
+    obj: Py<PyAny>,
+}
+
+// SAFETY: the raw pointers inside `repr` point into buffers of immutable
+// objects (`str`, `bytes`, tuple items) that `obj` keeps alive; reading them
+// from any thread is sound. `Py<PyAny>` itself is Send + Sync.
+unsafe impl Send for Key {}
+// SAFETY: see above; nothing in a `Key` is mutated after construction.
+unsafe impl Sync for Key {}
+
+impl Key {
+    /// Hashes `obj` (raising what `hash()` raises) and takes a reference to it.
+    pub(crate) fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let hash = obj.hash()?;
+        // SAFETY: `obj` is a live object and we hold the interpreter (`Bound`).
+        let repr = unsafe { Repr::of(obj.as_ptr()) };
+        Ok(Key {
+            hash,
+            repr,
+            obj: obj.clone().unbind(),
+        })
+    }
+
+    pub(crate) fn obj(&self) -> &Py<PyAny> {
+        &self.obj
+    }
+
+    fn parts(&self) -> (isize, &Repr, *mut ffi::PyObject) {
+        (self.hash, &self.repr, self.obj.as_ptr())
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        keys_eq(self.parts(), other.parts())
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_isize(self.hash);
+    }
+}
+
+/// A borrowed key for lookups: no reference is taken, nothing is allocated for
+/// scalar keys. Valid while the caller holds the object it was built from.
+pub(crate) struct KeyRef {
+    hash: isize,
+    repr: Repr,
+    obj: *mut ffi::PyObject,
+}
+
+// SAFETY: a `KeyRef` only lives inside one call, during which the calling
+// frame keeps `obj` alive; the pointed-to data is immutable (see `Key`).
+unsafe impl Send for KeyRef {}
+// SAFETY: as above.
+unsafe impl Sync for KeyRef {}
+
+impl KeyRef {
+    pub(crate) fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let hash = obj.hash()?;
+        // SAFETY: `obj` is live and we are attached.
+        let repr = unsafe { Repr::of(obj.as_ptr()) };
+        Ok(KeyRef {
+            hash,
+            repr,
+            obj: obj.as_ptr(),
+        })
+    }
+
+    /// Turns the borrowed key into an owned one, reusing its hash and repr.
+    pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Key {
+        debug_assert_eq!(obj.as_ptr(), self.obj);
+        // SAFETY: same object, still attached.
+        let repr = unsafe { Repr::of(obj.as_ptr()) };
+        Key {
+            hash: self.hash,
+            repr,
+            obj: obj.clone().unbind(),
+        }
+    }
+}
+
+impl Hash for KeyRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_isize(self.hash);
+    }
+}
+
+impl Equivalent<Key> for KeyRef {
+    fn equivalent(&self, key: &Key) -> bool {
+        keys_eq((self.hash, &self.repr, self.obj), key.parts())
+    }
+}
+
+/// Spreads Python's hash (which is the identity for small ints) over all 64
+/// bits; moka and dashmap pick segments and buckets from different bits.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PyHashBuilder;
+
+impl BuildHasher for PyHashBuilder {
+    type Hasher = PyHasher;
+    fn build_hasher(&self) -> PyHasher {
+        PyHasher(0)
+    }
+}
+
+pub(crate) struct PyHasher(u64);
+
+impl Hasher for PyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[allow(clippy::cast_sign_loss)]
+    fn write_isize(&mut self, i: isize) {
+        self.write_u64(i as u64);
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        // A multiplicative mix with a final fold (as in splitmix64).
+        let mut x = (self.0 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        self.0 = x ^ (x >> 29);
+    }
+}

@@ -1,0 +1,36 @@
+//! `moka_py._moka_py`: a thread-safe, GIL-free binding of the `moka` cache.
+//!
+//! Every concept lives in its own module; this file only wires them into the
+//! Python module.
+//!
+//! # Locking rules (read this before touching any lock)
+//!
+//! * Never wait on a lock while attached to the interpreter. Every call into
+//!   moka that can block (insert, remove, housekeeping) and every access to the
+//!   in-flight map of `get_with` runs inside `Python::detach`.
+//! * Never run Python code inside moka. The eviction listener is queued in a
+//!   thread-local buffer and called after moka returns ([`listener`]); the
+//!   weigher runs before the insert and its result travels with the value
+//!   ([`entry`]); keys of the common immutable types compare in Rust ([`key`]).
+//!   The one exception is `__eq__` of other key types, which moka may call while
+//!   it holds an internal lock: it attaches to run, which is safe because no
+//!   thread ever waits on a moka lock while attached.
+
+mod cache;
+mod entry;
+mod errors;
+mod expiry;
+mod key;
+mod listener;
+mod loader;
+mod options;
+mod slot;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<cache::Moka>()?;
+    Ok(())
+}

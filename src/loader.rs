@@ -1,0 +1,225 @@
+//! Single-flight loading for `get_with`: one initializer call per missing key,
+//! every concurrent caller of that key receives its result.
+//!
+//! A map of in-flight loads (a `DashMap`, whose lock striping keeps unrelated
+//! keys from contending) holds one [`Load`] per key being computed. The first
+//! caller of a missing key inserts it and becomes the leader: it runs the
+//! initializer attached to the interpreter while holding no lock, stores the
+//! value in the cache, removes the load from the map and wakes the waiters.
+//! Every other caller finds the load and waits on its condition variable
+//! detached from the interpreter, waking every few milliseconds to let the
+//! main thread handle signals (Ctrl-C interrupts a waiter; the load goes on).
+//!
+//! Locks and who waits on them:
+//! * the map's shard locks: taken only inside `Python::detach`, held only for
+//!   a lookup/insert/remove (which may run a key's `__eq__`: see `key.rs`);
+//! * `Load::state`: taken only inside `Python::detach`, never held while
+//!   running Python code.
+//!
+//! Outcomes: a value reaches every waiter as the same object; an `Exception`
+//! reaches every waiter as its own shallow copy (sharing one exception object
+//! between threads would interleave their tracebacks), and nothing is cached;
+//! a `BaseException` that is not an `Exception` (`KeyboardInterrupt`,
+//! `SystemExit`) propagates in the leader only, and the waiters start over.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTraceback;
+use pyo3::{intern, PyTypeInfo};
+
+use crate::errors::Error;
+use crate::key::{Key, PyHashBuilder};
+
+/// How long a waiter sleeps between two checks for signals.
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+pub(crate) struct Loads {
+    map: DashMap<Key, Arc<Load>, PyHashBuilder>,
+}
+
+pub(crate) struct Load {
+    owner: ThreadId,
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+#[derive(Clone)]
+enum State {
+    Running,
+    Ready(Arc<Py<PyAny>>),
+    Failed(Arc<Failure>),
+    Abandoned,
+}
+
+/// An initializer's exception, with what a waiter's copy needs, captured by
+/// the leader before the exception propagates further in its own thread.
+struct Failure {
+    exc: Py<PyAny>,
+    traceback: Option<Py<PyTraceback>>,
+    cause: Py<PyAny>,
+    context: Py<PyAny>,
+    suppress_context: Py<PyAny>,
+}
+
+pub(crate) enum Join<'a> {
+    /// This thread computes the value and must call [`Leader::finish`].
+    Leader(Leader<'a>),
+    /// Another thread computes it: wait with [`Load::wait`].
+    Waiter(Arc<Load>),
+}
+
+pub(crate) enum Outcome {
+    Value(Py<PyAny>),
+    Error(PyErr),
+    Retry,
+}
+
+impl Loads {
+    /// Joins the load of `key`, starting it if none is in flight. `again` is a
+    /// second owned copy of the key, kept by a leader to remove its entry.
+    pub(crate) fn join<'a>(&'a self, py: Python<'_>, key: Key, again: Key) -> PyResult<Join<'a>> {
+        let me = thread::current().id();
+        let found = py.detach(|| match self.map.entry(key) {
+            MapEntry::Occupied(e) => Ok(Arc::clone(e.get())),
+            MapEntry::Vacant(e) => {
+                let load = Arc::new(Load {
+                    owner: me,
+                    state: Mutex::new(State::Running),
+                    done: Condvar::new(),
+                });
+                e.insert(Arc::clone(&load));
+                Err(load)
+            }
+        });
+        crate::key::take_eq_error()?;
+        match found {
+            Ok(load) if load.owner == me => {
+                Err(Error::Recursion(format!(
+                "get_with: the initializer for key {} asked for the same key again on the same \
+                 thread (it would wait for itself forever)",
+                again.obj().bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            ))
+                .into())
+            }
+            Ok(load) => Ok(Join::Waiter(load)),
+            Err(load) => Ok(Join::Leader(Leader {
+                loads: self,
+                key: again,
+                load: Some(load),
+            })),
+        }
+    }
+}
+
+impl Load {
+    /// Waits, detached, for the leader's outcome.
+    pub(crate) fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
+        loop {
+            let state = py.detach(|| {
+                let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let (guard, _) = self
+                    .done
+                    .wait_timeout_while(guard, SIGNAL_CHECK_INTERVAL, |s| {
+                        matches!(s, State::Running)
+                    })
+                    .unwrap_or_else(PoisonError::into_inner);
+                guard.clone()
+            });
+            match state {
+                State::Running => py.check_signals()?,
+                State::Ready(value) => return Ok(Outcome::Value(value.clone_ref(py))),
+                State::Failed(failure) => return Ok(Outcome::Error(failure.fan_out(py))),
+                State::Abandoned => return Ok(Outcome::Retry),
+            }
+        }
+    }
+}
+
+/// The leader's handle. Dropping it without [`Leader::finish`] (a panic)
+/// abandons the load, so waiters retry instead of waiting forever.
+pub(crate) struct Leader<'a> {
+    loads: &'a Loads,
+    key: Key,
+    load: Option<Arc<Load>>,
+}
+
+impl Leader<'_> {
+    /// Publishes the outcome of the initializer: `Ok(value)` or its error.
+    pub(crate) fn finish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
+        let state = match result {
+            Ok(value) => State::Ready(Arc::new(value.clone_ref(py))),
+            Err(err) if err.is_instance_of::<PyException>(py) => {
+                State::Failed(Arc::new(Failure::capture(py, err)))
+            }
+            Err(_) => State::Abandoned,
+        };
+        py.detach(|| self.publish(state));
+    }
+
+    fn publish(&mut self, state: State) {
+        let Some(load) = self.load.take() else { return };
+        self.loads
+            .map
+            .remove_if(&self.key, |_, v| Arc::ptr_eq(v, &load));
+        *load.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        load.done.notify_all();
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.publish(State::Abandoned);
+    }
+}
+
+impl Failure {
+    fn capture(py: Python<'_>, err: &PyErr) -> Self {
+        let exc = err.value(py);
+        let attr = |name: &Bound<'_, pyo3::types::PyString>| {
+            exc.getattr(name).map_or_else(|_| py.None(), Bound::unbind)
+        };
+        Failure {
+            exc: exc.clone().into_any().unbind(),
+            traceback: err.traceback(py).map(Bound::unbind),
+            cause: attr(intern!(py, "__cause__")),
+            context: attr(intern!(py, "__context__")),
+            suppress_context: attr(intern!(py, "__suppress_context__")),
+        }
+    }
+
+    /// A waiter's own copy of the exception (or the original if it cannot be
+    /// copied), with the leader's traceback, cause and context.
+    fn fan_out(&self, py: Python<'_>) -> PyErr {
+        static COPY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let exc = self.exc.bind(py);
+        let copy = COPY
+            .get_or_try_init(py, || {
+                py.import(intern!(py, "copy"))?
+                    .getattr(intern!(py, "copy"))
+                    .map(Bound::unbind)
+            })
+            .and_then(|copy| copy.bind(py).call1((exc,)))
+            .ok()
+            .filter(|c| {
+                c.is_instance(&pyo3::exceptions::PyBaseException::type_object(py))
+                    .unwrap_or(false)
+            })
+            .filter(|c| !c.is(exc));
+        let Some(copy) = copy else {
+            return PyErr::from_value(exc.clone());
+        };
+        let _ = copy.setattr(intern!(py, "__traceback__"), &self.traceback);
+        let _ = copy.setattr(intern!(py, "__cause__"), &self.cause);
+        let _ = copy.setattr(intern!(py, "__context__"), &self.context);
+        let _ = copy.setattr(intern!(py, "__suppress_context__"), &self.suppress_context);
+        PyErr::from_value(copy)
+    }
+}

@@ -1,0 +1,121 @@
+//! Parsing and validation of the constructor's and methods' options.
+
+use std::time::Duration;
+
+use moka::policy::EvictionPolicy;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyInt};
+
+use crate::errors::Error;
+
+/// moka refuses (by panicking) expirations longer than 1000 years.
+const MAX_SECONDS: f64 = 1000.0 * 365.0 * 24.0 * 3600.0;
+
+/// Parses a `ttl`/`tti` in seconds: a positive, finite int or float of at most
+/// 1000 years. `name` is the argument's name, used in the messages.
+pub(crate) fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<Duration>> {
+    let Some(value) = value else { return Ok(None) };
+    if value.is_none() {
+        return Ok(None);
+    }
+    if value.is_instance_of::<PyBool>()
+        || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
+    {
+        return Err(Error::Type(format!(
+            "{name} must be a number of seconds (int or float) or None, not {}",
+            type_name(value)
+        ))
+        .into());
+    }
+    // Big ints become +-inf here and are rejected below like other huge values.
+    let seconds: f64 = value.extract().unwrap_or(f64::INFINITY);
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err(Error::Value(format!("{name} must be positive")).into());
+    }
+    if seconds.is_infinite() {
+        return Err(Error::Value(format!("{name} must be positive and finite")).into());
+    }
+    if seconds > MAX_SECONDS {
+        return Err(Error::Value(format!("{name} is out of range")).into());
+    }
+    Ok(Some(Duration::from_secs_f64(seconds)))
+}
+
+pub(crate) fn capacity(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(Error::Type(format!(
+            "capacity must be a non-negative int, not {}",
+            type_name(value)
+        ))
+        .into());
+    }
+    value.extract::<u64>().map_err(|_| {
+        Error::Value(format!(
+            "capacity must be a non-negative int that fits in 64 bits, got {value}"
+        ))
+        .into()
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Policy {
+    TinyLfu,
+    Lru,
+}
+
+impl Policy {
+    pub(crate) fn parse(value: &Bound<'_, PyAny>) -> PyResult<Self> {
+        match value.extract::<&str>() {
+            Ok("tiny_lfu") => Ok(Policy::TinyLfu),
+            Ok("lru") => Ok(Policy::Lru),
+            _ => Err(Error::Value(format!(
+                "policy must be 'tiny_lfu' or 'lru', got {}",
+                value
+                    .repr()
+                    .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            ))
+            .into()),
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Policy::TinyLfu => "tiny_lfu",
+            Policy::Lru => "lru",
+        }
+    }
+
+    pub(crate) fn to_moka(self) -> EvictionPolicy {
+        match self {
+            Policy::TinyLfu => EvictionPolicy::tiny_lfu(),
+            Policy::Lru => EvictionPolicy::lru(),
+        }
+    }
+}
+
+/// Converts a weigher's result to a weight: a non-negative int, clamped to
+/// `u32::MAX` (moka's weight type).
+pub(crate) fn weight(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(Error::Type(format!(
+            "weigher must return an int, not {}",
+            type_name(value)
+        ))
+        .into());
+    }
+    match value.extract::<u64>() {
+        Ok(w) => Ok(u32::try_from(w).unwrap_or(u32::MAX)),
+        Err(_) if value.lt(0)? => Err(Error::Value(format!(
+            "weigher must return a non-negative int, got {value}"
+        ))
+        .into()),
+        Err(_) => Ok(u32::MAX),
+    }
+}
+
+pub(crate) fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+}
