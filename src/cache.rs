@@ -64,7 +64,10 @@ fn slack_for(capacity: u64, weighted: bool) -> u64 {
 #[pymethods]
 impl Moka {
     #[new]
-    #[pyo3(signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None))]
+    #[pyo3(
+        signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None),
+        text_signature = "(capacity, ttl=None, tti=None, eviction_listener=None, policy='tiny_lfu', weigher=None)"
+    )]
     fn new(
         capacity: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds moka_py and runs the whole test suite on the ordinary CPython (GIL)
+# and on free-threaded CPython 3.13t (built once by ci/python-ft.sh).
+#   bash ci/test.sh            both interpreters
+#   bash ci/test.sh gil|ft     one of them
+# Extra arguments after the first go to pytest.
+source "$(dirname "$0")/env.sh"
+which="${1:-both}"
+[ $# -gt 0 ] && shift
+dev_venv
+
+run_suite() {
+    local venv="$1"
+    shift
+    install_wheel "$venv"
+    log "pytest on $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0], "free-threaded" if not getattr(sys, "_is_gil_enabled", lambda: True)() else "GIL")')"
+    (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider tests "$@")
+}
+
+if [ "$which" = both ] || [ "$which" = gil ]; then
+    run_suite "$(make_venv gil "$PY_GIL")" "$@"
+fi
+if [ "$which" = both ] || [ "$which" = ft ]; then
+    py_ft="$(bash "$ROOT/ci/python-ft.sh")"
+    run_suite "$(make_venv ft "$py_ft" --only-binary :all:)" "$@"
+fi

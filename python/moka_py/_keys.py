@@ -1,0 +1,42 @@
+"""Cache keys for decorated functions, with the semantics of ``functools.lru_cache``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# Separates positional from keyword arguments in a key. A unique object, so no
+# argument can be mistaken for it.
+_KWD_MARK = (object(),)
+# A single argument of these types is its own key (as in functools).
+_FAST_TYPES = frozenset({int, str})
+
+
+def key_maker(typed: bool) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    """The function that builds the key of one call's arguments.
+
+    Keyword arguments are sorted by name, so ``f(a=1, b=2)`` and ``f(b=2, a=1)``
+    share a key; ``typed`` keeps ``f(1)`` and ``f(1.0)`` apart.
+    """
+    if typed:
+        return _typed_key
+    return _key
+
+
+def _key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not kwargs:
+        if len(args) == 1 and type(args[0]) in _FAST_TYPES:
+            return args[0]
+        return args
+    return (*args, *_KWD_MARK, *sorted(kwargs.items()))
+
+
+def _typed_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    items = sorted(kwargs.items())
+    key: tuple[Any, ...] = args
+    if items:
+        key = (*args, *_KWD_MARK, *items)
+    key += tuple(type(a) for a in args)
+    if items:
+        key += tuple(type(v) for _, v in items)
+    return key

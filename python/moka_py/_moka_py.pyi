@@ -1,0 +1,120 @@
+"""The Rust core of moka_py (built from ``src/``)."""
+
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Generic, Literal, TypeVar, final, overload
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+D = TypeVar("D")
+
+VERSION: str
+"""The version of the moka_py package."""
+
+Cause = Literal["expired", "explicit", "replaced", "size"]
+"""Why an entry left the cache, as passed to an eviction listener."""
+
+@final
+class Moka(Generic[K, V]):
+    """A thread-safe in-memory cache bounded by size, with optional expiration.
+
+    Keys follow ``dict`` semantics (``1``, ``1.0`` and ``True`` are one key);
+    values are stored by reference. Every method is safe to call from any
+    thread, and never holds the interpreter while it waits.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        ttl: float | None = None,
+        tti: float | None = None,
+        eviction_listener: Callable[[K, V, Cause], object] | None = None,
+        policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
+        weigher: Callable[[K, V], int] | None = None,
+    ) -> None:
+        """Creates a cache.
+
+        :param capacity: the maximum number of entries, or with ``weigher`` the
+            maximum total weight. The cache may briefly exceed it by
+            ``capacity // 32`` (at most 256 entries without a weigher).
+        :param ttl: seconds an entry lives after it was set (time to live).
+        :param tti: seconds an entry lives after its last read or set (time to idle).
+        :param eviction_listener: called as ``listener(key, value, cause)`` when an
+            entry leaves the cache, on the thread whose call caused it and before
+            that call returns. Exceptions go to ``sys.unraisablehook``.
+        :param policy: ``"tiny_lfu"`` (admission by frequency, the default) or ``"lru"``.
+        :param weigher: ``weigher(key, value) -> int``, the weight of an entry,
+            called on the calling thread before each insert (clamped to 2**32-1).
+        :raises ValueError: a non-positive, non-finite or too long (over 1000 years)
+            ``ttl``/``tti``, a negative capacity, an unknown policy.
+        :raises TypeError: arguments of the wrong type.
+        """
+
+    @property
+    def capacity(self) -> int:
+        """The maximum number of entries (or total weight, with a weigher)."""
+    @property
+    def policy(self) -> Literal["tiny_lfu", "lru"]:
+        """The eviction policy."""
+    @property
+    def ttl(self) -> float | None:
+        """The cache-wide time to live in seconds."""
+    @property
+    def tti(self) -> float | None:
+        """The cache-wide time to idle in seconds."""
+    def set(self, key: K, value: V, ttl: float | None = None, tti: float | None = None) -> None:
+        """Stores ``value`` under ``key``.
+
+        ``ttl``/``tti`` apply to this entry only and can only shorten the
+        cache-wide ones; setting a key again without them clears them.
+        """
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value for ``key``, or ``default`` when it is absent or expired."""
+    def get_with(
+        self,
+        key: K,
+        initializer: Callable[[], V],
+        ttl: float | None = None,
+        tti: float | None = None,
+    ) -> V:
+        """The value for ``key``, computed by ``initializer()`` on a miss.
+
+        However many threads ask for a missing key at once, ``initializer`` runs
+        once, and all of them receive the same object. If it raises, every
+        waiting thread raises (a copy of) the same exception, nothing is cached
+        and the next call tries again. Calling ``get_with`` for the same key from
+        inside its own initializer raises ``RuntimeError``.
+        """
+    @overload
+    def remove(self, key: K) -> V | None: ...
+    @overload
+    def remove(self, key: K, default: D) -> V | D: ...
+    def remove(self, key: K, default: Any = None) -> Any:
+        """Removes ``key``; returns its value, or ``default`` when it was absent."""
+    def clear(self) -> None:
+        """Removes every entry (the listener sees cause ``"explicit"``)."""
+    def count(self) -> int:
+        """The number of entries, after applying pending evictions."""
+    def weighted_size(self) -> int:
+        """The total weight of the entries (their number without a weigher)."""
+    def run_pending_tasks(self) -> None:
+        """Applies pending evictions, expirations and notifications now."""
+    def keys(self) -> list[K]:
+        """A snapshot of the keys."""
+    def values(self) -> list[V]:
+        """A snapshot of the values."""
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot of the ``(key, value)`` pairs."""
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is present; does not count as an access."""
+    def __getitem__(self, key: K) -> V:
+        """The value for ``key``; ``KeyError`` when it is absent."""
+    def __setitem__(self, key: K, value: V) -> None: ...
+    def __delitem__(self, key: K) -> None:
+        """Removes ``key``; ``KeyError`` when it is absent."""
+    def __iter__(self) -> Iterator[K]:
+        """Iterates over a snapshot of the keys."""
