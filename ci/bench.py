@@ -299,11 +299,11 @@ def table(results: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
         for impl in impls:
             v = results[impl].get(case)
             if v is None:
-                cells.append("–")
+                cells.append("-")
             elif impl == "moka_py" or case not in base:
                 cells.append(f"{v:.0f}")
             else:
-                cells.append(f"{v:.0f} ({v / base[case]:.2f}×)")
+                cells.append(f"{v:.0f} ({v / base[case]:.2f}x)")
         rows.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

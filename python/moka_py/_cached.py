@@ -13,14 +13,14 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+
+from moka_py._keys import key_maker
+from moka_py._moka_py import Moka
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
-
-from moka_py._keys import key_maker
-from moka_py._moka_py import Moka
 
 _MISSING: Any = object()
 # ``maxsize=None`` means unbounded, as in functools.
@@ -39,8 +39,8 @@ class CacheInfo(NamedTuple):
 class CachedFunction(Protocol, Generic[P, R_co]):
     """What :func:`cached` returns: the function, with ``functools.lru_cache``'s extras."""
 
-    __wrapped__: Callable[P, R_co]
-
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]: ...
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
@@ -72,19 +72,19 @@ def cached(
     ttl: float | None = None,
     tti: float | None = None,
     wait_concurrent: bool = False,
-    policy: str = "tiny_lfu",
+    policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
     weigher: Callable[[Any, Any], int] | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
 def cached(
-    maxsize: int | None | Callable[..., Any] = 128,
+    maxsize: int | Callable[..., Any] | None = 128,
     typed: bool = False,
     *,
     ttl: float | None = None,
     tti: float | None = None,
     wait_concurrent: bool = False,
-    policy: str = "tiny_lfu",
+    policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
     weigher: Callable[[Any, Any], int] | None = None,
 ) -> Any:
     """Caches a function's results: ``functools.lru_cache`` with TTL and TTI.
@@ -118,6 +118,7 @@ def cached(
         cache: Moka[Any, Any] = Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
         make_key = key_maker(typed)
         stats = _Stats()
+        wrapper: Any
         if inspect.iscoroutinefunction(func):
             if wait_concurrent:
                 wrapper = _async_coalescing(func, cache, make_key, stats)

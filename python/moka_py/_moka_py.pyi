@@ -1,7 +1,7 @@
 """The Rust core of moka_py (built from ``src/``)."""
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Generic, Literal, TypeVar, final, overload
+from typing import Generic, Literal, TypeVar, final, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -70,8 +70,7 @@ class Moka(Generic[K, V]):
     @overload
     def get(self, key: K) -> V | None: ...
     @overload
-    def get(self, key: K, default: D) -> V | D: ...
-    def get(self, key: K, default: Any = None) -> Any:
+    def get(self, key: K, default: D) -> V | D:
         """The value for ``key``, or ``default`` when it is absent or expired."""
     def get_with(
         self,
@@ -91,8 +90,7 @@ class Moka(Generic[K, V]):
     @overload
     def remove(self, key: K) -> V | None: ...
     @overload
-    def remove(self, key: K, default: D) -> V | D: ...
-    def remove(self, key: K, default: Any = None) -> Any:
+    def remove(self, key: K, default: D) -> V | D:
         """Removes ``key``; returns its value, or ``default`` when it was absent."""
     def clear(self) -> None:
         """Removes every entry (the listener sees cause ``"explicit"``)."""

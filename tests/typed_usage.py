@@ -1,0 +1,64 @@
+"""Typed usage of the public API, checked by `mypy --strict` (ci/lint.sh) and run by pytest."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from moka_py import VERSION, CacheInfo, Moka, cached
+
+Cause = Literal["expired", "explicit", "replaced", "size"]
+
+
+def listener(k: str, v: list[int], cause: Cause) -> None:
+    pass
+
+
+def use_moka() -> None:
+    c: Moka[str, list[int]] = Moka(10, ttl=1.0, tti=0.5, eviction_listener=listener, policy="lru")
+    c.set("a", [1], ttl=0.5)
+    maybe: list[int] | None = c.get("a")
+    either: list[int] | str = c.get("a", "default")
+    loaded: list[int] = c.get_with("b", lambda: [2])
+    removed: list[int] | None = c.remove("a")
+    c["x"] = [3]
+    value: list[int] = c["x"]
+    del c["x"]
+    keys: list[str] = c.keys()
+    pairs: list[tuple[str, list[int]]] = c.items()
+    size: int = len(c) + c.count() + c.weighted_size()
+    present: bool = "a" in c
+    c.run_pending_tasks()
+    c.clear()
+    assert isinstance(VERSION, str)
+    del maybe, either, loaded, removed, value, keys, pairs, size, present
+
+
+@cached(maxsize=16, ttl=1.0)
+def square(x: int) -> int:
+    return x * x
+
+
+@cached
+def bare(x: int) -> int:
+    return x
+
+
+@cached(wait_concurrent=True)
+async def fetch(x: int) -> str:
+    await asyncio.sleep(0)
+    return str(x)
+
+
+def use_cached() -> None:
+    n: int = square(3) + bare(2)
+    info: CacheInfo = square.cache_info()
+    square.cache_clear()
+    params = square.cache_parameters()
+    text: str = asyncio.run(fetch(1))
+    del n, info, params, text
+
+
+def test_typed_usage() -> None:
+    use_moka()
+    use_cached()
