@@ -14,7 +14,7 @@ run_suite() {
     shift
     install_wheel "$venv"
     log "pytest on $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0], "free-threaded" if not getattr(sys, "_is_gil_enabled", lambda: True)() else "GIL")')"
-    (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider tests "$@")
+    (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider "${@:-tests}")
 }
 
 if [ "$which" = both ] || [ "$which" = gil ]; then
