@@ -8,8 +8,9 @@ from typing import Any
 # Separates positional from keyword arguments in a key. A unique object, so no
 # argument can be mistaken for it.
 _KWD_MARK = (object(),)
-# A single argument of these types is its own key (as in functools).
-_FAST_TYPES = frozenset({int, str})
+# A single argument of these types is its own key (functools does this for int
+# and str; with float too, f(1) and f(1.0) share a key as they would in a tuple).
+_FAST_TYPES = frozenset({int, str, float, bytes, bool, type(None)})
 
 
 def key_maker(typed: bool) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
