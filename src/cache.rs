@@ -1,16 +1,19 @@
 //! `moka_py.Moka`: the cache class.
 //!
 //! Which locks each method may wait on, and whether it is attached then:
-//! * `get`/`in`/`[]`: moka's read path takes no blocking lock (its
-//!   housekeeping is only *tried*); with an eviction listener, housekeeping
-//!   takes moka's per-key locks, so reads detach first in that case.
+//! * `get`/`in`/`[]`: moka's read path may wait on its hash table's resize
+//!   lock, and with an eviction listener its housekeeping takes per-key locks.
+//!   Those waits are short and safe attached only while no thread inside moka
+//!   can need the interpreter, i.e. while every key this cache has seen
+//!   compares in Rust and there is no listener; otherwise reads detach too
+//!   (`detach_reads`, which once set stays set).
 //! * `set`/`remove`/`clear`/`get_with` (miss)/`run_pending_tasks`/`len`:
 //!   moka's write path and housekeeping may block, so they always run
 //!   detached.
 //! * Python code (the weigher, the initializer, the listener) runs attached
 //!   and outside every moka and in-flight-map call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +34,7 @@ use crate::slot::PySlot;
 type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
 
 /// A thread-safe in-memory cache with size-bounded eviction and expiration.
-#[pyclass(frozen, generic, module = "moka_py._moka_py", name = "Moka")]
+#[pyclass(frozen, generic, weakref, module = "moka_py._moka_py", name = "Moka")]
 pub(crate) struct Moka {
     store: Store,
     loads: Loads,
@@ -46,8 +49,21 @@ pub(crate) struct Moka {
     ttl: Option<Duration>,
     tti: Option<Duration>,
     policy: Policy,
-    /// Whether reads must detach (see the module comment).
-    detach_reads: bool,
+    /// Whether reads must detach (see the module comment): set when the cache
+    /// has a listener, or once a key compared by Python `__eq__` was used.
+    detach_reads: AtomicBool,
+    /// Set once a key compared by Python `__eq__` was used.
+    python_keys: AtomicBool,
+}
+
+/// moka's hash table frees removed entries through epoch-based reclamation,
+/// in batches; until then they keep their values alive. After an explicit
+/// removal this thread's pending garbage is pushed out and collected, so the
+/// cache drops its references to removed values promptly. Runs detached.
+fn reclaim() {
+    for _ in 0..3 {
+        crossbeam_epoch::pin().flush();
+    }
 }
 
 /// The documented bound on the excess: 1/32 of the capacity, and for a cache
@@ -115,7 +131,8 @@ impl Moka {
         Ok(Moka {
             store: builder.build_with_hasher(PyHashBuilder),
             loads: Loads::default(),
-            detach_reads: listener.is_some(),
+            detach_reads: AtomicBool::new(listener.is_some()),
+            python_keys: AtomicBool::new(false),
             listener,
             slack: slack_for(capacity, weigher.is_some()),
             weigher: weigher.map(|w| PySlot::new(w.clone().unbind())),
@@ -139,7 +156,7 @@ impl Moka {
     ) -> PyResult<()> {
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
-        self.insert(py, Key::new(key)?, value, ttl, tti)
+        self.insert(py, self.key(key)?, value, ttl, tti)
     }
 
     /// The value for `key`, or `default` when it is absent.
@@ -150,7 +167,7 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.lookup(py, &KeyRef::new(key)?)? {
+        match self.lookup(py, &self.key_ref(key)?)? {
             Some(entry) => Ok(entry.obj.clone_ref(py)),
             None => Ok(default.unwrap_or_else(|| py.None())),
         }
@@ -169,7 +186,7 @@ impl Moka {
     ) -> PyResult<Py<PyAny>> {
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
-        let lookup = KeyRef::new(key)?;
+        let lookup = self.key_ref(key)?;
         if let Some(entry) = self.lookup(py, &lookup)? {
             return Ok(entry.obj.clone_ref(py));
         }
@@ -213,7 +230,7 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.take(py, &KeyRef::new(key)?)? {
+        match self.take(py, &self.key_ref(key)?)? {
             Some(entry) => Ok(entry.obj.clone_ref(py)),
             None => Ok(default.unwrap_or_else(|| py.None())),
         }
@@ -225,6 +242,7 @@ impl Moka {
             self.store.invalidate_all();
             self.store.run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
+            reclaim();
         });
         self.finish(py)
     }
@@ -246,6 +264,7 @@ impl Moka {
         py.detach(|| {
             self.store.run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
+            reclaim();
         });
         self.finish(py)
     }
@@ -280,8 +299,8 @@ impl Moka {
 
     /// `key in cache`: does not count as an access (for `tti` or eviction).
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = KeyRef::new(key)?;
-        let found = if self.detach_reads {
+        let key = self.key_ref(key)?;
+        let found = if self.detach_reads.load(Ordering::Relaxed) {
             py.detach(|| self.store.contains_key(&key))
         } else {
             self.store.contains_key(&key)
@@ -291,7 +310,7 @@ impl Moka {
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.lookup(py, &KeyRef::new(key)?)? {
+        match self.lookup(py, &self.key_ref(key)?)? {
             Some(entry) => Ok(entry.obj.clone_ref(py)),
             None => Err(key_error(key)),
         }
@@ -303,11 +322,11 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.insert(py, Key::new(key)?, value, None, None)
+        self.insert(py, self.key(key)?, value, None, None)
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        match self.take(py, &KeyRef::new(key)?)? {
+        match self.take(py, &self.key_ref(key)?)? {
             Some(_) => Ok(()),
             None => Err(key_error(key)),
         }
@@ -360,11 +379,20 @@ impl Moka {
         if let Some(w) = &self.weigher {
             w.traverse(&visit)?;
         }
-        for (key, entry) in &self.store {
-            visit.call(key.obj())?;
-            visit.call(&entry.obj)?;
+        // Walking moka's table may wait on its resize lock, whose holder may
+        // be waiting for the interpreter to compare Python keys: with such
+        // keys the entries are not visited (cycles through them are then not
+        // collected; clearing the cache frees them), never risking a hang.
+        if self.python_keys.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(())
+        key::without_python(|| {
+            for (key, entry) in &self.store {
+                visit.call(key.obj())?;
+                visit.call(&entry.obj)?;
+            }
+            Ok(())
+        })
     }
 
     fn __clear__(&self) {
@@ -384,6 +412,27 @@ impl Moka {
 }
 
 impl Moka {
+    fn mark_python_keys(&self) {
+        self.python_keys.store(true, Ordering::Relaxed);
+        self.detach_reads.store(true, Ordering::Relaxed);
+    }
+
+    fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<KeyRef> {
+        let key = KeyRef::new(obj)?;
+        if key.uses_python_eq() {
+            self.mark_python_keys();
+        }
+        Ok(key)
+    }
+
+    fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
+        let key = Key::new(obj)?;
+        if key.uses_python_eq() {
+            self.mark_python_keys();
+        }
+        Ok(key)
+    }
+
     /// What every method does when it is back from moka: raise a key's
     /// `__eq__` error, deliver queued eviction notifications.
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
@@ -394,7 +443,7 @@ impl Moka {
     }
 
     fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = if self.detach_reads {
+        let found = if self.detach_reads.load(Ordering::Relaxed) {
             py.detach(|| self.store.get(key))
         } else {
             self.store.get(key)
@@ -404,7 +453,11 @@ impl Moka {
     }
 
     fn take(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = py.detach(|| self.store.remove(key));
+        let found = py.detach(|| {
+            let found = self.store.remove(key);
+            reclaim();
+            found
+        });
         self.finish(py)?;
         Ok(found)
     }
@@ -421,6 +474,11 @@ impl Moka {
             Some(weigher) => options::weight(&weigher.bind(py).call1((key.obj(), value))?)?,
             None => 1,
         };
+        if key.uses_python_eq() {
+            // A key whose `__eq__` raises must not be stored: probe first.
+            py.detach(|| self.store.contains_key(&key));
+            key::take_eq_error()?;
+        }
         let entry = Arc::new(Entry {
             obj: value.clone().unbind(),
             weight,

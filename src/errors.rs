@@ -27,5 +27,5 @@ impl From<Error> for PyErr {
 
 /// `KeyError(key)`, as a `dict` raises it.
 pub(crate) fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
-    PyKeyError::new_err(key.clone().unbind())
+    PyKeyError::new_err((key.clone().unbind(),))
 }

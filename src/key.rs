@@ -13,7 +13,7 @@
 //! Equality follows `dict`: `1`, `1.0` and `True` are one key, identity is
 //! checked first (a NaN object finds itself), `str` never equals `bytes`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::raw::c_int;
 
@@ -28,6 +28,9 @@ pub(crate) enum Repr {
     Int(i64),
     /// A non-integral `float` or an infinity (NaN is [`Repr::Other`]).
     Float(f64),
+    /// An `int` outside the `i64` range (or an integral `float` there), as
+    /// its hexadecimal digits: `2**70` and `2.0**70` are one key.
+    BigInt(Box<[u8]>),
     /// The UTF-8 bytes of an exact `str`.
     Str(*const u8, usize),
     /// The bytes of an exact `bytes`.
@@ -36,8 +39,21 @@ pub(crate) enum Repr {
     None,
     /// An exact `tuple` whose items are all native.
     Tuple(Box<[Repr]>),
+    /// The separator of keyword arguments in `@cached` keys ([`KWARGS_MARK`]).
+    Mark,
     /// Anything else: identity, then Python's `==`.
     Other,
+}
+
+/// A unique object that `@cached` puts between positional and keyword
+/// arguments in its keys; it compares in Rust (by identity), so such keys stay
+/// native. Set once at module initialisation and kept alive by the module.
+static KWARGS_MARK: std::sync::atomic::AtomicPtr<ffi::PyObject> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Registers the keyword-argument separator (see [`KWARGS_MARK`]).
+pub(crate) fn set_kwargs_mark(mark: &Bound<'_, PyAny>) {
+    KWARGS_MARK.store(mark.as_ptr(), std::sync::atomic::Ordering::Release);
 }
 
 impl Repr {
@@ -54,7 +70,7 @@ impl Repr {
                 let mut overflow: c_int = 0;
                 let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
                 if overflow != 0 {
-                    return Repr::Other;
+                    return big_int(obj);
                 }
                 if v == -1 && !ffi::PyErr_Occurred().is_null() {
                     ffi::PyErr_Clear();
@@ -76,11 +92,27 @@ impl Repr {
             if obj == ffi::Py_None() {
                 return Repr::None;
             }
+            if obj == KWARGS_MARK.load(std::sync::atomic::Ordering::Acquire) {
+                return Repr::Mark;
+            }
             if ffi::PyBool_Check(obj) != 0 {
                 return Repr::Int(i64::from(obj == ffi::Py_True()));
             }
             if ffi::PyFloat_CheckExact(obj) != 0 {
-                return float_repr(ffi::PyFloat_AsDouble(obj));
+                let v = ffi::PyFloat_AsDouble(obj);
+                let repr = float_repr(v);
+                if matches!(repr, Repr::Other) && v.is_finite() {
+                    // Integral beyond i64: compare as the int it equals.
+                    let int = ffi::PyLong_FromDouble(v);
+                    if int.is_null() {
+                        ffi::PyErr_Clear();
+                        return Repr::Other;
+                    }
+                    let repr = big_int(int);
+                    ffi::Py_DecRef(int);
+                    return repr;
+                }
+                return repr;
             }
             if ffi::PyBytes_CheckExact(obj) != 0 {
                 let data = ffi::PyBytes_AsString(obj);
@@ -119,12 +151,39 @@ impl Repr {
                 // the keys hold, and the lengths are the ones CPython reported.
                 la == lb && (pa == pb || unsafe { bytes(*pa, *la) == bytes(*pb, *lb) })
             }
-            (Repr::None, Repr::None) => true,
+            (Repr::None, Repr::None) | (Repr::Mark, Repr::Mark) => true,
+            (Repr::BigInt(a), Repr::BigInt(b)) => a == b,
             (Repr::Tuple(a), Repr::Tuple(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.native_eq(y))
             }
             _ => false,
         }
+    }
+}
+
+/// The hexadecimal digits of the int `obj`, or [`Repr::Other`] on failure.
+///
+/// # Safety
+/// `obj` must be a live `int` and the caller must be attached.
+unsafe fn big_int(obj: *mut ffi::PyObject) -> Repr {
+    // SAFETY: as the caller guarantees; the temporary string is released here.
+    unsafe {
+        let text = ffi::PyNumber_ToBase(obj, 16);
+        if text.is_null() {
+            ffi::PyErr_Clear();
+            return Repr::Other;
+        }
+        let mut len: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(text, &raw mut len);
+        let repr = if data.is_null() {
+            ffi::PyErr_Clear();
+            Repr::Other
+        } else {
+            #[allow(clippy::cast_sign_loss)]
+            Repr::BigInt(bytes(data.cast::<u8>(), len as usize).into())
+        };
+        ffi::Py_DecRef(text);
+        repr
     }
 }
 
@@ -143,7 +202,7 @@ fn float_repr(v: f64) -> Repr {
     } else if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
         Repr::Int(v as i64)
     } else if v.is_finite() && v.fract() == 0.0 {
-        // An integral float beyond i64 may equal a big int: let Python decide.
+        // An integral float beyond i64: the caller compares it as a big int.
         Repr::Other
     } else {
         Repr::Float(v)
@@ -152,6 +211,21 @@ fn float_repr(v: f64) -> Repr {
 
 thread_local! {
     static EQ_ERROR: RefCell<Option<PyErr>> = const { RefCell::new(None) };
+    static NO_PYTHON: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with Python equality reduced to identity on this thread. The GC's
+/// `__traverse__` may not attach to the interpreter; when it walks the cache,
+/// moka looks each stored key up by itself, which identity finds.
+pub(crate) fn without_python<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_PYTHON.with(|flag| flag.set(self.0));
+        }
+    }
+    let _reset = Reset(NO_PYTHON.with(|flag| flag.replace(true)));
+    f()
 }
 
 /// Raises the exception a key's `__eq__` raised during the last moka call on
@@ -167,6 +241,9 @@ pub(crate) fn take_eq_error() -> PyResult<()> {
 fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
     if a == b {
         return true;
+    }
+    if NO_PYTHON.with(Cell::get) {
+        return false;
     }
     Python::attach(|py| {
         // SAFETY: both pointers are live objects owned by the keys being
@@ -229,6 +306,11 @@ impl Key {
         &self.obj
     }
 
+    /// Whether comparing this key may run Python code (`__eq__`).
+    pub(crate) fn uses_python_eq(&self) -> bool {
+        !self.repr.is_native()
+    }
+
     fn parts(&self) -> (isize, &Repr, *mut ffi::PyObject) {
         (self.hash, &self.repr, self.obj.as_ptr())
     }
@@ -272,6 +354,11 @@ impl KeyRef {
             repr,
             obj: obj.as_ptr(),
         })
+    }
+
+    /// Whether comparing this key may run Python code (`__eq__`).
+    pub(crate) fn uses_python_eq(&self) -> bool {
+        !self.repr.is_native()
     }
 
     /// Turns the borrowed key into an owned one, reusing its hash and repr.

@@ -32,5 +32,8 @@ use pyo3::prelude::*;
 fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
+    let mark = m.py().eval(c"object()", None, None)?;
+    key::set_kwargs_mark(&mark);
+    m.add("_KWARGS_MARK", mark)?;
     Ok(())
 }

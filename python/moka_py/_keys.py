@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moka_py._moka_py import _KWARGS_MARK
+
 # Separates positional from keyword arguments in a key. A unique object, so no
-# argument can be mistaken for it.
-_KWD_MARK = (object(),)
+# argument can be mistaken for it; the cache compares it in Rust.
+_KWD_MARK = (_KWARGS_MARK,)
 # A single argument of these types is its own key (functools does this for int
 # and str; with float too, f(1) and f(1.0) share a key as they would in a tuple).
 _FAST_TYPES = frozenset({int, str, float, bytes, bool, type(None)})

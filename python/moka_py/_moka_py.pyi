@@ -10,6 +10,9 @@ D = TypeVar("D")
 VERSION: str
 """The version of the moka_py package."""
 
+_KWARGS_MARK: object
+"""Separates positional from keyword arguments in ``@cached`` keys."""
+
 Cause = Literal["expired", "explicit", "replaced", "size"]
 """Why an entry left the cache, as passed to an eviction listener."""
 
