@@ -3,9 +3,13 @@
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Literal, TypeVar, final, overload
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-D = TypeVar("D")
+from typing_extensions import Self
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+_D = TypeVar("_D")
+
+__all__ = ["VERSION", "_KWARGS_MARK", "Moka"]
 
 VERSION: str
 """The version of the moka_py package."""
@@ -13,11 +17,11 @@ VERSION: str
 _KWARGS_MARK: object
 """Separates positional from keyword arguments in ``@cached`` keys."""
 
-Cause = Literal["expired", "explicit", "replaced", "size"]
+_Cause = Literal["expired", "explicit", "replaced", "size"]
 """Why an entry left the cache, as passed to an eviction listener."""
 
 @final
-class Moka(Generic[K, V]):
+class Moka(Generic[_K, _V]):
     """A thread-safe in-memory cache bounded by size, with optional expiration.
 
     Keys follow ``dict`` semantics (``1``, ``1.0`` and ``True`` are one key);
@@ -25,15 +29,15 @@ class Moka(Generic[K, V]):
     thread, and never holds the interpreter while it waits.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         capacity: int,
         ttl: float | None = None,
         tti: float | None = None,
-        eviction_listener: Callable[[K, V, Cause], object] | None = None,
+        eviction_listener: Callable[[_K, _V, _Cause], object] | None = None,
         policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
-        weigher: Callable[[K, V], int] | None = None,
-    ) -> None:
+        weigher: Callable[[_K, _V], int] | None = None,
+    ) -> Self:
         """Creates a cache.
 
         :param capacity: the maximum number of entries, or with ``weigher`` the
@@ -64,24 +68,24 @@ class Moka(Generic[K, V]):
     @property
     def tti(self) -> float | None:
         """The cache-wide time to idle in seconds."""
-    def set(self, key: K, value: V, ttl: float | None = None, tti: float | None = None) -> None:
+    def set(self, key: _K, value: _V, ttl: float | None = None, tti: float | None = None) -> None:
         """Stores ``value`` under ``key``.
 
         ``ttl``/``tti`` apply to this entry only and can only shorten the
         cache-wide ones; setting a key again without them clears them.
         """
     @overload
-    def get(self, key: K) -> V | None: ...
+    def get(self, key: _K) -> _V | None: ...
     @overload
-    def get(self, key: K, default: D) -> V | D:
+    def get(self, key: _K, default: _D) -> _V | _D:
         """The value for ``key``, or ``default`` when it is absent or expired."""
     def get_with(
         self,
-        key: K,
-        initializer: Callable[[], V],
+        key: _K,
+        initializer: Callable[[], _V],
         ttl: float | None = None,
         tti: float | None = None,
-    ) -> V:
+    ) -> _V:
         """The value for ``key``, computed by ``initializer()`` on a miss.
 
         However many threads ask for a missing key at once, ``initializer`` runs
@@ -91,9 +95,9 @@ class Moka(Generic[K, V]):
         inside its own initializer raises ``RuntimeError``.
         """
     @overload
-    def remove(self, key: K) -> V | None: ...
+    def remove(self, key: _K) -> _V | None: ...
     @overload
-    def remove(self, key: K, default: D) -> V | D:
+    def remove(self, key: _K, default: _D) -> _V | _D:
         """Removes ``key``; returns its value, or ``default`` when it was absent."""
     def clear(self) -> None:
         """Removes every entry (the listener sees cause ``"explicit"``)."""
@@ -103,19 +107,19 @@ class Moka(Generic[K, V]):
         """The total weight of the entries (their number without a weigher)."""
     def run_pending_tasks(self) -> None:
         """Applies pending evictions, expirations and notifications now."""
-    def keys(self) -> list[K]:
+    def keys(self) -> list[_K]:
         """A snapshot of the keys."""
-    def values(self) -> list[V]:
+    def values(self) -> list[_V]:
         """A snapshot of the values."""
-    def items(self) -> list[tuple[K, V]]:
+    def items(self) -> list[tuple[_K, _V]]:
         """A snapshot of the ``(key, value)`` pairs."""
     def __len__(self) -> int: ...
-    def __contains__(self, key: object) -> bool:
+    def __contains__(self, key: object, /) -> bool:
         """Whether ``key`` is present; does not count as an access."""
-    def __getitem__(self, key: K) -> V:
+    def __getitem__(self, key: _K, /) -> _V:
         """The value for ``key``; ``KeyError`` when it is absent."""
-    def __setitem__(self, key: K, value: V) -> None: ...
-    def __delitem__(self, key: K) -> None:
+    def __setitem__(self, key: _K, value: _V, /) -> None: ...
+    def __delitem__(self, key: _K, /) -> None:
         """Removes ``key``; ``KeyError`` when it is absent."""
-    def __iter__(self) -> Iterator[K]:
+    def __iter__(self) -> Iterator[_K]:
         """Iterates over a snapshot of the keys."""
