@@ -190,36 +190,7 @@ impl Moka {
         if let Some(entry) = self.lookup(py, &lookup)? {
             return Ok(entry.obj.clone_ref(py));
         }
-        loop {
-            match self
-                .loads
-                .join(py, lookup.to_owned(key), lookup.to_owned(key))?
-            {
-                Join::Waiter(load) => match load.wait(py)? {
-                    Outcome::Value(value) => return Ok(value),
-                    Outcome::Error(err) => return Err(err),
-                    Outcome::Retry => {
-                        if let Some(entry) = self.lookup(py, &lookup)? {
-                            return Ok(entry.obj.clone_ref(py));
-                        }
-                    }
-                },
-                Join::Leader(leader) => {
-                    // A load that finished between our miss and our join has
-                    // already stored its value.
-                    let result = match self.lookup(py, &lookup) {
-                        Ok(Some(entry)) => Ok(entry.obj.clone_ref(py)),
-                        Ok(None) => initializer.call0().and_then(|value| {
-                            self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
-                            Ok(value.unbind())
-                        }),
-                        Err(err) => Err(err),
-                    };
-                    leader.finish(py, &result);
-                    return result;
-                }
-            }
-        }
+        self.load(py, key, &lookup, || initializer.call0(), ttl, tti)
     }
 
     /// Removes `key` and returns its value, or `default` when it was absent.
@@ -237,7 +208,7 @@ impl Moka {
     }
 
     /// Removes every entry (the listener sees each with cause `"explicit"`).
-    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+    pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
             self.store.invalidate_all();
             self.store.run_pending_tasks();
@@ -248,7 +219,7 @@ impl Moka {
     }
 
     /// The number of entries, after applying pending evictions.
-    fn count(&self, py: Python<'_>) -> PyResult<u64> {
+    pub(crate) fn count(&self, py: Python<'_>) -> PyResult<u64> {
         self.run_pending_tasks(py)?;
         Ok(self.store.entry_count())
     }
@@ -417,7 +388,7 @@ impl Moka {
         self.detach_reads.store(true, Ordering::Relaxed);
     }
 
-    fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<KeyRef> {
+    pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<KeyRef> {
         let key = KeyRef::new(obj)?;
         if key.uses_python_eq() {
             self.mark_python_keys();
@@ -425,12 +396,65 @@ impl Moka {
         Ok(key)
     }
 
-    fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
+    pub(crate) fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
         let key = Key::new(obj)?;
         if key.uses_python_eq() {
             self.mark_python_keys();
         }
         Ok(key)
+    }
+
+    /// The miss path of `get_with`: joins or starts the single-flight load of
+    /// `key` (see `loader.rs`); the leader runs `init` holding no lock, stores
+    /// its value and hands it to the waiters.
+    pub(crate) fn load<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        lookup: &KeyRef,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut init = Some(init);
+        loop {
+            match self
+                .loads
+                .join(py, lookup.to_owned(key), lookup.to_owned(key))?
+            {
+                Join::Waiter(load) => match load.wait(py)? {
+                    Outcome::Value(value) => return Ok(value),
+                    Outcome::Error(err) => return Err(err),
+                    Outcome::Retry => {
+                        if let Some(entry) = self.lookup(py, lookup)? {
+                            return Ok(entry.obj.clone_ref(py));
+                        }
+                    }
+                },
+                Join::Leader(leader) => {
+                    // A load that finished between our miss and our join has
+                    // already stored its value.
+                    let result = match self.lookup(py, lookup) {
+                        Ok(Some(entry)) => Ok(entry.obj.clone_ref(py)),
+                        Ok(None) => match init.take() {
+                            Some(init) => init().and_then(|value| {
+                                self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
+                                Ok(value.unbind())
+                            }),
+                            // A leader again after an abandoned load whose
+                            // leader was this very call: cannot happen, as
+                            // the leader returns; keep the loop total anyway.
+                            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                                "get_with: initializer already consumed",
+                            )),
+                        },
+                        Err(err) => Err(err),
+                    };
+                    leader.finish(py, &result);
+                    return result;
+                }
+            }
+        }
     }
 
     /// What every method does when it is back from moka: raise a key's
@@ -442,7 +466,7 @@ impl Moka {
         key::take_eq_error()
     }
 
-    fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
+    pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
         let found = if self.detach_reads.load(Ordering::Relaxed) {
             py.detach(|| self.store.get(key))
         } else {
@@ -462,7 +486,7 @@ impl Moka {
         Ok(found)
     }
 
-    fn insert(
+    pub(crate) fn insert(
         &self,
         py: Python<'_>,
         key: Key,

@@ -56,6 +56,14 @@ pub(crate) fn set_kwargs_mark(mark: &Bound<'_, PyAny>) {
     KWARGS_MARK.store(mark.as_ptr(), std::sync::atomic::Ordering::Release);
 }
 
+/// The keyword-argument separator (see [`KWARGS_MARK`]).
+pub(crate) fn kwargs_mark(py: Python<'_>) -> Bound<'_, PyAny> {
+    let ptr = KWARGS_MARK.load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: set at module initialisation to an object the module keeps
+    // alive for the life of the process; we return a new strong reference.
+    unsafe { Bound::from_borrowed_ptr(py, ptr) }
+}
+
 impl Repr {
     /// Builds the representation of `obj`.
     ///

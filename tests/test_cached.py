@@ -272,3 +272,43 @@ def test_wait_concurrent_other_keys_nest() -> None:
         return n if n < 2 else fib(n - 1) + fib(n - 2)
 
     assert fib(60) == 1548008755920
+
+
+def test_counts_are_exact_across_threads() -> None:
+    @cached(maxsize=100)
+    def f(x: int) -> int:
+        return x
+
+    def caller(i: int) -> None:
+        for n in range(2000):
+            f(n % 10)
+
+    run_threads(caller, 8)
+    info = f.cache_info()
+    assert info.hits + info.misses == 8 * 2000
+    assert 10 <= info.misses <= 8 * 10  # a key can miss once per racing thread
+    assert info.currsize == 10
+
+
+def test_binds_like_a_function() -> None:
+    class A:
+        @cached()
+        def who(self) -> A:
+            return self
+
+    a = A()
+    assert a.who() is a
+    assert A.who(a) is a
+    assert A.__dict__["who"].__get__(None, A) is A.__dict__["who"]
+    assert A.who.__name__ == "who"
+
+
+def test_make_key_shapes() -> None:
+    from moka_py._moka_py import _KWARGS_MARK, make_key
+
+    assert make_key((1,), {}, False) == 1
+    assert make_key((1.0,), None, False) == 1
+    assert make_key(("a", 2), None, False) == ("a", 2)
+    assert make_key((1,), {"b": 2, "a": 1}, False) == (1, _KWARGS_MARK, ("a", 1), ("b", 2))
+    assert make_key((1,), {"a": 1.0}, True) == (1, _KWARGS_MARK, ("a", 1.0), int, float)
+    assert make_key(([1],), None, False) == ([1],)  # unhashable keys fail at lookup

@@ -1,8 +1,10 @@
 """``moka_py.cached``: a ``functools.lru_cache`` replacement with TTL, TTI and
 coalescing of concurrent calls, for plain and ``async`` functions.
 
-One small wrapper per path (sync, sync coalescing, async, async coalescing);
-:func:`cached` only picks one.
+Sync functions are wrapped by the Rust ``CachedFunction`` (key building,
+lookup, counting and coalescing without Python-level frames); async functions
+by one small Python wrapper per path (plain, coalescing). :func:`cached` only
+picks one.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-from moka_py._keys import key_maker
-from moka_py._moka_py import Moka
+from moka_py._moka_py import CachedFunction as _SyncWrapper
+from moka_py._moka_py import Moka, make_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,8 +50,8 @@ class CachedFunction(Protocol, Generic[P, R_co]):
 
 
 class _Stats:
-    """Hit and miss counters: exact in single-threaded use, approximate (never
-    blocking) when threads race on them."""
+    """Hit and miss counters of an async wrapper (one event loop per thread:
+    exact in single-threaded use)."""
 
     __slots__ = ("hits", "misses")
 
@@ -116,20 +118,6 @@ def cached(
 
     def decorator(func: Callable[..., Any]) -> Any:
         cache: Moka[Any, Any] = Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
-        make_key = key_maker(typed)
-        stats = _Stats()
-        wrapper: Any
-        if inspect.iscoroutinefunction(func):
-            if wait_concurrent:
-                wrapper = _async_coalescing(func, cache, make_key, stats)
-            else:
-                wrapper = _async_plain(func, cache, make_key, stats)
-            wrapper = functools.wraps(func)(wrapper)
-        elif wait_concurrent:
-            wrapper = functools.wraps(func)(_sync_coalescing(func, cache, make_key, stats))
-        else:
-            wrapper = functools.wraps(func)(_sync_plain(func, cache, make_key, stats))
-
         parameters = {
             "maxsize": maxsize,
             "typed": typed,
@@ -138,6 +126,12 @@ def cached(
             "wait_concurrent": wait_concurrent,
             "policy": policy,
         }
+        if not inspect.iscoroutinefunction(func):
+            sync = _SyncWrapper(func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
+            return functools.update_wrapper(sync, func)
+        stats = _Stats()
+        path = _async_coalescing if wait_concurrent else _async_plain
+        wrapper: Any = functools.wraps(func)(path(func, cache, typed, stats))
 
         def cache_info() -> CacheInfo:
             return CacheInfo(stats.hits, stats.misses, maxsize, len(cache))
@@ -157,51 +151,12 @@ def cached(
     return decorator
 
 
-def _sync_plain(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _Stats) -> Any:
-    get = cache.get
-    put = cache.set
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs)
-        value = get(key, _MISSING)
-        if value is not _MISSING:
-            stats.hits += 1
-            return value
-        stats.misses += 1
-        value = func(*args, **kwargs)
-        put(key, value)
-        return value
-
-    return wrapper
-
-
-def _sync_coalescing(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _Stats) -> Any:
-    get = cache.get
-    get_with = cache.get_with
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs)
-        value = get(key, _MISSING)
-        if value is not _MISSING:
-            stats.hits += 1
-            return value
-
-        def load() -> Any:
-            stats.misses += 1
-            return func(*args, **kwargs)
-
-        # Concurrent callers of this key wait (detached, in Rust) for one call.
-        return get_with(key, load)
-
-    return wrapper
-
-
-def _async_plain(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _Stats) -> Any:
+def _async_plain(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Stats) -> Any:
     get = cache.get
     put = cache.set
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs)
+        key = make_key(args, kwargs, typed)
         value = get(key, _MISSING)
         if value is not _MISSING:
             stats.hits += 1
@@ -215,7 +170,7 @@ def _async_plain(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _Stats)
     return wrapper
 
 
-def _async_coalescing(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _Stats) -> Any:
+def _async_coalescing(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Stats) -> Any:
     """One shared ``asyncio.Task`` per key and event loop; the cache holds only
     finished results, so a failed or cancelled computation is retried by the
     next call."""
@@ -246,7 +201,7 @@ def _async_coalescing(func: Any, cache: Moka[Any, Any], make_key: Any, stats: _S
             task.exception()
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs)
+        key = make_key(args, kwargs, typed)
         value = get(key, _MISSING)
         if value is not _MISSING:
             stats.hits += 1

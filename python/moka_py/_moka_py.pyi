@@ -1,7 +1,7 @@
 """The Rust core of moka_py (built from ``src/``)."""
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, Literal, TypeVar, final, overload
+from typing import Any, Generic, Literal, TypeVar, final, overload
 
 from typing_extensions import Self
 
@@ -9,7 +9,7 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 _D = TypeVar("_D")
 
-__all__ = ["VERSION", "_KWARGS_MARK", "Moka"]
+__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "Moka", "make_key"]
 
 VERSION: str
 """The version of the moka_py package."""
@@ -123,3 +123,29 @@ class Moka(Generic[_K, _V]):
         """Removes ``key``; ``KeyError`` when it is absent."""
     def __iter__(self) -> Iterator[_K]:
         """Iterates over a snapshot of the keys."""
+
+def make_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None, typed: bool) -> Hashable:
+    """The cache key ``@cached`` builds for a call with these arguments."""
+
+@final
+class CachedFunction:
+    """A sync function decorated with ``moka_py.cached`` (see ``moka_py.cached``)."""
+
+    def __new__(
+        cls,
+        func: Callable[..., Any],
+        cache: Moka[Any, Any],
+        typed: bool,
+        wait_concurrent: bool,
+        cache_info_type: Callable[[int, int, int | None, int], Any],
+        maxsize: int | None,
+        parameters: dict[str, Any],
+    ) -> Self: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, obj: object, owner: object = None, /) -> Any: ...
+    def cache_info(self) -> Any:
+        """``CacheInfo(hits, misses, maxsize, currsize)``."""
+    def cache_clear(self) -> None:
+        """Empties the cache and resets the statistics."""
+    def cache_parameters(self) -> dict[str, Any]:
+        """The decorator's arguments."""

@@ -1,0 +1,266 @@
+//! The sync wrapper behind `moka_py.cached`, and the key of a call's arguments.
+//!
+//! The hit path of a decorated function is the hot path: the key is built and
+//! looked up in Rust, without Python-level frames. Hits and misses are counted
+//! in striped atomic counters, exact and free of contention between threads.
+//! Locks: none of its own; the cache's rules apply (`cache.rs`).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{ffi, PyTraverseError, PyVisit};
+
+use crate::cache::Moka;
+
+/// Builds the key of a call like `functools.lru_cache`: a single argument of
+/// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
+/// otherwise the positional arguments, then the keyword-argument separator and
+/// the keyword arguments sorted by name (so their order does not matter);
+/// with `typed`, the arguments' types too.
+pub(crate) fn make_key<'py>(
+    py: Python<'py>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+    typed: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = kwargs.filter(|k| !k.is_empty());
+    if !typed && kwargs.is_none() {
+        if args.len() == 1 {
+            let arg = args.get_item(0)?;
+            if is_scalar(&arg) {
+                return Ok(arg);
+            }
+        }
+        return Ok(args.clone().into_any());
+    }
+    let mut items: Vec<Bound<'py, PyAny>> = args.iter().collect();
+    let mut pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = Vec::new();
+    if let Some(kwargs) = kwargs {
+        pairs = kwargs.iter().collect();
+        pairs.sort_by(|(a, _), (b, _)| {
+            a.lt(b).ok().map_or(std::cmp::Ordering::Equal, |lt| {
+                if lt {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+        });
+        items.push(crate::key::kwargs_mark(py));
+        for (k, v) in &pairs {
+            items.push(PyTuple::new(py, [k, v])?.into_any());
+        }
+    }
+    if typed {
+        for arg in args.iter() {
+            items.push(arg.get_type().into_any());
+        }
+        for (_, v) in &pairs {
+            items.push(v.get_type().into_any());
+        }
+    }
+    Ok(PyTuple::new(py, items)?.into_any())
+}
+
+fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
+    let p = obj.as_ptr();
+    // SAFETY: `p` is a live object; these only read its type.
+    unsafe {
+        ffi::PyLong_CheckExact(p) != 0
+            || ffi::PyUnicode_CheckExact(p) != 0
+            || ffi::PyFloat_CheckExact(p) != 0
+            || ffi::PyBytes_CheckExact(p) != 0
+            || p == ffi::Py_None()
+    }
+}
+
+/// `make_key(args, kwargs, typed)`: the key `@cached` uses for a call.
+#[pyfunction]
+#[pyo3(name = "make_key", signature = (args, kwargs, typed))]
+pub(crate) fn py_make_key<'py>(
+    py: Python<'py>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+    typed: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    make_key(py, args, kwargs, typed)
+}
+
+// CPython's public C API (Include/classobject.h); pyo3-ffi does not declare it.
+extern "C" {
+    fn PyMethod_New(func: *mut ffi::PyObject, slf: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+const STRIPES: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A counter split over cache lines, one picked per thread.
+#[derive(Default)]
+struct Counter([Padded; STRIPES]);
+
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        s.get()
+    })
+}
+
+impl Counter {
+    fn incr(&self) {
+        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+
+    fn reset(&self) {
+        for p in &self.0 {
+            p.0.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A function decorated with `@cached` (sync). Behaves as a function: it
+/// binds as a method, and `functools.update_wrapper` fills its `__dict__`.
+#[pyclass(
+    frozen,
+    dict,
+    weakref,
+    module = "moka_py._moka_py",
+    name = "CachedFunction"
+)]
+pub(crate) struct CachedFunction {
+    func: Py<PyAny>,
+    cache: Py<Moka>,
+    typed: bool,
+    coalesce: bool,
+    info: Py<PyAny>,
+    maxsize: Py<PyAny>,
+    parameters: Py<PyDict>,
+    hits: Counter,
+    misses: Counter,
+}
+
+#[pymethods]
+impl CachedFunction {
+    /// `CachedFunction(func, cache, typed, wait_concurrent, cache_info_type,
+    /// maxsize, parameters)`: built by `moka_py.cached`.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        func: Py<PyAny>,
+        cache: Py<Moka>,
+        typed: bool,
+        wait_concurrent: bool,
+        cache_info_type: Py<PyAny>,
+        maxsize: Py<PyAny>,
+        parameters: Py<PyDict>,
+    ) -> Self {
+        CachedFunction {
+            func,
+            cache,
+            typed,
+            coalesce: wait_concurrent,
+            info: cache_info_type,
+            maxsize,
+            parameters,
+            hits: Counter::default(),
+            misses: Counter::default(),
+        }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = make_key(py, args, kwargs, self.typed)?;
+        let cache = self.cache.get();
+        let lookup = cache.key_ref(&key)?;
+        if let Some(entry) = cache.lookup(py, &lookup)? {
+            self.hits.incr();
+            return Ok(entry.obj.clone_ref(py));
+        }
+        let call = || {
+            self.misses.incr();
+            self.func.bind(py).call(args, kwargs)
+        };
+        if self.coalesce {
+            let value = cache.load(py, &key, &lookup, call, None, None)?;
+            return Ok(value);
+        }
+        let value = call()?;
+        cache.insert(py, cache.key(&key)?, &value, None, None)?;
+        Ok(value.unbind())
+    }
+
+    /// Binds to an instance like a function does.
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match obj {
+            Some(obj) if !obj.is_none() => {
+                // SAFETY: both are live objects; PyMethod_New returns a new
+                // reference or NULL with an exception set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(py, PyMethod_New(slf.as_ptr(), obj.as_ptr()))
+                }
+                .map(Bound::unbind)
+            }
+            _ => Ok(slf.clone().into_any().unbind()),
+        }
+    }
+
+    /// `CacheInfo(hits, misses, maxsize, currsize)`.
+    fn cache_info(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let currsize = self.cache.get().count(py)?;
+        self.info.call1(
+            py,
+            (
+                self.hits.sum(),
+                self.misses.sum(),
+                self.maxsize.clone_ref(py),
+                currsize,
+            ),
+        )
+    }
+
+    /// Empties the cache and resets the statistics.
+    fn cache_clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.cache.get().clear(py)?;
+        self.hits.reset();
+        self.misses.reset();
+        Ok(())
+    }
+
+    /// The decorator's arguments, as a new dict.
+    fn cache_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.parameters.bind(py).copy()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(&self.cache)?;
+        visit.call(&self.info)?;
+        visit.call(&self.maxsize)?;
+        visit.call(&self.parameters)?;
+        Ok(())
+    }
+}
