@@ -18,7 +18,10 @@ use crate::cache::Moka;
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
 /// otherwise the positional arguments, then the keyword-argument separator and
 /// the keyword arguments sorted by name (so their order does not matter);
-/// with `typed`, the arguments' types too.
+/// with `typed`, the arguments' types too. Exposed to Python as `make_key`
+/// for the async wrappers.
+#[pyfunction]
+#[pyo3(signature = (args, kwargs, typed))]
 pub(crate) fn make_key<'py>(
     py: Python<'py>,
     args: &Bound<'py, PyTuple>,
@@ -74,18 +77,6 @@ fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
             || ffi::PyBytes_CheckExact(p) != 0
             || p == ffi::Py_None()
     }
-}
-
-/// `make_key(args, kwargs, typed)`: the key `@cached` uses for a call.
-#[pyfunction]
-#[pyo3(name = "make_key", signature = (args, kwargs, typed))]
-pub(crate) fn py_make_key<'py>(
-    py: Python<'py>,
-    args: &Bound<'py, PyTuple>,
-    kwargs: Option<&Bound<'py, PyDict>>,
-    typed: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    make_key(py, args, kwargs, typed)
 }
 
 // CPython's public C API (Include/classobject.h); pyo3-ffi does not declare it.

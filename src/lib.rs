@@ -34,7 +34,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
-    m.add_function(wrap_pyfunction!(cached::py_make_key, m)?)?;
+    m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;
