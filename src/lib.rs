@@ -38,5 +38,12 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;
+    let after_fork = wrap_pyfunction!(loader::_after_fork_in_child, m)?;
+    let os = m.py().import("os")?;
+    if os.hasattr("register_at_fork")? {
+        let kwargs = pyo3::types::PyDict::new(m.py());
+        kwargs.set_item("after_in_child", after_fork)?;
+        os.getattr("register_at_fork")?.call((), Some(&kwargs))?;
+    }
     Ok(())
 }

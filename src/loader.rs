@@ -22,6 +22,7 @@
 //! a `BaseException` that is not an `Exception` (`KeyboardInterrupt`,
 //! `SystemExit`) propagates in the leader only, and the waiters start over.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
@@ -37,6 +38,17 @@ use pyo3::{intern, PyTypeInfo};
 use crate::errors::Error;
 use crate::key::{Key, PyHashBuilder};
 
+/// Bumped in a child process after `os.fork()`: a load started before the
+/// fork has no leader in the child (only the forking thread survives), so a
+/// load from an older generation counts as abandoned and is replaced.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Registered with `os.register_at_fork(after_in_child=...)` at import.
+#[pyfunction]
+pub(crate) fn _after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 /// How long a waiter sleeps between two checks for signals.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -47,6 +59,7 @@ pub(crate) struct Loads {
 
 pub(crate) struct Load {
     owner: ThreadId,
+    generation: u64,
     state: Mutex<State>,
     done: Condvar,
 }
@@ -87,14 +100,25 @@ impl Loads {
     /// second owned copy of the key, kept by a leader to remove its entry.
     pub(crate) fn join<'a>(&'a self, py: Python<'_>, key: Key, again: Key) -> PyResult<Join<'a>> {
         let me = thread::current().id();
+        let generation = FORK_GENERATION.load(Ordering::Relaxed);
+        let new_load = || {
+            Arc::new(Load {
+                owner: me,
+                generation,
+                state: Mutex::new(State::Running),
+                done: Condvar::new(),
+            })
+        };
         let found = py.detach(|| match self.map.entry(key) {
+            MapEntry::Occupied(mut e) if e.get().generation != generation => {
+                // Left over from before a fork: nobody will finish it here.
+                let load = new_load();
+                e.insert(Arc::clone(&load));
+                Err(load)
+            }
             MapEntry::Occupied(e) => Ok(Arc::clone(e.get())),
             MapEntry::Vacant(e) => {
-                let load = Arc::new(Load {
-                    owner: me,
-                    state: Mutex::new(State::Running),
-                    done: Condvar::new(),
-                });
+                let load = new_load();
                 e.insert(Arc::clone(&load));
                 Err(load)
             }
