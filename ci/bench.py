@@ -1,354 +1,394 @@
-"""Per-operation latency of moka_py and its peers, side by side in one run.
+"""The benchmark of moka_py against its peers, every case side by side in one run.
 
 Run through ci/bench.sh, which builds moka_py in release mode and installs the
-peers. moka-py 0.5.0 installs under the same import name, so it is measured by
-this same script in a second virtual environment (``--peer-json``) and merged
-into the table. Prints a Markdown table of medians (ns per operation, the
-loop's own cost subtracted) and ratios to moka_py.
+peers: in this (GIL) environment, in a second one for moka-py 0.5.0 (same
+import name), and in a free-threaded 3.13t one. This driver measures each case
+family in worker processes of those environments (``--worker``), prints
+Markdown tables (medians of interleaved repeats, ratios to moka_py) and writes
+them with the charts and the raw figures to ``--out``:
+
+1. latency: one operation, one thread (ci/bench_latency.py)
+2. scaling: threads sharing a cache on 3.13t, and coalesced loads (ci/bench_scaling.py)
+3. hit ratio of the eviction policies (ci/bench_hit_ratio.py)
+4. memory per entry (ci/bench_memory.py)
+
+Progress goes to stderr, the tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.metadata
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-POOL = 1000  # distinct keys cycled through (no single hot needle)
-CAPACITY = 10_000
+import bench_impls as impls
 
-Case = Callable[[], Callable[[list[Any]], None]]
-
-
-def int_keys() -> list[Any]:
-    return list(range(POOL))
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("latency", "scaling", "hit_ratio", "memory")
+# Workers inherit the driver's start, so that their progress lines tell the run's time.
+STARTED = float(os.environ.setdefault("MOKA_BENCH_STARTED", str(time.time())))
 
 
-def str_keys() -> list[Any]:
-    # Equal but not identical to the stored keys.
-    return ["".join(["key-", str(i)]) for i in range(POOL)]
+def log(message: str) -> None:
+    elapsed = int(time.time() - STARTED)
+    print(f"[bench {elapsed // 60}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
 
 
-def stored_str_keys() -> list[Any]:
-    return [f"key-{i}" for i in range(POOL)]
+@dataclass(frozen=True)
+class Plan:
+    """How much of each case family to run."""
+
+    latency_repeats: int
+    latency_rounds: int
+    threads: tuple[int, ...]
+    throughput_seconds: float
+    throughput_repeats: int
+    coalesce_counts: tuple[int, ...]
+    coalesce_repeats: int
+    memory_repeats: int
 
 
-def build_cases(impl: str) -> dict[str, tuple[Case, Callable[[], list[Any]]]]:
-    """Case name -> (setup returning an op over a key list, key factory)."""
-    cases: dict[str, tuple[Case, Callable[[], list[Any]]]] = {}
-
-    def add(name: str, keys: Callable[[], list[Any]]) -> Callable[[Case], Case]:
-        def deco(setup: Case) -> Case:
-            cases[name] = (setup, keys)
-            return setup
-
-        return deco
-
-    make, get, put, pop = _mapping_api(impl)
-    if make is not None:
-
-        @add("get hit (int)", int_keys)
-        def _get_hit_int() -> Callable[[list[Any]], None]:
-            c = make()
-            for k in int_keys():
-                put(c, k, k)
-            g = get(c)
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    g(k)
-
-            return run
-
-        @add("get hit (str)", str_keys)
-        def _get_hit_str() -> Callable[[list[Any]], None]:
-            c = make()
-            for k in stored_str_keys():
-                put(c, k, k)
-            g = get(c)
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    g(k)
-
-            return run
-
-        @add("get miss (int)", int_keys)
-        def _get_miss() -> Callable[[list[Any]], None]:
-            c = make()
-            g = get(c)
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    g(k)
-
-            return run
-
-        @add("set existing", int_keys)
-        def _set_existing() -> Callable[[list[Any]], None]:
-            c = make()
-            for k in int_keys():
-                put(c, k, k)
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    put(c, k, k)
-
-            return run
-
-        @add("set fresh, full cache", lambda: list(range(POOL)))
-        def _set_fresh() -> Callable[[list[Any]], None]:
-            c = make()
-            for k in range(10**9, 10**9 + CAPACITY):
-                put(c, k, k)
-            counter = iter(range(10**12))
-
-            def run(keys: list[Any]) -> None:
-                base = next(counter) * POOL
-                for k in keys:
-                    put(c, base + k, k)
-
-            return run
-
-        @add("remove", int_keys)
-        def _remove() -> Callable[[list[Any]], None]:
-            c = make()
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    put(c, k, k)
-                for k in keys:
-                    pop(c, k)
-
-            return run
-
-    if impl in ("moka_py", "moka_py-0.5.0"):
-        import moka_py
-
-        @add("get_with hit", int_keys)
-        def _get_with_hit() -> Callable[[list[Any]], None]:
-            c = moka_py.Moka(CAPACITY)
-            for k in int_keys():
-                c.set(k, k)
-            gw = c.get_with
-
-            def init() -> int:
-                return 0
-
-            def run(keys: list[Any]) -> None:
-                for k in keys:
-                    gw(k, init)
-
-            return run
-
-        @add("get_with miss", int_keys)
-        def _get_with_miss() -> Callable[[list[Any]], None]:
-            c = moka_py.Moka(CAPACITY)
-            gw = c.get_with
-
-            def init() -> int:
-                return 0
-
-            def run(keys: list[Any]) -> None:
-                c.clear()
-                for k in keys:
-                    gw(k, init)
-
-            return run
-
-    deco = _decorator(impl)
-    if deco is not None:
-        for label, kwargs in (("@cached hit", {}), ("@cached(wait_concurrent) hit", None)):
-            if kwargs is None and impl not in ("moka_py", "moka_py-0.5.0"):
-                continue
-
-            def setup(kw: Any = kwargs) -> Callable[[list[Any]], None]:
-                import moka_py
-
-                if kw is None:
-                    f = moka_py.cached(maxsize=CAPACITY, wait_concurrent=True)(lambda x: x)
-                else:
-                    f = deco(lambda x: x)
-                for k in int_keys():
-                    f(k)
-
-                def run(keys: list[Any]) -> None:
-                    for k in keys:
-                        f(k)
-
-                return run
-
-            cases[label] = (setup, int_keys)
-    return cases
+QUICK = Plan(3, 10, (1, 2, 4, 8), 0.05, 2, (8,), 2, 1)
+FULL = Plan(9, 200, (1, 2, 4, 8), 0.5, 5, (8, 64), 5, 3)
 
 
-def _mapping_api(impl: str) -> tuple[Any, Any, Any, Any]:
-    def dict_get(c: Any) -> Any:
-        return c.get
+@dataclass
+class Env:
+    """A virtual environment and what runs in it."""
 
-    def setitem(c: Any, k: Any, v: Any) -> None:
-        c[k] = v
-
-    def pop(c: Any, k: Any) -> None:
-        c.pop(k, None)
-
-    if impl in ("moka_py", "moka_py-0.5.0"):
-        import moka_py
-
-        def moka_put(c: Any, k: Any, v: Any) -> None:
-            c.set(k, v)
-
-        def moka_pop(c: Any, k: Any) -> None:
-            c.remove(k)
-
-        return (lambda: moka_py.Moka(CAPACITY)), dict_get, moka_put, moka_pop
-    if impl == "dict":
-        return dict, dict_get, setitem, pop
-    if impl == "cachebox":
-        import cachebox
-
-        return (lambda: cachebox.LRUCache(CAPACITY)), dict_get, setitem, pop
-    if impl == "cachetools":
-        import cachetools
-
-        return (lambda: cachetools.LRUCache(CAPACITY)), dict_get, setitem, pop
-    if impl == "lru-dict":
-        import lru
-
-        return (lambda: lru.LRU(CAPACITY)), dict_get, setitem, pop
-    return None, None, None, None
+    name: str  # "GIL" or "3.13t"
+    python: str
+    impls: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    python_version: str = ""
 
 
-def _decorator(impl: str) -> Any:
-    if impl in ("moka_py", "moka_py-0.5.0"):
-        import moka_py
+# A peer's worker that fails does not stop the run: "impl|build" -> what happened.
+FAILED: dict[str, str] = {}
+TIMEOUT = 900  # seconds; a worker that takes longer is stuck
 
-        return moka_py.cached(maxsize=CAPACITY)
-    if impl == "functools":
-        return functools.lru_cache(maxsize=CAPACITY)
-    if impl == "cachebox":
-        import cachebox
 
-        return cachebox.cached(cachebox.LRUCache(CAPACITY))
-    if impl == "cachetools":
-        import cachetools
+def worker(python: str, family: str, who: str = "", **spec: Any) -> Any:
+    """Runs one measurement in a fresh process of ``python``; its JSON result.
 
-        return cachetools.cached(cachetools.LRUCache(CAPACITY))
+    ``who`` ("impl|build") names a peer whose failure is reported and skipped
+    (the result is then ``None``); any other failure ends the run.
+    """
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        json.dumps({"family": family, **spec}),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    try:
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, text=True, env=env, check=False, timeout=TIMEOUT
+        )
+        error = f"exit status {proc.returncode}" if proc.returncode else ""
+    except subprocess.TimeoutExpired:
+        error = f"no result after {TIMEOUT} s"
+    if not error:
+        return json.loads(proc.stdout)
+    if not who:
+        raise SystemExit(f"worker {family} {spec} failed in {python}: {error}")
+    log(f"{who.replace('|', ' on ')}: {family} failed ({error}), skipped")
+    FAILED[who] = f"{family} failed ({error})"
     return None
 
 
-def measure(impls: list[str], repeats: int, rounds: int) -> dict[str, dict[str, float]]:
-    """ns/op medians: impl -> case -> value. Repeats interleave the impls."""
-    setups = {impl: build_cases(impl) for impl in impls}
-    samples: dict[tuple[str, str], list[float]] = {}
-    runs = {
-        (impl, name): (setup(), keys())
-        for impl, cases in setups.items()
-        for name, (setup, keys) in cases.items()
-    }
+def run_worker(spec: dict[str, Any]) -> Any:
+    """The ``--worker`` side: one measurement, in whichever environment runs it."""
+    family = spec["family"]
+    if family == "probe":
+        out = {}
+        for impl in spec["impls"]:
+            error = impls.available(impl)
+            out[impl] = {"error": error, "version": impls.version(impl)}
+        return {"impls": out, "gil": impls.gil_enabled(), "python": sys.version.split()[0]}
+    if family == "latency":
+        import bench_latency
 
-    def empty(keys: list[Any]) -> None:
-        for _ in keys:
-            pass
+        return bench_latency.run(spec["impls"], spec["rounds"])
+    if family == "hit_ratio":
+        import bench_hit_ratio
 
-    for r in range(repeats):
-        print(f"  repeat {r + 1}/{repeats}", file=sys.stderr, flush=True)
-        for (impl, name), (run, keys) in runs.items():
-            run(keys)  # warm
-            t0 = time.perf_counter_ns()
-            for _ in range(rounds):
-                run(keys)
-            t1 = time.perf_counter_ns()
-            for _ in range(rounds):
-                empty(keys)
-            t2 = time.perf_counter_ns()
-            per_op = ((t1 - t0) - (t2 - t1)) / (rounds * len(keys))
-            if name == "remove":
-                per_op /= 2  # each round sets then removes every key
-            samples.setdefault((impl, name), []).append(per_op)
-    out: dict[str, dict[str, float]] = {}
-    for (impl, name), values in samples.items():
-        out.setdefault(impl, {})[name] = statistics.median(values)
+        return bench_hit_ratio.run(spec["impls"], spec["quick"], log)
+    if family == "memory":
+        import bench_memory
+
+        return bench_memory.run(spec["impl"], spec["entries"])
+    if family == "throughput":
+        import bench_scaling
+
+        return bench_scaling.run_throughput(spec["impl"], spec["threads"], spec["seconds"])
+    if family == "coalescing":
+        import bench_scaling
+
+        return bench_scaling.run_coalescing(spec["impls"], spec["counts"])
+    raise ValueError(family)
+
+
+# --- environments ---------------------------------------------------------
+
+
+@dataclass
+class Notes:
+    """What is not measured and why, and remarks: "impl|build" -> text."""
+
+    missing: dict[str, str] = field(default_factory=dict)
+    remarks: dict[str, str] = field(default_factory=dict)
+
+
+def probe(env: Env, candidates: list[str], notes: Notes) -> None:
+    """Finds which implementations import in ``env`` (one process each on 3.13t,
+    so that one that turns the GIL back on is seen)."""
+    groups = [[c] for c in candidates] if env.name == "3.13t" else [candidates]
+    for group in groups:
+        found = worker(env.python, "probe", impls=group)
+        env.python_version = found["python"]
+        for impl, info in found["impls"].items():
+            if info["error"] is not None:
+                notes.missing[f"{impl}|{env.name}"] = info["error"]
+                continue
+            env.impls.append(impl)
+            env.versions[impl] = info["version"]
+            if env.name == "3.13t" and found["gil"]:
+                notes.remarks[f"{impl}|3.13t"] = "its import turns the GIL back on"
+
+
+def read_ft_status(path: str | None) -> dict[str, str]:
+    """ci/bench.sh's notes on installing the peers on 3.13t: impl -> note."""
+    out: dict[str, str] = {}
+    if not path or not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        req, _, note = line.partition("\t")
+        name = req.split("==")[0].strip()
+        out[impls.OLD if name == "moka-py" else name] = note.strip()
     return out
 
 
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def table(results: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
-    cases: list[str] = []
-    for per_impl in results.values():
-        cases += [c for c in per_impl if c not in cases]
-    impls = list(results)
-    head = "| case | " + " | ".join(labels[i] for i in impls) + " |"
-    rows = [head, "|---" * (len(impls) + 1) + "|"]
-    base = results.get("moka_py", {})
-    for case in cases:
-        cells = []
-        for impl in impls:
-            v = results[impl].get(case)
-            if v is None:
-                cells.append("-")
-            elif impl == "moka_py" or case not in base:
-                cells.append(f"{v:.0f}")
+def environments(args: argparse.Namespace) -> tuple[list[Env], Notes]:
+    """The environments, each with the implementations that run there."""
+    notes = Notes()
+    gil = Env("GIL", sys.executable)
+    mine = [i for i in impls.ALL if i != impls.OLD]
+    probe(gil, mine, notes)
+    envs = [gil]
+    if args.peer_python:
+        old = Env("GIL", args.peer_python)
+        probe(old, [impls.OLD], notes)
+        envs.append(old)
+    if args.ft_python:
+        ft = Env("3.13t", args.ft_python)
+        probe(ft, mine, notes)
+        envs.append(ft)
+        if args.ft_peer_python:
+            ft_old = Env("3.13t", args.ft_peer_python)
+            probe(ft_old, [impls.OLD], notes)
+            envs.append(ft_old)
+        else:
+            notes.missing[f"{impls.OLD}|3.13t"] = "not installed"
+        # ci/bench.sh knows better why a peer is missing than a failed import.
+        for impl, note in read_ft_status(args.ft_status).items():
+            key = f"{impl}|3.13t"
+            if key in notes.missing:
+                notes.missing[key] = note
             else:
-                cells.append(f"{v:.0f} ({v / base[case]:.2f}x)")
-        rows.append(f"| {case} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+                notes.remarks[key] = note
+    return envs, notes
+
+
+def label(impl: str, env: Env) -> str:
+    if impl == impls.THIS:
+        return f"moka_py {env.versions[impl]} (this)"
+    if impl == impls.OLD:
+        return f"moka-py {env.versions[impl]}"
+    if impl == "functools":
+        return "functools.lru_cache"
+    if impl == "dict":
+        return "dict"
+    return f"{impl} {env.versions[impl]}"
+
+
+def peer(impl: str, env: Env) -> str:
+    """``worker``'s ``who``: empty for moka_py, whose failure ends the run."""
+    return "" if impl == impls.THIS else f"{impl}|{env.name}"
+
+
+def where(envs: list[Env], name: str) -> list[tuple[Env, list[str]]]:
+    return [(e, e.impls) for e in envs if e.name == name and e.impls]
+
+
+# --- the case families --------------------------------------------------------
+
+
+def latency(envs: list[Env], plan: Plan) -> dict[str, Any]:
+    samples: dict[str, dict[str, list[float]]] = {}
+    for r in range(plan.latency_repeats):
+        for env, names in where(envs, "GIL"):
+            log(f"latency: repeat {r + 1}/{plan.latency_repeats}, {', '.join(names)}")
+            found = worker(env.python, "latency", impls=names, rounds=plan.latency_rounds)
+            for impl, cases in found.items():
+                for case, value in cases.items():
+                    samples.setdefault(impl, {}).setdefault(case, []).append(value)
+    return {
+        impl: {case: statistics.median(v) for case, v in cases.items()}
+        for impl, cases in samples.items()
+    }
+
+
+def scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
+    runs: list[tuple[Env, str, str]] = []
+    for env, names in where(envs, "3.13t"):
+        runs += [(env, impl, impl) for impl in names if impl != "functools"]  # it has no set
+    for env, names in where(envs, "GIL"):
+        if impls.THIS in names:
+            runs.append((env, impls.THIS, "moka_py, GIL build"))
+    samples: dict[str, dict[str, list[float]]] = {}
+    gil_on: dict[str, bool] = {}
+    for r in range(plan.throughput_repeats):
+        log(f"scaling: repeat {r + 1}/{plan.throughput_repeats}, threads {list(plan.threads)}")
+        for env, impl, key in runs:
+            found = worker(
+                env.python,
+                "throughput",
+                who=peer(impl, env),
+                impl=impl,
+                threads=list(plan.threads),
+                seconds=plan.throughput_seconds,
+            )
+            if found is None:
+                continue
+            gil_on[key] = found["gil"]
+            for n, ops in found["ops"].items():
+                samples.setdefault(key, {}).setdefault(n, []).append(ops)
+    ops = {k: {n: statistics.median(v) for n, v in per.items()} for k, per in samples.items()}
+    return {"ops": ops, "gil": gil_on}
+
+
+def coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
+    counts = list(plan.coalesce_counts)
+    samples: dict[str, dict[str, list[list[float]]]] = {}
+    for r in range(plan.coalesce_repeats):
+        log(f"coalescing: repeat {r + 1}/{plan.coalesce_repeats}, N={counts}, a process each")
+        for env in envs:
+            for impl in env.impls:
+                found = worker(
+                    env.python, "coalescing", who=peer(impl, env), impls=[impl], counts=counts
+                )
+                if found is None:
+                    continue
+                row = samples.setdefault(f"{impl}|{env.name}", {})
+                for col, value in found[impl].items():
+                    row.setdefault(col, []).append(value)
+    out: dict[str, dict[str, Any]] = {}
+    for key, cols in samples.items():
+        for col, values in cols.items():
+            calls = sorted(int(v[0]) for v in values)
+            ms = statistics.median(v[1] for v in values)
+            out.setdefault(key, {})[col] = {"calls": [calls[0], calls[-1]], "ms": ms}
+    return out
+
+
+def hit_ratio(envs: list[Env], quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for env, names in where(envs, "GIL"):
+        log(f"hit ratio: {', '.join(names)}")
+        out |= worker(env.python, "hit_ratio", impls=names, quick=quick)
+    return out
+
+
+def memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
+    import bench_memory
+
+    n = bench_memory.entries(quick)
+    samples: dict[str, list[float]] = {}
+    held: dict[str, int] = {}
+    for r in range(plan.memory_repeats):
+        log(f"memory: repeat {r + 1}/{plan.memory_repeats}, {n} entries, a process each")
+        for env, names in where(envs, "GIL"):
+            for impl in names:
+                found = worker(env.python, "memory", who=peer(impl, env), impl=impl, entries=n)
+                if found is None:
+                    continue
+                samples.setdefault(impl, []).append(found["bytes"])
+                held[impl] = found["entries"]
+    return {
+        "entries": n,
+        "bytes": {impl: statistics.median(v) for impl, v in samples.items()},
+        "held": held,
+    }
+
+
+# --- main ---------------------------------------------------------------------
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="a smoke run: few repeats")
-    ap.add_argument("--impl", action="append", help="measure only these (default: all found)")
-    ap.add_argument("--json", action="store_true", help="print JSON results only")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, few repeats")
+    ap.add_argument("--out", default=str(ROOT / "bench-out"), help="charts and results.md")
+    ap.add_argument("--only", action="append", choices=FAMILIES, help="run only these families")
     ap.add_argument("--peer-python", help="interpreter of the venv holding moka-py 0.5.0")
+    ap.add_argument("--ft-python", help="interpreter of the free-threaded 3.13t venv")
+    ap.add_argument("--ft-peer-python", help="a 3.13t venv holding moka-py 0.5.0, if any")
+    ap.add_argument("--ft-status", help="ci/bench.sh's notes on the peers' install on 3.13t")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    repeats, rounds = (3, 2) if args.quick else (9, 20)
-    impls = args.impl or ["moka_py", "cachebox", "cachetools", "lru-dict", "functools", "dict"]
-    found = []
-    for impl in impls:
-        mod = {"lru-dict": "lru", "functools": "functools", "dict": "builtins"}.get(impl, impl)
-        try:
-            __import__(mod)
-            found.append(impl)
-        except ImportError:
-            print(f"  {impl}: not installed, skipped", file=sys.stderr)
-    results = measure(found, repeats, rounds)
-    if args.json:
-        print(json.dumps(results))
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
         return
-    labels = {i: f"{i} {version(i)}" for i in found}
-    labels["moka_py"] = f"moka_py {version('moka-py')} (this)"
-    labels["functools"] = "functools.lru_cache"
-    labels["dict"] = "dict"
-    if args.peer_python:
-        cmd = [args.peer_python, __file__, "--json", "--impl", "moka_py"]
-        if args.quick:
-            cmd.append("--quick")
-        peer = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        results["moka_py-0.5.0"] = peer["moka_py"]
-        labels["moka_py-0.5.0"] = "moka-py 0.5.0"
-        order = ["moka_py", "moka_py-0.5.0"] + [i for i in results if not i.startswith("moka")]
-        results = {i: results[i] for i in order}
-    print(
-        f"\n### Latency, ns per operation (median of {repeats} interleaved repeats; "
-        f"ratio to moka_py)\n\nPython {sys.version.split()[0]}, "
-        f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', 'random')}, "
-        f"{time.strftime('%Y-%m-%d')}\n"
+
+    import bench_report
+
+    plan = QUICK if args.quick else FULL
+    families = args.only or list(FAMILIES)
+    log(f"{'quick' if args.quick else 'full'} run: {', '.join(families)}")
+    envs, notes = environments(args)
+    for key, note in notes.missing.items():
+        impl, build = key.split("|")
+        log(f"{bench_report.display(impl)}: not available on {build} ({note})")
+    for key, note in notes.remarks.items():
+        impl, build = key.split("|")
+        log(f"{bench_report.display(impl)} on {build}: {note}")
+    results: dict[str, Any] = {}
+    if "latency" in families:
+        results["latency"] = latency(envs, plan)
+    if "scaling" in families:
+        results["scaling"] = scaling(envs, plan)
+        results["coalescing"] = coalescing(envs, plan)
+    if "hit_ratio" in families:
+        results["hit_ratio"] = hit_ratio(envs, args.quick)
+    if "memory" in families:
+        results["memory"] = memory(envs, plan, args.quick)
+
+    meta = bench_report.Meta(
+        quick=args.quick,
+        plan=plan.__dict__,
+        pythons={e.name: e.python_version for e in envs},
+        labels={f"{i}|{e.name}": label(i, e) for e in envs for i in e.impls},
+        missing=notes.missing,
+        remarks=notes.remarks | FAILED,
+        cores=os.cpu_count() or 0,
+        seconds=time.time() - STARTED,
     )
-    print(table(results, labels))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = bench_report.markdown(results, meta)
+    print(markdown)
+    (out / "results.md").write_text(markdown)
+    (out / "results.json").write_text(json.dumps({"meta": meta.__dict__, **results}, indent=1))
+    log("charts")
+    written = bench_report.charts(results, meta, out)
+    log(f"wrote {', '.join(str(p) for p in [out / 'results.md', *written])}")
 
 
 if __name__ == "__main__":

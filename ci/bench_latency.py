@@ -1,0 +1,211 @@
+"""Case 1: the latency of one operation, one thread (GIL build).
+
+Each case cycles over a pool of keys (no single hot key). A round times one
+pass over the pool; the same pass with an empty loop body is timed right after
+it and subtracted, so the figures are the cost of the operation alone. Any
+set-up a round needs (a fresh block of keys, refilling the cache before a
+``remove`` pass) happens outside the timed pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bench_impls as impls
+
+POOL = 1000
+CAPACITY = 10_000
+
+CASES = (
+    "get hit (int)",
+    "get hit (str)",
+    "get miss (int)",
+    "get miss (str)",
+    "set existing",
+    "set fresh, full cache",
+    "remove",
+    "get_with hit",
+    "get_with miss",
+    "@cached hit",
+    "@cached coalescing hit",
+)
+
+
+@dataclass
+class Case:
+    keys: Callable[[], list[Any]]  # the keys of the next round (not timed)
+    run: Callable[[list[Any]], None]  # one timed pass
+
+
+def int_keys() -> list[Any]:
+    return list(range(POOL))
+
+
+def str_keys(prefix: str) -> list[Any]:
+    # Built at run time: equal to, but not the same objects as, the stored keys.
+    return ["".join([prefix, str(i)]) for i in range(POOL)]
+
+
+def get_loop(get: Callable[[Any], Any]) -> Callable[[list[Any]], None]:
+    def run(keys: list[Any]) -> None:
+        for k in keys:
+            get(k)
+
+    return run
+
+
+def set_loop(api: impls.Api) -> Callable[[list[Any]], None]:
+    put = api.put
+    if put is None:
+        c = api.cache
+
+        def run_items(keys: list[Any]) -> None:
+            for k in keys:
+                c[k] = k
+
+        return run_items
+
+    def run(keys: list[Any]) -> None:
+        for k in keys:
+            put(k, k)
+
+    return run
+
+
+def fill(api: impls.Api, keys: list[Any]) -> None:
+    for k in keys:
+        if api.put is None:
+            api.cache[k] = k
+        else:
+            api.put(k, k)
+
+
+def fixed(keys: list[Any]) -> Callable[[], list[Any]]:
+    return lambda: keys
+
+
+def mapping_cases(impl: str) -> dict[str, Case]:
+    out: dict[str, Case] = {}
+    ints = int_keys()
+
+    api = impls.make(impl, CAPACITY)
+    fill(api, ints)
+    out["get hit (int)"] = Case(fixed(ints), get_loop(api.get))
+    out["set existing"] = Case(fixed(ints), set_loop(api))
+
+    api = impls.make(impl, CAPACITY)
+    fill(api, str_keys("key-"))
+    out["get hit (str)"] = Case(fixed(str_keys("key-")), get_loop(api.get))
+
+    api = impls.make(impl, CAPACITY)
+    fill(api, [-1 - k for k in ints])
+    out["get miss (int)"] = Case(fixed(ints), get_loop(api.get))
+    out["get miss (str)"] = Case(fixed(str_keys("miss-")), get_loop(api.get))
+
+    api = impls.make(impl, CAPACITY)
+    fill(api, list(range(10**9, 10**9 + CAPACITY)))
+    blocks = iter(range(10**12))
+
+    def fresh() -> list[Any]:
+        base = 2 * 10**9 + next(blocks) * POOL
+        return list(range(base, base + POOL))
+
+    out["set fresh, full cache"] = Case(fresh, set_loop(api))
+
+    removing = impls.make(impl, CAPACITY)
+
+    def refill() -> list[Any]:
+        fill(removing, ints)
+        return ints
+
+    out["remove"] = Case(refill, get_loop(removing.remove))
+    return out
+
+
+def get_with_cases(impl: str) -> dict[str, Case]:
+    import moka_py
+
+    ints = int_keys()
+
+    def init() -> int:
+        return 0
+
+    hit: Any = moka_py.Moka(CAPACITY)
+    for k in ints:
+        hit.set(k, k)
+    gw = hit.get_with
+
+    def run_hit(keys: list[Any]) -> None:
+        for k in keys:
+            gw(k, init)
+
+    miss: Any = moka_py.Moka(CAPACITY)
+    gw_miss = miss.get_with
+
+    def cleared() -> list[Any]:
+        miss.clear()
+        return ints
+
+    def run_miss(keys: list[Any]) -> None:
+        for k in keys:
+            gw_miss(k, init)
+
+    return {"get_with hit": Case(fixed(ints), run_hit), "get_with miss": Case(cleared, run_miss)}
+
+
+def decorator_cases(impl: str) -> dict[str, Case]:
+    out: dict[str, Case] = {}
+    ints = int_keys()
+    for name, coalescing in (("@cached hit", False), ("@cached coalescing hit", True)):
+        deco = impls.decorator(impl, CAPACITY, coalescing)
+        if deco is None:
+            continue
+        f = deco(lambda x: x)
+        for k in ints:
+            f(k)
+        out[name] = Case(fixed(ints), get_loop(f))
+    return out
+
+
+def build(impl: str) -> dict[str, Case]:
+    cases: dict[str, Case] = {}
+    if impl != "functools":
+        cases |= mapping_cases(impl)
+    if impls.is_moka(impl):
+        cases |= get_with_cases(impl)
+    cases |= decorator_cases(impl)
+    return {name: cases[name] for name in CASES if name in cases}
+
+
+def empty(keys: list[Any]) -> None:
+    for _ in keys:
+        pass
+
+
+def run(impl_names: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    """One repeat: ns per operation, impl -> case -> value."""
+    built = {impl: build(impl) for impl in impl_names}
+    out: dict[str, dict[str, float]] = {impl: {} for impl in impl_names}
+    # Case-major, so that the implementations of one case run side by side.
+    for name in CASES:
+        for impl in impl_names:
+            case = built[impl].get(name)
+            if case is None:
+                continue
+            keys = case.keys()
+            case.run(keys)  # warm up
+            timed = loop = 0
+            for _ in range(rounds):
+                keys = case.keys()
+                t0 = time.perf_counter_ns()
+                case.run(keys)
+                t1 = time.perf_counter_ns()
+                empty(keys)
+                t2 = time.perf_counter_ns()
+                timed += t1 - t0
+                loop += t2 - t1
+            out[impl][name] = (timed - loop) / (rounds * POOL)
+    return out

@@ -1,0 +1,382 @@
+"""Markdown tables and PNG charts of the benchmark's results.
+
+matplotlib is imported only by :func:`charts`, which runs in the GIL
+benchmark environment (the only one that installs it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bench_impls as impls
+
+THIS = impls.THIS
+COLORS = {
+    THIS: "#d62728",
+    impls.OLD: "#ff9896",
+    "theine": "#1f77b4",
+    "cachebox": "#2ca02c",
+    "cachetools": "#9467bd",
+    "lru-dict": "#8c564b",
+    "functools": "#e377c2",
+    "dict": "#7f7f7f",
+}
+CHARTS = ("latency.png", "scaling.png", "hit_ratio.png", "memory.png")
+
+
+@dataclass
+class Meta:
+    quick: bool
+    plan: dict[str, Any]
+    pythons: dict[str, str]  # build -> Python version
+    labels: dict[str, str]  # "impl|build" -> label with version
+    missing: dict[str, str]  # "impl|build" -> why it is not measured there
+    remarks: dict[str, str]  # "impl|build" -> a remark
+    cores: int
+    seconds: float
+
+    def label(self, impl: str, build: str = "GIL") -> str:
+        return self.labels.get(f"{impl}|{build}", impl)
+
+
+def display(impl: str) -> str:
+    return {impls.OLD: "moka-py 0.5.0", "functools": "functools.lru_cache"}.get(impl, impl)
+
+
+def order(keys: list[str]) -> list[str]:
+    """Keys that start with an implementation's name, in the order of impls.ALL."""
+
+    def rank(key: str) -> int:
+        for i, impl in enumerate(impls.ALL):
+            if key == impl or key.startswith((f"{impl} ", f"{impl}|")):
+                return i
+        return len(impls.ALL)
+
+    return sorted(keys, key=rank)
+
+
+def ratio(value: float, base: float | None) -> str:
+    return "" if not base else f" ({value / base:.2f}x)"
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def latency_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
+    import bench_latency
+
+    cols = order(list(results))
+    base = results.get(THIS, {})
+    rows = []
+    for case in bench_latency.CASES:
+        cells = []
+        for impl in cols:
+            v = results[impl].get(case)
+            cells.append(
+                "-" if v is None else f"{v:.0f}{'' if impl == THIS else ratio(v, base.get(case))}"
+            )
+        rows.append([case, *cells])
+    plan = meta.plan
+    return "\n\n".join(
+        [
+            "### 1. Latency of one operation (ns; ratio to moka_py)",
+            f"One thread, GIL build (Python {meta.pythons.get('GIL', '?')}). Median of "
+            f"{plan['latency_repeats']} interleaved repeats of {plan['latency_rounds']} passes "
+            f"over {bench_latency.POOL} keys; capacity {bench_latency.CAPACITY}; the empty "
+            "loop's own cost is subtracted. *str* keys are equal to, not the same objects as, "
+            "the stored ones. *set fresh*: a new key into a full cache (an eviction). "
+            "*@cached coalescing hit*: moka_py `wait_concurrent=True`, cachebox `lock=True`, "
+            "cachetools `condition=`, theine `Memoize` (which always coalesces).",
+            table(["case", *[meta.label(i) for i in cols]], rows),
+        ]
+    )
+
+
+def scaling_md(results: dict[str, Any], meta: Meta) -> str:
+    ops = results["ops"]
+    counts = list(next(iter(ops.values()))) if ops else []
+    base = ops.get(THIS, {})
+    rows = []
+    for key in order(list(ops)):
+        per = ops[key]
+        name = key if key not in impls.ALL else meta.label(key, "3.13t")
+        if results["gil"].get(key) and "GIL build" not in key:
+            name += " (GIL on)"
+        cells = [
+            f"{per[n] / 1e6:.2f}{'' if key == THIS else ratio(per[n], base.get(n))}" for n in counts
+        ]
+        speedup = per[counts[1]] / per[counts[0]] if len(counts) > 1 else 1.0
+        rows.append([name, *cells, f"{speedup:.2f}x"])
+    for key in order([k for k in meta.missing if k.endswith("|3.13t")]):
+        rows.append([display(key.split("|")[0]), "not available on 3.13t", *["-"] * len(counts)])
+    plan = meta.plan
+    head = ["implementation", *[f"{n} thread{'s' * (n != '1')}" for n in counts]]
+    head.append(f"{counts[1]} vs {counts[0]} threads" if len(counts) > 1 else "")
+    return "\n\n".join(
+        [
+            "### 2. Throughput of threads sharing one cache (million ops/s; ratio to moka_py)",
+            f"Free-threaded Python {meta.pythons.get('3.13t', '?')} on {meta.cores} cores: "
+            "beyond that many threads the total can only hold steady. A 90/10 get/set mix "
+            "over 10,000 keys, all present; each figure is all threads' operations over the "
+            f"time to the last thread's stop, median of {plan['throughput_repeats']} repeats of "
+            f"{plan['throughput_seconds']} s. cachetools is behind a `threading.Lock`; dict "
+            "reads with `d[k]` (on 3.13t `dict.get` takes the dict's lock). "
+            "functools.lru_cache has no set. *moka_py, GIL build*: the same run on the "
+            "ordinary interpreter, for reference.",
+            table(head, rows),
+        ]
+    )
+
+
+def coalescing_md(results: dict[str, Any], meta: Meta) -> str:
+    cols: list[str] = []
+    for per in results.values():
+        cols += [c for c in per if c not in cols]
+    rows = []
+    keys = order(list(results))
+    keys.sort(key=lambda k: k.split("|")[1] != "GIL")
+    for key in keys:
+        per = results[key]
+        impl, build = key.split("|")
+        cells = []
+        for col in cols:
+            v = per.get(col)
+            if v is None:
+                cells.append("-")
+                continue
+            lo, hi = v["calls"]
+            calls = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            cells.append(f"{calls} call{'s' * (hi != 1)}, {v['ms']:.1f} ms")
+        rows.append([f"{meta.label(impl, build)}, {build}", *cells])
+    return "\n\n".join(
+        [
+            "### 2b. Concurrent loads of one missing key (loader calls; time to the last result)",
+            "N threads, or N asyncio tasks in one event loop, call a decorated function "
+            "at once for the same missing key; the function sleeps 10 ms. Time is the median "
+            f"of {meta.plan['coalesce_repeats']} repeats; calls show the range. moka_py: "
+            "`@cached(wait_concurrent=True)`; cachebox: `@cached` (`lock=True`); cachetools: "
+            "`@cached(condition=)` (no async support); theine: `Memoize`; "
+            "functools.lru_cache: no coalescing (and no async support).",
+            table(["implementation", *[f"N={c}" for c in cols]], rows),
+        ]
+    )
+
+
+def hit_ratio_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
+    import bench_hit_ratio
+
+    cols: list[str] = []
+    for per in results.values():
+        cols += [c for c in per if c not in cols]
+    base = results.get(f"{THIS} tiny_lfu", {})
+    rows = []
+    for key in order(list(results)):
+        per = results[key]
+        impl, _, policy = key.partition(" ")
+        cells = [
+            f"{per[c]:.1f}{ratio(per[c], base.get(c)) if key != f'{THIS} tiny_lfu' else ''}"
+            for c in cols
+        ]
+        rows.append([f"{meta.label(impl)} {policy}", *cells])
+    requests, keys = bench_hit_ratio.sizes(meta.quick)
+    return "\n\n".join(
+        [
+            "### 3. Hit ratio (%; ratio to moka_py tiny_lfu)",
+            f"{requests:,} requests; capacity 1% and 10% of the {keys:,} keys of the Zipf "
+            "workloads. *hot set + scans*: half the requests go to a hot set (5% of the keys, "
+            "Zipf 1.0), the other half, interleaved, to keys that are asked for once. "
+            "*loop*: the same 12% of the keys in order, over and over. Single thread, "
+            "cache-aside (`get`, and `set` on a miss). Each figure is one run (the requests "
+            "are seeded); not every policy repeats exactly: between two quick runs theine "
+            "moved by up to 1 point, moka-py 0.5.0 tiny_lfu by 0.6 and cachebox RR by 0.3, "
+            "the others not at all.",
+            table(["policy", *cols], rows),
+        ]
+    )
+
+
+def memory_md(results: dict[str, Any], meta: Meta) -> str:
+    per = results["bytes"]
+    base = per.get(THIS)
+    rows = []
+    for impl in order(list(per)):
+        value = per[impl]
+        held = results["held"][impl]
+        rows.append(
+            [
+                meta.label(impl),
+                f"{value:.0f}",
+                ratio(value, base).strip(" ()") or "1.00x",
+                f"{held:,}",
+            ]
+        )
+    return "\n\n".join(
+        [
+            "### 4. Memory per entry (bytes)",
+            f"{results['entries']:,} int -> int entries (capacity as large), each "
+            "implementation in a fresh process; growth of the resident set over the entries "
+            "held, the key objects (created beforehand) not counted. Median of "
+            f"{meta.plan['memory_repeats']} run{'s' * (meta.plan['memory_repeats'] != 1)}.",
+            table(["implementation", "bytes per entry", "ratio to moka_py", "entries held"], rows),
+        ]
+    )
+
+
+def markdown(results: dict[str, Any], meta: Meta) -> str:
+    kind = (
+        "Quick run: tiny sizes, a smoke check; do not read these figures."
+        if meta.quick
+        else "Full run."
+    )
+    pythons = ", ".join(f"{b} {v}" for b, v in meta.pythons.items() if v)
+    parts = [
+        "## moka_py benchmark",
+        f"{kind} {time.strftime('%Y-%m-%d')}, {meta.cores} cores, Python {pythons}, "
+        f"PYTHONHASHSEED=0; {meta.seconds / 60:.1f} minutes of measurement.",
+    ]
+    if "latency" in results:
+        parts.append(latency_md(results["latency"], meta))
+    if "scaling" in results:
+        parts.append(scaling_md(results["scaling"], meta))
+        parts.append(coalescing_md(results["coalescing"], meta))
+    if "hit_ratio" in results:
+        parts.append(hit_ratio_md(results["hit_ratio"], meta))
+    if "memory" in results:
+        parts.append(memory_md(results["memory"], meta))
+    lines = []
+    for key, note in meta.missing.items():
+        impl, build = key.split("|")
+        lines.append(f"- {display(impl)}: not available on {build} ({note}).")
+    for key, note in meta.remarks.items():
+        impl, build = key.split("|")
+        lines.append(f"- {display(impl)} on {build}: {note}.")
+    if lines:
+        parts += ["### Not measured, and remarks", "\n".join(lines)]
+    return "\n\n".join(parts) + "\n"
+
+
+# --- charts -------------------------------------------------------------------
+
+
+def charts(results: dict[str, Any], meta: Meta, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    suffix = " (quick run)" if meta.quick else ""
+    if "latency" in results:
+        written.append(latency_chart(plt, results["latency"], meta, out, suffix))
+    if "scaling" in results:
+        written.append(scaling_chart(plt, results["scaling"], meta, out, suffix))
+    if "hit_ratio" in results:
+        written.append(hit_ratio_chart(plt, results["hit_ratio"], meta, out, suffix))
+    if "memory" in results:
+        written.append(memory_chart(plt, results["memory"], meta, out, suffix))
+    return written
+
+
+def save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str) -> Path:
+    import bench_latency
+
+    cases = [c for c in bench_latency.CASES if any(c in per for per in results.values())]
+    names = order(list(results))
+    fig, ax = plt.subplots(figsize=(14, 5.5))
+    width = 0.85 / len(names)
+    for j, impl in enumerate(names):
+        xs = [i + j * width for i, c in enumerate(cases) if c in results[impl]]
+        ys = [results[impl][c] for c in cases if c in results[impl]]
+        ax.bar(xs, ys, width, label=meta.label(impl), color=COLORS.get(impl))
+    ax.set_xticks(
+        [i + 0.425 - width / 2 for i in range(len(cases))], cases, rotation=20, ha="right"
+    )
+    ax.set_yscale("log")
+    top = max(v for per in results.values() for v in per.values())
+    ax.set_ylim(top=top * 8)  # room for the legend
+    ax.set_ylabel("ns per operation, log scale (lower is better)")
+    ax.set_title(f"Latency of one operation, one thread, GIL build{suffix}")
+    ax.legend(fontsize="small", ncols=4, loc="upper left")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    return save(plt, fig, out / "latency.png")
+
+
+def scaling_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in order(list(results["ops"])):
+        per = results["ops"][key]
+        threads = [int(n) for n in per]
+        mops = [v / 1e6 for v in per.values()]
+        if key in impls.ALL:
+            name = meta.label(key, "3.13t")
+            ax.plot(threads, mops, "o-", label=name, color=COLORS.get(key))
+        else:
+            ax.plot(threads, mops, "o--", label=key, color=COLORS[THIS], alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(threads, [str(t) for t in threads])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(f"threads ({meta.cores} cores)")
+    ax.set_ylabel("million operations per second, all threads")
+    ax.set_title(f"90/10 get/set on one shared cache, free-threaded 3.13t{suffix}")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return save(plt, fig, out / "scaling.png")
+
+
+def hit_ratio_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str) -> Path:
+    cols: list[str] = []
+    for per in results.values():
+        cols += [c for c in per if c not in cols]
+    workloads = list(dict.fromkeys(c.rsplit(", ", 1)[0] for c in cols))
+    caps = list(dict.fromkeys(c.rsplit(", ", 1)[1] for c in cols))
+    keys = order(list(results))
+    fig, axes = plt.subplots(
+        len(caps),
+        len(workloads),
+        figsize=(3.2 * len(workloads) + 2.5, 0.22 * len(keys) * len(caps) + 1.5),
+        sharey=True,
+        squeeze=False,
+    )
+    for r, cap in enumerate(caps):
+        for c, wl in enumerate(workloads):
+            ax = axes[r][c]
+            col = f"{wl}, {cap}"
+            values = [results[k].get(col, 0.0) for k in keys]
+            colors = [COLORS.get(k.split(" ")[0]) for k in keys]
+            ax.barh(range(len(keys)), values, color=colors)
+            ax.set_title(f"{wl}, capacity {cap}", fontsize="small")
+            ax.set_xlim(0, max([*values, 1.0]) * 1.15)
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(labelsize="x-small")
+    labels = [f"{meta.label(k.split(' ')[0])} {k.split(' ', 1)[1]}" for k in keys]
+    for r in range(len(caps)):
+        axes[r][0].set_yticks(range(len(keys)), labels)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"Hit ratio, % (higher is better){suffix}")
+    return save(plt, fig, out / "hit_ratio.png")
+
+
+def memory_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str) -> Path:
+    per = results["bytes"]
+    names = order(list(per))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(range(len(names)), [per[n] for n in names], color=[COLORS.get(n) for n in names])
+    ax.set_yticks(range(len(names)), [meta.label(n) for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("bytes per entry (lower is better)")
+    ax.set_title(f"Memory, {results['entries']:,} int -> int entries{suffix}")
+    ax.grid(axis="x", alpha=0.3)
+    return save(plt, fig, out / "memory.png")
