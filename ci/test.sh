@@ -22,5 +22,11 @@ if [ "$which" = both ] || [ "$which" = gil ]; then
 fi
 if [ "$which" = both ] || [ "$which" = ft ]; then
     py_ft="$(bash "$ROOT/ci/python-ft.sh")"
-    run_suite "$(make_venv ft "$py_ft" --only-binary :all:)" "$@"
+    ft="$(make_venv ft "$py_ft" --only-binary :all:)"
+    run_suite "$ft" "$@"
+    if [ $# -eq 0 ]; then
+        # Every test again, each in 4 threads at once (pytest-run-parallel).
+        log "pytest on 3.13t, each test in 4 threads at once"
+        (cd "$ROOT" && "$ft/bin/python" -m pytest -n 2 -p no:cacheprovider --parallel-threads=4 tests)
+    fi
 fi

@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::detach::detach;
 use crate::entry::Entry;
 use crate::errors::key_error;
 use crate::expiry::PerEntry;
@@ -210,7 +211,7 @@ impl Moka {
 
     /// Removes every entry (the listener sees each with cause `"explicit"`).
     pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
+        detach(py, || {
             self.store.invalidate_all();
             self.store.run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
@@ -233,7 +234,7 @@ impl Moka {
 
     /// Applies pending evictions and expirations now.
     fn run_pending_tasks(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
+        detach(py, || {
             self.store.run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
             reclaim();
@@ -273,7 +274,7 @@ impl Moka {
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = self.key_ref(key)?;
         let found = if self.detach_reads.load(Ordering::Relaxed) {
-            py.detach(|| self.store.contains_key(&key))
+            detach(py, || self.store.contains_key(&key))
         } else {
             self.store.contains_key(&key)
         };
@@ -438,7 +439,7 @@ impl Moka {
                     let result = match self.lookup(py, lookup) {
                         Ok(Some(entry)) => Ok(entry.obj.clone_ref(py)),
                         Ok(None) => match init.take() {
-                            Some(init) => init().and_then(|value| {
+                            Some(init) => crate::detach::call_python(py, init).and_then(|value| {
                                 self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
                                 Ok(value.unbind())
                             }),
@@ -469,7 +470,7 @@ impl Moka {
 
     pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
         let found = if self.detach_reads.load(Ordering::Relaxed) {
-            py.detach(|| self.store.get(key))
+            detach(py, || self.store.get(key))
         } else {
             self.store.get(key)
         };
@@ -478,7 +479,7 @@ impl Moka {
     }
 
     fn take(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = py.detach(|| self.store.remove(key));
+        let found = detach(py, || self.store.remove(key));
         self.finish(py)?;
         Ok(found)
     }
@@ -492,12 +493,16 @@ impl Moka {
         tti: Option<Duration>,
     ) -> PyResult<()> {
         let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
-            Some(weigher) => options::weight(&weigher.bind(py).call1((key.obj(), value))?)?,
+            Some(weigher) => {
+                let weight =
+                    crate::detach::call_python(py, || weigher.bind(py).call1((key.obj(), value)))?;
+                options::weight(&weight)?
+            }
             None => 1,
         };
         if key.uses_python_eq() {
             // A key whose `__eq__` raises must not be stored: probe first.
-            py.detach(|| self.store.contains_key(&key));
+            detach(py, || self.store.contains_key(&key));
             key::take_eq_error()?;
         }
         let entry = Arc::new(Entry {
@@ -506,7 +511,7 @@ impl Moka {
             ttl,
             tti,
         });
-        py.detach(|| {
+        detach(py, || {
             self.store.insert(key, entry);
             self.bound_size(weight);
         });

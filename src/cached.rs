@@ -124,10 +124,11 @@ impl Counter {
 }
 
 /// A function decorated with `@cached` (sync). Behaves as a function: it
-/// binds as a method, and `functools.update_wrapper` fills its `__dict__`.
+/// binds as a method. `moka_py.cached` instantiates a Python subclass, whose
+/// `__dict__` (filled by `functools.update_wrapper`) the GC then traverses.
 #[pyclass(
     frozen,
-    dict,
+    subclass,
     weakref,
     module = "moka_py._moka_py",
     name = "CachedFunction"
@@ -188,7 +189,7 @@ impl CachedFunction {
         }
         let call = || {
             self.misses.incr();
-            self.func.bind(py).call(args, kwargs)
+            crate::detach::call_python(py, || self.func.bind(py).call(args, kwargs))
         };
         if self.coalesce {
             let value = cache.load(py, &key, &lookup, call, None, None)?;

@@ -64,12 +64,23 @@ pub(crate) fn kwargs_mark(py: Python<'_>) -> Bound<'_, PyAny> {
     unsafe { Bound::from_borrowed_ptr(py, ptr) }
 }
 
+/// Tuples nested deeper than this compare with Python (which guards its own
+/// recursion) instead of recursing here.
+const MAX_TUPLE_DEPTH: u32 = 16;
+
 impl Repr {
     /// Builds the representation of `obj`.
     ///
     /// # Safety
     /// `obj` must be a valid object pointer and the caller must be attached.
     unsafe fn of(obj: *mut ffi::PyObject) -> Self {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::nested(obj, 0) }
+    }
+
+    /// # Safety
+    /// As [`Repr::of`].
+    unsafe fn nested(obj: *mut ffi::PyObject, depth: u32) -> Self {
         // SAFETY: (for the whole function) `obj` is a live object and we are
         // attached, as the caller guarantees; every call below is a plain
         // CPython C-API call on that object or on items it owns.
@@ -129,10 +140,13 @@ impl Repr {
                 return Repr::Bytes(data.cast::<u8>(), len as usize);
             }
             if ffi::PyTuple_CheckExact(obj) != 0 {
+                if depth >= MAX_TUPLE_DEPTH {
+                    return Repr::Other;
+                }
                 let n = ffi::PyTuple_Size(obj);
                 let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
                 for i in 0..n {
-                    let item = Repr::of(ffi::PyTuple_GetItem(obj, i));
+                    let item = Repr::nested(ffi::PyTuple_GetItem(obj, i), depth + 1);
                     if matches!(item, Repr::Other) {
                         return Repr::Other;
                     }
@@ -256,7 +270,9 @@ fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
     Python::attach(|py| {
         // SAFETY: both pointers are live objects owned by the keys being
         // compared, and we are attached.
-        let r = unsafe { ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) };
+        let r = crate::detach::call_python(py, || unsafe {
+            ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ)
+        });
         if r < 0 {
             let err = PyErr::fetch(py);
             EQ_ERROR.with(|slot| {

@@ -18,6 +18,7 @@
 
 mod cache;
 mod cached;
+mod detach;
 mod entry;
 mod errors;
 mod expiry;
@@ -27,10 +28,21 @@ mod loader;
 mod options;
 mod slot;
 
+use pyo3::exceptions::PyImportError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // SAFETY: both calls only read the runtime's interpreter pointers; we are
+    // attached (module initialisation).
+    let in_main = unsafe { ffi::PyInterpreterState_Get() == ffi::PyInterpreterState_Main() };
+    if !in_main {
+        return Err(PyImportError::new_err(
+            "moka_py cannot be imported in a subinterpreter: its caches share process-wide \
+             state; import it in the main interpreter",
+        ));
+    }
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
@@ -38,6 +50,11 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;
+    let before_exit = wrap_pyfunction!(detach::_before_exit, m)?;
+    m.py()
+        .import("atexit")?
+        .getattr("register")?
+        .call1((before_exit,))?;
     let after_fork = wrap_pyfunction!(loader::_after_fork_in_child, m)?;
     let os = m.py().import("os")?;
     if os.hasattr("register_at_fork")? {

@@ -94,7 +94,7 @@ pub(crate) fn deliver(py: Python<'_>) {
                 n.entry.obj.clone_ref(py),
                 cause_name(py, n.cause),
             );
-            if let Err(err) = cb.call1(py, args) {
+            if let Err(err) = crate::detach::call_python(py, || cb.call1(py, args)) {
                 err.write_unraisable(py, Some(cb.bind(py)));
             }
         }

@@ -35,6 +35,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTraceback;
 use pyo3::{intern, PyTypeInfo};
 
+use crate::detach::detach;
 use crate::errors::Error;
 use crate::key::{Key, PyHashBuilder};
 
@@ -109,7 +110,7 @@ impl Loads {
                 done: Condvar::new(),
             })
         };
-        let found = py.detach(|| match self.map.entry(key) {
+        let found = detach(py, || match self.map.entry(key) {
             MapEntry::Occupied(mut e) if e.get().generation != generation => {
                 // Left over from before a fork: nobody will finish it here.
                 let load = new_load();
@@ -123,7 +124,17 @@ impl Loads {
                 Err(load)
             }
         });
-        crate::key::take_eq_error()?;
+        if let Err(err) = crate::key::take_eq_error() {
+            if let Err(load) = found {
+                // We inserted a load but will not lead it: withdraw it.
+                drop(Leader {
+                    loads: self,
+                    key: again,
+                    load: Some(load),
+                });
+            }
+            return Err(err);
+        }
         match found {
             Ok(load) if load.owner == me => {
                 Err(Error::Recursion(format!(
@@ -147,7 +158,7 @@ impl Load {
     /// Waits, detached, for the leader's outcome.
     pub(crate) fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
         loop {
-            let state = py.detach(|| {
+            let state = detach(py, || {
                 let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
                 let (guard, _) = self
                     .done
@@ -185,7 +196,7 @@ impl Leader<'_> {
             }
             Err(_) => State::Abandoned,
         };
-        py.detach(|| self.publish(state));
+        detach(py, || self.publish(state));
     }
 
     fn publish(&mut self, state: State) {
@@ -193,6 +204,9 @@ impl Leader<'_> {
         self.loads
             .map
             .remove_if(&self.key, |_, v| Arc::ptr_eq(v, &load));
+        // A colliding key's `__eq__` may raise during that lookup; the entry
+        // is found by identity regardless, and the error belongs to no call.
+        drop(crate::key::take_eq_error());
         *load.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
         load.done.notify_all();
     }

@@ -463,6 +463,7 @@ class ListenerBoom(Exception):
     pass
 
 
+@pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
 def test_raising_listener_goes_to_unraisablehook(unraisable: list[Unraisable]) -> None:
     calls: list[str] = []
 

@@ -77,6 +77,7 @@ def fill(c: Moka[Any, Value], make_key: Any, n: int) -> list[weakref.ref[Value]]
     return refs
 
 
+@pytest.mark.thread_unsafe
 @pytest.mark.parametrize("kind", ["str", "python-eq"])
 def test_clear_releases_values(kind: str) -> None:
     make_key = KEYS[kind]
@@ -91,6 +92,7 @@ def test_clear_releases_values(kind: str) -> None:
         assert alive == 0, f"trial {trial}: {alive} of {n} values alive after clear()"
 
 
+@pytest.mark.thread_unsafe
 @pytest.mark.parametrize("how", ["remove", "del", "replace"])
 def test_remove_releases_values(how: str) -> None:
     make_key = KEYS["tuple"]
@@ -110,6 +112,7 @@ def test_remove_releases_values(how: str) -> None:
         assert alive == 0, f"trial {trial}: {alive} of {n} values alive after {how}"
 
 
+@pytest.mark.thread_unsafe
 def test_evicted_values_are_released() -> None:
     c: Moka[int, Value] = Moka(5, policy="lru")
     refs = []

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-from moka_py._moka_py import CachedFunction as _SyncWrapper
+from moka_py._moka_py import CachedFunction as _RustCachedFunction
 from moka_py._moka_py import Moka, make_key
 
 P = ParamSpec("P")
@@ -47,6 +47,11 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
     def cache_parameters(self) -> dict[str, Any]: ...
+
+
+class _SyncWrapper(_RustCachedFunction):
+    """A sync function decorated with :func:`cached`: the Rust wrapper, with a
+    ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
 
 
 class _Stats:

@@ -1,0 +1,117 @@
+//! Detaching from the interpreter, and calling Python from Rust, safely at
+//! interpreter exit.
+//!
+//! On CPython before 3.14, a thread that re-attaches to an interpreter that is
+//! finalizing is ended by `pthread_exit`, whose forced unwinding through Rust
+//! frames aborts the process. Daemon threads inside a cache method when the
+//! main thread exits would hit that. So:
+//!
+//! * at exit (an `atexit` hook, which runs before finalization starts) the
+//!   module sets [`EXITING`] and, detached, waits a bounded time for the
+//!   threads inside moka_py (counted in [`ACTIVE`]) to leave;
+//! * a thread other than the main one that is about to re-attach, or to run
+//!   Python code from Rust, while exiting parks for good instead (detached,
+//!   holding nothing); the process ends around it.
+//!
+//! What remains: Python code called from Rust (an initializer, a listener...)
+//! that is still running when that wait times out can be ended inside our
+//! frames, as before.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+static EXITING: AtomicBool = AtomicBool::new(false);
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How long the exit hook waits for threads to leave moka_py.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+#[cfg(Py_3_13)]
+fn is_finalizing() -> bool {
+    // SAFETY: reads an atomic flag of the runtime; callable without a thread
+    // state.
+    unsafe { pyo3::ffi::Py_IsFinalizing() != 0 }
+}
+
+#[cfg(not(Py_3_13))]
+fn is_finalizing() -> bool {
+    extern "C" {
+        fn _Py_IsFinalizing() -> std::os::raw::c_int;
+    }
+    // SAFETY: as above (the pre-3.13 name of the same function).
+    unsafe { _Py_IsFinalizing() != 0 }
+}
+
+fn is_main_thread() -> bool {
+    // SAFETY: plain system calls without arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) == libc::c_long::from(libc::getpid()) }
+}
+
+fn exiting() -> bool {
+    (EXITING.load(Ordering::SeqCst) || is_finalizing()) && !is_main_thread()
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Counts the calling thread in while it is inside moka_py.
+struct Active;
+
+impl Active {
+    fn enter() -> Self {
+        ACTIVE.fetch_add(1, Ordering::SeqCst);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `py.detach(f)`, except that a thread other than the main one never
+/// re-attaches while the interpreter is exiting: it parks.
+pub(crate) fn detach<T, F>(py: Python<'_>, f: F) -> T
+where
+    F: Send + FnOnce() -> T,
+    T: Send,
+{
+    py.detach(|| {
+        let active = Active::enter();
+        let result = f();
+        if exiting() {
+            drop(active);
+            park_forever();
+        }
+        result
+    })
+}
+
+/// Runs Python code from Rust (`f` is attached). A thread other than the main
+/// one does not start it while the interpreter is exiting: it parks, detached.
+pub(crate) fn call_python<R>(py: Python<'_>, f: impl FnOnce() -> R) -> R {
+    if exiting() {
+        py.detach(|| park_forever());
+    }
+    let _active = Active::enter();
+    f()
+}
+
+/// The `atexit` hook (registered at import).
+#[pyfunction]
+pub(crate) fn _before_exit(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    // The hook runs in the main thread, which is not counted while here.
+    py.detach(|| {
+        let deadline = Instant::now() + EXIT_WAIT;
+        while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
