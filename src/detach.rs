@@ -18,6 +18,7 @@
 //! frames, as before.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -28,20 +29,28 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 /// How long the exit hook waits for threads to leave moka_py.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
-#[cfg(Py_3_13)]
+/// `Py_IsFinalizing` (3.13+) or `_Py_IsFinalizing` (before): looked up once,
+/// by name, in the running interpreter, so one build serves every version.
 fn is_finalizing() -> bool {
+    type IsFinalizing = unsafe extern "C" fn() -> std::os::raw::c_int;
+    static FUNCTION: OnceLock<Option<IsFinalizing>> = OnceLock::new();
+    let function = FUNCTION.get_or_init(|| {
+        [c"Py_IsFinalizing", c"_Py_IsFinalizing"]
+            .iter()
+            .find_map(|name| {
+                // SAFETY: dlsym with a NUL-terminated name; a non-null result is
+                // the address of the CPython function of that name, whose
+                // signature is `int (void)` in every version.
+                unsafe {
+                    let address = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+                    (!address.is_null())
+                        .then(|| std::mem::transmute::<*mut libc::c_void, IsFinalizing>(address))
+                }
+            })
+    });
     // SAFETY: reads an atomic flag of the runtime; callable without a thread
     // state.
-    unsafe { pyo3::ffi::Py_IsFinalizing() != 0 }
-}
-
-#[cfg(not(Py_3_13))]
-fn is_finalizing() -> bool {
-    extern "C" {
-        fn _Py_IsFinalizing() -> std::os::raw::c_int;
-    }
-    // SAFETY: as above (the pre-3.13 name of the same function).
-    unsafe { _Py_IsFinalizing() != 0 }
+    function.is_some_and(|f| unsafe { f() } != 0)
 }
 
 fn is_main_thread() -> bool {
