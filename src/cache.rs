@@ -273,7 +273,7 @@ impl Moka {
     /// `key in cache`: does not count as an access (for `tti` or eviction).
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = self.key_ref(key)?;
-        let found = if self.detach_reads.load(Ordering::Relaxed) {
+        let found = if self.detach_reads.load(Ordering::SeqCst) {
             detach(py, || self.store.contains_key(&key))
         } else {
             self.store.contains_key(&key)
@@ -313,19 +313,24 @@ impl Moka {
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(
             py,
-            self.snapshot().iter().map(|(k, _)| k.obj().clone_ref(py)),
+            self.snapshot(py)?
+                .iter()
+                .map(|(k, _)| k.obj().clone_ref(py)),
         )
     }
 
     /// A list of the values (a snapshot).
     fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.snapshot().iter().map(|(_, e)| e.obj.clone_ref(py)))
+        PyList::new(
+            py,
+            self.snapshot(py)?.iter().map(|(_, e)| e.obj.clone_ref(py)),
+        )
     }
 
     /// A list of `(key, value)` pairs (a snapshot).
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let pairs: PyResult<Vec<Bound<'py, PyTuple>>> = self
-            .snapshot()
+            .snapshot(py)?
             .iter()
             .map(|(k, e)| PyTuple::new(py, [k.obj().clone_ref(py), e.obj.clone_ref(py)]))
             .collect();
@@ -356,7 +361,7 @@ impl Moka {
         // be waiting for the interpreter to compare Python keys: with such
         // keys the entries are not visited (cycles through them are then not
         // collected; clearing the cache frees them), never risking a hang.
-        if self.python_keys.load(Ordering::Relaxed) {
+        if self.python_keys.load(Ordering::SeqCst) {
             return Ok(());
         }
         key::without_python(|| {
@@ -374,6 +379,7 @@ impl Moka {
         listener::discarding(|| {
             self.store.invalidate_all();
             self.store.run_pending_tasks();
+            reclaim();
         });
         if let Some(l) = &self.listener {
             l.clear();
@@ -386,8 +392,10 @@ impl Moka {
 
 impl Moka {
     fn mark_python_keys(&self) {
-        self.python_keys.store(true, Ordering::Relaxed);
-        self.detach_reads.store(true, Ordering::Relaxed);
+        // SeqCst: on 3.13t a reader must not keep reading attached once a
+        // Python-compared key may be inside moka.
+        self.python_keys.store(true, Ordering::SeqCst);
+        self.detach_reads.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<KeyRef> {
@@ -469,7 +477,7 @@ impl Moka {
     }
 
     pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = if self.detach_reads.load(Ordering::Relaxed) {
+        let found = if self.detach_reads.load(Ordering::SeqCst) {
             detach(py, || self.store.get(key))
         } else {
             self.store.get(key)
@@ -532,7 +540,11 @@ impl Moka {
         }
     }
 
-    fn snapshot(&self) -> Vec<(Arc<Key>, Arc<Entry>)> {
-        self.store.iter().collect()
+    /// The entries, collected detached: walking moka's table may wait on its
+    /// resize lock, whose holder may need the interpreter for a key's `__eq__`.
+    fn snapshot(&self, py: Python<'_>) -> PyResult<Vec<(Arc<Key>, Arc<Entry>)>> {
+        let entries = detach(py, || self.store.iter().collect());
+        self.finish(py)?;
+        Ok(entries)
     }
 }

@@ -58,7 +58,9 @@ fn is_main_thread() -> bool {
     unsafe { libc::syscall(libc::SYS_gettid) == libc::c_long::from(libc::getpid()) }
 }
 
-fn exiting() -> bool {
+/// Whether this thread must not re-attach: the interpreter is exiting and
+/// this is not the main thread.
+pub(crate) fn exiting() -> bool {
     (EXITING.load(Ordering::SeqCst) || is_finalizing()) && !is_main_thread()
 }
 

@@ -51,16 +51,18 @@ pub(crate) enum Repr {
 static KWARGS_MARK: std::sync::atomic::AtomicPtr<ffi::PyObject> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
-/// Registers the keyword-argument separator (see [`KWARGS_MARK`]).
+/// Registers the keyword-argument separator (see [`KWARGS_MARK`]), keeping
+/// a strong reference to it for the life of the process.
 pub(crate) fn set_kwargs_mark(mark: &Bound<'_, PyAny>) {
-    KWARGS_MARK.store(mark.as_ptr(), std::sync::atomic::Ordering::Release);
+    let ptr = mark.clone().unbind().into_ptr();
+    KWARGS_MARK.store(ptr, std::sync::atomic::Ordering::Release);
 }
 
 /// The keyword-argument separator (see [`KWARGS_MARK`]).
 pub(crate) fn kwargs_mark(py: Python<'_>) -> Bound<'_, PyAny> {
     let ptr = KWARGS_MARK.load(std::sync::atomic::Ordering::Acquire);
-    // SAFETY: set at module initialisation to an object the module keeps
-    // alive for the life of the process; we return a new strong reference.
+    // SAFETY: set at module initialisation to an object whose strong
+    // reference is never released; we return a new strong reference.
     unsafe { Bound::from_borrowed_ptr(py, ptr) }
 }
 
@@ -267,12 +269,16 @@ fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
     if NO_PYTHON.with(Cell::get) {
         return false;
     }
+    if crate::detach::exiting() {
+        // A thread other than the main one must not attach while the
+        // interpreter exits (see detach.rs); we may hold moka's locks here, so
+        // do not park either: the keys count as different.
+        return false;
+    }
     Python::attach(|py| {
         // SAFETY: both pointers are live objects owned by the keys being
         // compared, and we are attached.
-        let r = crate::detach::call_python(py, || unsafe {
-            ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ)
-        });
+        let r = unsafe { ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) };
         if r < 0 {
             let err = PyErr::fetch(py);
             EQ_ERROR.with(|slot| {

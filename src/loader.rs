@@ -126,12 +126,14 @@ impl Loads {
         });
         if let Err(err) = crate::key::take_eq_error() {
             if let Err(load) = found {
-                // We inserted a load but will not lead it: withdraw it.
-                drop(Leader {
+                // We inserted a load but will not lead it: withdraw it
+                // (detached: that takes a shard lock).
+                let leader = Leader {
                     loads: self,
                     key: again,
                     load: Some(load),
-                });
+                };
+                detach(py, move || drop(leader));
             }
             return Err(err);
         }

@@ -127,7 +127,6 @@ class Moka(Generic[_K, _V]):
 def make_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None, typed: bool) -> Hashable:
     """The cache key ``@cached`` builds for a call with these arguments."""
 
-@final
 class CachedFunction:
     """A sync function decorated with ``moka_py.cached`` (see ``moka_py.cached``)."""
 
