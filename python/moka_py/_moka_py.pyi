@@ -3,7 +3,7 @@
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, Literal, TypeVar, final, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -127,6 +127,7 @@ class Moka(Generic[_K, _V]):
 def make_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None, typed: bool) -> Hashable:
     """The cache key ``@cached`` builds for a call with these arguments."""
 
+@disjoint_base
 class CachedFunction:
     """A sync function decorated with ``moka_py.cached`` (see ``moka_py.cached``)."""
 
