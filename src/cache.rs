@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use moka::sync::Cache;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -37,7 +38,10 @@ type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
 /// A thread-safe in-memory cache with size-bounded eviction and expiration.
 #[pyclass(frozen, generic, weakref, module = "moka_py._moka_py", name = "Moka")]
 pub(crate) struct Moka {
-    store: Store,
+    /// The moka cache. `clear()` swaps in a fresh one, so that nothing of the
+    /// old one (moka keeps removed keys in tombstones of its table) stays
+    /// alive; a call that was already using the old one finishes on it.
+    store: ArcSwap<Store>,
     loads: Loads,
     listener: Option<Arc<Listener>>,
     weigher: Option<PySlot>,
@@ -66,6 +70,31 @@ fn reclaim() {
     for _ in 0..3 {
         crossbeam_epoch::pin().flush();
     }
+}
+
+/// A new, empty moka cache with this configuration.
+fn build_store(
+    capacity: u64,
+    policy: Policy,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    listener: Option<&Arc<Listener>>,
+) -> Store {
+    let mut builder = Cache::builder()
+        .max_capacity(capacity)
+        .eviction_policy(policy.to_moka())
+        .expire_after(PerEntry)
+        .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
+    if let Some(ttl) = ttl {
+        builder = builder.time_to_live(ttl);
+    }
+    if let Some(tti) = tti {
+        builder = builder.time_to_idle(tti);
+    }
+    if let Some(l) = listener {
+        builder = builder.eviction_listener(l.queue());
+    }
+    builder.build_with_hasher(PyHashBuilder)
 }
 
 /// The documented bound on the excess: 1/32 of the capacity, and for a cache
@@ -115,23 +144,15 @@ impl Moka {
             }
         }
 
-        let mut builder = Cache::builder()
-            .max_capacity(capacity)
-            .eviction_policy(policy.to_moka())
-            .expire_after(PerEntry)
-            .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
-        if let Some(ttl) = ttl {
-            builder = builder.time_to_live(ttl);
-        }
-        if let Some(tti) = tti {
-            builder = builder.time_to_idle(tti);
-        }
         let listener = eviction_listener.map(|l| Listener::new(l.clone().unbind()));
-        if let Some(l) = &listener {
-            builder = builder.eviction_listener(l.queue());
-        }
         Ok(Moka {
-            store: builder.build_with_hasher(PyHashBuilder),
+            store: ArcSwap::from_pointee(build_store(
+                capacity,
+                policy,
+                ttl,
+                tti,
+                listener.as_ref(),
+            )),
             loads: Loads::default(),
             detach_reads: AtomicBool::new(listener.is_some()),
             python_keys: AtomicBool::new(false),
@@ -211,10 +232,19 @@ impl Moka {
 
     /// Removes every entry (the listener sees each with cause `"explicit"`).
     pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        detach(py, || {
-            self.store.invalidate_all();
-            self.store.run_pending_tasks();
+        let fresh = build_store(
+            self.capacity,
+            self.policy,
+            self.ttl,
+            self.tti,
+            self.listener.as_ref(),
+        );
+        let old = self.store.swap(Arc::new(fresh));
+        detach(py, move || {
+            old.invalidate_all();
+            old.run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
+            drop(old);
             reclaim();
         });
         self.finish(py)
@@ -223,19 +253,19 @@ impl Moka {
     /// The number of entries, after applying pending evictions.
     pub(crate) fn count(&self, py: Python<'_>) -> PyResult<u64> {
         self.run_pending_tasks(py)?;
-        Ok(self.store.entry_count())
+        Ok(self.store.load().entry_count())
     }
 
     /// The total weight of the entries (their number without a weigher).
     fn weighted_size(&self, py: Python<'_>) -> PyResult<u64> {
         self.run_pending_tasks(py)?;
-        Ok(self.store.weighted_size())
+        Ok(self.store.load().weighted_size())
     }
 
     /// Applies pending evictions and expirations now.
     fn run_pending_tasks(&self, py: Python<'_>) -> PyResult<()> {
         detach(py, || {
-            self.store.run_pending_tasks();
+            self.store.load().run_pending_tasks();
             self.unsynced.store(0, Ordering::Relaxed);
             reclaim();
         });
@@ -274,9 +304,9 @@ impl Moka {
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let key = self.key_ref(key)?;
         let found = if self.detach_reads.load(Ordering::SeqCst) {
-            detach(py, || self.store.contains_key(&key))
+            detach(py, || self.store.load().contains_key(&key))
         } else {
-            self.store.contains_key(&key)
+            self.store.load().contains_key(&key)
         };
         self.finish(py)?;
         Ok(found)
@@ -365,7 +395,7 @@ impl Moka {
             return Ok(());
         }
         key::without_python(|| {
-            for (key, entry) in &self.store {
+            for (key, entry) in self.store.load().iter() {
                 visit.call(key.obj())?;
                 visit.call(&entry.obj)?;
             }
@@ -376,9 +406,16 @@ impl Moka {
     fn __clear__(&self) {
         // No thread is inside a method of an object the GC is clearing (it
         // would hold a reference), so nothing here waits on another thread.
+        let fresh = build_store(
+            self.capacity,
+            self.policy,
+            self.ttl,
+            self.tti,
+            self.listener.as_ref(),
+        );
+        let old = self.store.swap(Arc::new(fresh));
         listener::discarding(|| {
-            self.store.invalidate_all();
-            self.store.run_pending_tasks();
+            drop(old);
             reclaim();
         });
         if let Some(l) = &self.listener {
@@ -478,16 +515,16 @@ impl Moka {
 
     pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
         let found = if self.detach_reads.load(Ordering::SeqCst) {
-            detach(py, || self.store.get(key))
+            detach(py, || self.store.load().get(key))
         } else {
-            self.store.get(key)
+            self.store.load().get(key)
         };
         self.finish(py)?;
         Ok(found)
     }
 
     fn take(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = detach(py, || self.store.remove(key));
+        let found = detach(py, || self.store.load().remove(key));
         self.finish(py)?;
         Ok(found)
     }
@@ -510,7 +547,7 @@ impl Moka {
         };
         if key.uses_python_eq() {
             // A key whose `__eq__` raises must not be stored: probe first.
-            detach(py, || self.store.contains_key(&key));
+            detach(py, || self.store.load().contains_key(&key));
             key::take_eq_error()?;
         }
         let entry = Arc::new(Entry {
@@ -520,8 +557,9 @@ impl Moka {
             tti,
         });
         detach(py, || {
-            self.store.insert(key, entry);
-            self.bound_size(weight);
+            let store = self.store.load();
+            store.insert(key, entry);
+            self.bound_size(&store, weight);
         });
         self.finish(py)
     }
@@ -529,21 +567,20 @@ impl Moka {
     /// Keeps the size within `capacity + slack`: moka applies writes in
     /// batches, so on its own a small cache could run far over its capacity
     /// until the next batch. Runs detached.
-    fn bound_size(&self, weight: u32) {
+    fn bound_size(&self, store: &Store, weight: u32) {
         let written = u64::from(weight);
         let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
-        if self.store.weighted_size().saturating_add(unsynced)
-            > self.capacity.saturating_add(self.slack)
+        if store.weighted_size().saturating_add(unsynced) > self.capacity.saturating_add(self.slack)
         {
             self.unsynced.store(0, Ordering::Relaxed);
-            self.store.run_pending_tasks();
+            store.run_pending_tasks();
         }
     }
 
     /// The entries, collected detached: walking moka's table may wait on its
     /// resize lock, whose holder may need the interpreter for a key's `__eq__`.
     fn snapshot(&self, py: Python<'_>) -> PyResult<Vec<(Arc<Key>, Arc<Entry>)>> {
-        let entries = detach(py, || self.store.iter().collect());
+        let entries = detach(py, || self.store.load().iter().collect());
         self.finish(py)?;
         Ok(entries)
     }
