@@ -232,14 +232,7 @@ impl Moka {
 
     /// Removes every entry (the listener sees each with cause `"explicit"`).
     pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        let fresh = build_store(
-            self.capacity,
-            self.policy,
-            self.ttl,
-            self.tti,
-            self.listener.as_ref(),
-        );
-        let old = self.store.swap(Arc::new(fresh));
+        let old = self.store.swap(Arc::new(self.fresh_store()));
         detach(py, move || {
             old.invalidate_all();
             old.run_pending_tasks();
@@ -406,18 +399,9 @@ impl Moka {
     fn __clear__(&self) {
         // No thread is inside a method of an object the GC is clearing (it
         // would hold a reference), so nothing here waits on another thread.
-        let fresh = build_store(
-            self.capacity,
-            self.policy,
-            self.ttl,
-            self.tti,
-            self.listener.as_ref(),
-        );
-        let old = self.store.swap(Arc::new(fresh));
-        listener::discarding(|| {
-            drop(old);
-            reclaim();
-        });
+        // Dropping the old table notifies no listener.
+        drop(self.store.swap(Arc::new(self.fresh_store())));
+        reclaim();
         if let Some(l) = &self.listener {
             l.clear();
         }
@@ -428,6 +412,16 @@ impl Moka {
 }
 
 impl Moka {
+    fn fresh_store(&self) -> Store {
+        build_store(
+            self.capacity,
+            self.policy,
+            self.ttl,
+            self.tti,
+            self.listener.as_ref(),
+        )
+    }
+
     fn mark_python_keys(&self) {
         // SeqCst: on 3.13t a reader must not keep reading attached once a
         // Python-compared key may be inside moka.
@@ -488,9 +482,8 @@ impl Moka {
                                 self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
                                 Ok(value.unbind())
                             }),
-                            // A leader again after an abandoned load whose
-                            // leader was this very call: cannot happen, as
-                            // the leader returns; keep the loop total anyway.
+                            // Unreachable: a call leads at most once, and a
+                            // leader returns; kept so the loop stays total.
                             None => Err(pyo3::exceptions::PyRuntimeError::new_err(
                                 "get_with: initializer already consumed",
                             )),

@@ -100,14 +100,3 @@ pub(crate) fn deliver(py: Python<'_>) {
         }
     }
 }
-
-/// Runs `f` and throws away the notifications it queues (used by the GC's
-/// `__clear__`, which must not run Python listeners), leaving any that were
-/// queued before untouched.
-pub(crate) fn discarding<R>(f: impl FnOnce() -> R) -> R {
-    let saved = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let result = f();
-    let discarded = PENDING.with(|p| std::mem::replace(&mut *p.borrow_mut(), saved));
-    drop(discarded);
-    result
-}
