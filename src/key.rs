@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 
 /// The Rust-comparable form of a key. Pointers borrow immutable buffers owned
 /// by the key object (or, for tuples, by its items), which the key keeps alive.
+#[derive(Clone)]
 pub(crate) enum Repr {
     /// `int` in the `i64` range, `bool`, and integral `float`s in that range.
     Int(i64),
@@ -391,14 +392,13 @@ impl KeyRef {
         !self.repr.is_native()
     }
 
-    /// Turns the borrowed key into an owned one, reusing its hash and repr.
+    /// Turns the borrowed key into an owned one, reusing its hash and repr
+    /// (whose pointers stay valid: the owned key keeps the same object alive).
     pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Key {
         debug_assert_eq!(obj.as_ptr(), self.obj);
-        // SAFETY: same object, still attached.
-        let repr = unsafe { Repr::of(obj.as_ptr()) };
         Key {
             hash: self.hash,
-            repr,
+            repr: self.repr.clone(),
             obj: obj.clone().unbind(),
         }
     }
