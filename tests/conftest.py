@@ -30,6 +30,20 @@ import pytest
 DEFAULT_THREAD_TIMEOUT = 30.0
 
 
+class PyKey:
+    """A key compared by Python's `__eq__` (not one of the native key types), with
+    few distinct hashes so that lookups compare keys."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return self.n % 3
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PyKey) and other.n == self.n
+
+
 def run_threads(
     fn: Callable[[int], Any],
     n: int,

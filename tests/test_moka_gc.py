@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import run_isolated
+from conftest import PyKey, run_isolated
 
 from moka_py import Moka
 
@@ -31,20 +31,6 @@ class Owner:
 
     def on_evict(self, k: Any, v: Any, cause: str) -> None:
         self.evicted.append(k)
-
-
-class PyKey:
-    """A key compared by Python's `__eq__` (not one of the native key types), with
-    few distinct hashes so that lookups compare keys."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n % 3
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PyKey) and other.n == self.n
 
 
 KEYS = {

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from conftest import run_isolated, run_threads
+from conftest import PyKey, run_isolated, run_threads
 
 from moka_py import Moka, cached
 
@@ -70,19 +70,6 @@ def in_fork(child: Callable[[], None], timeout: float = CHILD_TIMEOUT) -> None:
             os.waitpid(pid, 0)
             raise AssertionError(f"the forked child did not finish in {timeout} s (deadlock?)")
         time.sleep(0.01)
-
-
-class PyKey:
-    """A key compared by Python's `__eq__`."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n % 3
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PyKey) and other.n == self.n
 
 
 def exercise(c: Moka[Any, Any]) -> None:
