@@ -503,7 +503,14 @@ impl Moka {
         if self.listener.is_some() {
             listener::deliver(py);
         }
-        key::take_eq_error()
+        // Only a key compared by Python can have raised, and such a key marks
+        // the cache before it reaches moka: without the mark this thread's
+        // moka call compared no such key, and the thread-local is not read.
+        if self.python_keys.load(Ordering::SeqCst) {
+            key::take_eq_error()
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
@@ -543,12 +550,7 @@ impl Moka {
             detach(py, || self.store.load().contains_key(&key));
             key::take_eq_error()?;
         }
-        let entry = Arc::new(Entry {
-            obj: value.clone().unbind(),
-            weight,
-            ttl,
-            tti,
-        });
+        let entry = Arc::new(Entry::new(value.clone().unbind(), weight, ttl, tti));
         detach(py, || {
             let store = self.store.load();
             store.insert(key, entry);

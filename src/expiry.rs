@@ -17,7 +17,7 @@ use crate::key::Key;
 pub(crate) struct PerEntry;
 
 fn first_deadline(entry: &Entry) -> Option<Duration> {
-    match (entry.ttl, entry.tti) {
+    match (entry.ttl(), entry.tti()) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -36,14 +36,14 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
         duration_until_expiry: Option<Duration>,
         last_modified_at: Instant,
     ) -> Option<Duration> {
-        let Some(tti) = entry.tti else {
+        let Some(tti) = entry.tti() else {
             return duration_until_expiry;
         };
         // A read restarts the idle clock, but never past the time to live.
         let age = read_at.saturating_duration_since(last_modified_at);
         Some(
             entry
-                .ttl
+                .ttl()
                 .map_or(tti, |ttl| tti.min(ttl.saturating_sub(age))),
         )
     }

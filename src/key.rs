@@ -76,9 +76,20 @@ impl Repr {
     ///
     /// # Safety
     /// `obj` must be a valid object pointer and the caller must be attached.
+    #[inline]
     unsafe fn of(obj: *mut ffi::PyObject) -> Self {
         // SAFETY: forwarded from the caller.
-        unsafe { Self::nested(obj, 0) }
+        unsafe {
+            // The most common key, inline: an `int` that fits in an `i64`.
+            if ffi::PyLong_CheckExact(obj) != 0 {
+                let mut overflow: c_int = 0;
+                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
+                if overflow == 0 && v != -1 {
+                    return Repr::Int(v);
+                }
+            }
+            Self::nested(obj, 0)
+        }
     }
 
     /// # Safety
@@ -161,11 +172,13 @@ impl Repr {
         }
     }
 
+    #[inline]
     fn is_native(&self) -> bool {
         !matches!(self, Repr::Other)
     }
 
     /// Native equality; only meaningful when both sides are native.
+    #[inline]
     fn native_eq(&self, other: &Repr) -> bool {
         match (self, other) {
             (Repr::Int(a), Repr::Int(b)) => a == b,
@@ -292,6 +305,7 @@ fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
     })
 }
 
+#[inline]
 fn keys_eq(
     (ha, ra, pa): (isize, &Repr, *mut ffi::PyObject),
     (hb, rb, pb): (isize, &Repr, *mut ffi::PyObject),

@@ -29,6 +29,12 @@ mod options;
 mod slot;
 
 use pyo3::exceptions::PyImportError;
+
+/// Every Rust allocation of the module (moka's entries and buffers, keys,
+/// the in-flight loads) goes to mimalloc; Python objects stay with CPython's
+/// allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
