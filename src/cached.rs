@@ -5,14 +5,14 @@
 //! in striped atomic counters, exact and free of contention between threads.
 //! Locks: none of its own; the cache's rules apply (`cache.rs`).
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::cache::Moka;
+use crate::counter::Counter;
 
 /// Builds the key of a call like `functools.lru_cache`: a single argument of
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
@@ -84,45 +84,6 @@ extern "C" {
     fn PyMethod_New(func: *mut ffi::PyObject, slf: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-const STRIPES: usize = 16;
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded(AtomicU64);
-
-/// A counter split over cache lines, one picked per thread.
-#[derive(Default)]
-struct Counter([Padded; STRIPES]);
-
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
-        }
-        s.get()
-    })
-}
-
-impl Counter {
-    fn incr(&self) {
-        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
-    }
-
-    fn reset(&self) {
-        for p in &self.0 {
-            p.0.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
 /// A function decorated with `@cached` (sync). Behaves as a function: it
 /// binds as a method. `moka_py.cached` instantiates a Python subclass, whose
 /// `__dict__` (filled by `functools.update_wrapper`) the GC then traverses.
@@ -184,11 +145,11 @@ impl CachedFunction {
         let cache = self.cache.get();
         let lookup = cache.key_ref(&key)?;
         if let Some(entry) = cache.lookup(py, &lookup)? {
-            self.hits.incr();
+            self.hits.add(1, Ordering::Relaxed);
             return Ok(entry.obj.clone_ref(py));
         }
         let call = || {
-            self.misses.incr();
+            self.misses.add(1, Ordering::Relaxed);
             crate::detach::call_python(py, || self.func.bind(py).call(args, kwargs))
         };
         if self.coalesce {
@@ -226,8 +187,8 @@ impl CachedFunction {
         self.info.call1(
             py,
             (
-                self.hits.sum(),
-                self.misses.sum(),
+                self.hits.sum(Ordering::Relaxed),
+                self.misses.sum(Ordering::Relaxed),
                 self.maxsize.clone_ref(py),
                 currsize,
             ),

@@ -17,14 +17,18 @@
 //! that is still running when that wait times out can be ended inside our
 //! frames, as before.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::counter::Counter;
+
 static EXITING: AtomicBool = AtomicBool::new(false);
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Threads inside moka_py, striped: every detached call counts itself in and
+/// out, and a single shared counter would be contended on 3.13t.
+static ACTIVE: Counter = Counter::new();
 
 /// How long the exit hook waits for threads to leave moka_py.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -75,14 +79,14 @@ struct Active;
 
 impl Active {
     fn enter() -> Self {
-        ACTIVE.fetch_add(1, Ordering::SeqCst);
+        ACTIVE.add(1, Ordering::SeqCst);
         Active
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        ACTIVE.sub(1, Ordering::SeqCst);
     }
 }
 
@@ -121,7 +125,7 @@ pub(crate) fn _before_exit(py: Python<'_>) {
     // The hook runs in the main thread, which is not counted while here.
     py.detach(|| {
         let deadline = Instant::now() + EXIT_WAIT;
-        while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while ACTIVE.sum(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     });

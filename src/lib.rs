@@ -18,6 +18,7 @@
 
 mod cache;
 mod cached;
+mod counter;
 mod detach;
 mod entry;
 mod errors;
