@@ -447,7 +447,9 @@ impl Moka {
 
     /// The miss path of `get_with`: joins or starts the single-flight load of
     /// `key` (see `loader.rs`); the leader runs `init` holding no lock, stores
-    /// its value and hands it to the waiters.
+    /// its value and hands it to the waiters. The leader's path hands the
+    /// interpreter off twice: to join and recheck the cache, then to store the
+    /// value and publish it.
     pub(crate) fn load<'py>(
         &self,
         py: Python<'py>,
@@ -459,9 +461,12 @@ impl Moka {
     ) -> PyResult<Py<PyAny>> {
         let mut init = Some(init);
         loop {
+            // A load that finished between our miss and our join has already
+            // stored its value: a new leader looks again, in the same section.
+            let recheck = || self.store.load().get(lookup);
             match self
                 .loads
-                .join(py, lookup.to_owned(key), lookup.to_owned(key))?
+                .join(py, lookup.to_owned(key), lookup.to_owned(key), recheck)?
             {
                 Join::Waiter(load) => match load.wait(py)? {
                     Outcome::Value(value) => return Ok(value),
@@ -472,26 +477,43 @@ impl Moka {
                         }
                     }
                 },
-                Join::Leader(leader) => {
-                    // A load that finished between our miss and our join has
-                    // already stored its value.
-                    let result = match self.lookup(py, lookup) {
-                        Ok(Some(entry)) => Ok(entry.obj.clone_ref(py)),
-                        Ok(None) => match init.take() {
-                            Some(init) => crate::detach::call_python(py, init).and_then(|value| {
-                                self.insert(py, lookup.to_owned(key), &value, ttl, tti)?;
-                                Ok(value.unbind())
-                            }),
-                            // Unreachable: a call leads at most once, and a
-                            // leader returns; kept so the loop stays total.
-                            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
-                                "get_with: initializer already consumed",
-                            )),
-                        },
-                        Err(err) => Err(err),
+                Join::Leader(leader, rechecked) => {
+                    if let Some(entry) = rechecked {
+                        let result = self.finish(py).map(|()| entry.obj.clone_ref(py));
+                        leader.finish(py, &result);
+                        return result;
+                    }
+                    let value = match (self.finish(py), init.take()) {
+                        (Err(err), _) => Err(err),
+                        (Ok(()), Some(init)) => crate::detach::call_python(py, init),
+                        // Unreachable: a call leads at most once, and a
+                        // leader returns; kept so the loop stays total.
+                        (Ok(()), None) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                            "get_with: initializer already consumed",
+                        )),
                     };
-                    leader.finish(py, &result);
-                    return result;
+                    let owned = lookup.to_owned(key);
+                    let stored = value.and_then(|value| {
+                        let entry = self.prepare(py, &owned, &value, ttl, tti)?;
+                        Ok((value, entry))
+                    });
+                    return match stored {
+                        Ok((value, entry)) => {
+                            let value = value.unbind();
+                            let publish = leader.prepare(py, &Ok(value.clone_ref(py)));
+                            detach(py, move || {
+                                self.store_entry(owned, entry);
+                                publish.run();
+                            });
+                            self.finish(py)?;
+                            Ok(value)
+                        }
+                        Err(err) => {
+                            let result = Err(err);
+                            leader.finish(py, &result);
+                            result
+                        }
+                    };
                 }
             }
         }
@@ -537,6 +559,21 @@ impl Moka {
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<()> {
+        let entry = self.prepare(py, &key, value, ttl, tti)?;
+        detach(py, || self.store_entry(key, entry));
+        self.finish(py)
+    }
+
+    /// The attached half of an insert: runs the weigher, refuses a key whose
+    /// `__eq__` raises, and builds the entry.
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        key: &Key,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<Arc<Entry>> {
         let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
             Some(weigher) => {
                 let weight =
@@ -547,16 +584,23 @@ impl Moka {
         };
         if key.uses_python_eq() {
             // A key whose `__eq__` raises must not be stored: probe first.
-            detach(py, || self.store.load().contains_key(&key));
+            detach(py, || self.store.load().contains_key(key));
             key::take_eq_error()?;
         }
-        let entry = Arc::new(Entry::new(value.clone().unbind(), weight, ttl, tti));
-        detach(py, || {
-            let store = self.store.load();
-            store.insert(key, entry);
-            self.bound_size(&store, weight);
-        });
-        self.finish(py)
+        Ok(Arc::new(Entry::new(
+            value.clone().unbind(),
+            weight,
+            ttl,
+            tti,
+        )))
+    }
+
+    /// The detached half of an insert (the caller then calls `finish`).
+    fn store_entry(&self, key: Key, entry: Arc<Entry>) {
+        let store = self.store.load();
+        let weight = entry.weight;
+        store.insert(key, entry);
+        self.bound_size(&store, weight);
     }
 
     /// Keeps the size within `capacity + slack`: moka applies writes in

@@ -83,9 +83,10 @@ struct Failure {
     suppress_context: Py<PyAny>,
 }
 
-pub(crate) enum Join<'a> {
-    /// This thread computes the value and must call [`Leader::finish`].
-    Leader(Leader<'a>),
+pub(crate) enum Join<'a, T> {
+    /// This thread computes the value and must call [`Leader::finish`] (or
+    /// [`Leader::prepare`]); with the result of the join's recheck.
+    Leader(Leader<'a>, T),
     /// Another thread computes it: wait with [`Load::wait`].
     Waiter(Arc<Load>),
 }
@@ -99,7 +100,15 @@ pub(crate) enum Outcome {
 impl Loads {
     /// Joins the load of `key`, starting it if none is in flight. `again` is a
     /// second owned copy of the key, kept by a leader to remove its entry.
-    pub(crate) fn join<'a>(&'a self, py: Python<'_>, key: Key, again: Key) -> PyResult<Join<'a>> {
+    /// A new leader runs `recheck` in the same detached section (one hand-off
+    /// of the interpreter instead of two) and gets its result with the lead.
+    pub(crate) fn join<'a, T: Send>(
+        &'a self,
+        py: Python<'_>,
+        key: Key,
+        again: Key,
+        recheck: impl FnOnce() -> T + Send,
+    ) -> PyResult<Join<'a, T>> {
         let me = thread::current().id();
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
         let new_load = || {
@@ -110,22 +119,26 @@ impl Loads {
                 done: Condvar::new(),
             })
         };
-        let found = detach(py, || match self.map.entry(key) {
-            MapEntry::Occupied(mut e) if e.get().generation != generation => {
-                // Left over from before a fork: nobody will finish it here.
-                let load = new_load();
-                e.insert(Arc::clone(&load));
-                Err(load)
-            }
-            MapEntry::Occupied(e) => Ok(Arc::clone(e.get())),
-            MapEntry::Vacant(e) => {
-                let load = new_load();
-                e.insert(Arc::clone(&load));
-                Err(load)
-            }
+        let found = detach(py, || {
+            let found = match self.map.entry(key) {
+                MapEntry::Occupied(mut e) if e.get().generation != generation => {
+                    // Left over from before a fork: nobody will finish it here.
+                    let load = new_load();
+                    e.insert(Arc::clone(&load));
+                    Err(load)
+                }
+                MapEntry::Occupied(e) => Ok(Arc::clone(e.get())),
+                MapEntry::Vacant(e) => {
+                    let load = new_load();
+                    e.insert(Arc::clone(&load));
+                    Err(load)
+                }
+            };
+            // The shard lock is released: the recheck holds no lock of ours.
+            found.map_err(|load| (load, recheck()))
         });
         if let Err(err) = crate::key::take_eq_error() {
-            if let Err(load) = found {
+            if let Err((load, _)) = found {
                 // We inserted a load but will not lead it: withdraw it
                 // (detached: that takes a shard lock).
                 let leader = Leader {
@@ -147,11 +160,14 @@ impl Loads {
                 .into())
             }
             Ok(load) => Ok(Join::Waiter(load)),
-            Err(load) => Ok(Join::Leader(Leader {
-                loads: self,
-                key: again,
-                load: Some(load),
-            })),
+            Err((load, rechecked)) => Ok(Join::Leader(
+                Leader {
+                    loads: self,
+                    key: again,
+                    load: Some(load),
+                },
+                rechecked,
+            )),
         }
     }
 }
@@ -188,9 +204,16 @@ pub(crate) struct Leader<'a> {
     load: Option<Arc<Load>>,
 }
 
-impl Leader<'_> {
+impl<'a> Leader<'a> {
     /// Publishes the outcome of the initializer: `Ok(value)` or its error.
-    pub(crate) fn finish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
+    pub(crate) fn finish(self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
+        let publish = self.prepare(py, result);
+        detach(py, || publish.run());
+    }
+
+    /// The attached half of [`Leader::finish`]: what to publish. The caller
+    /// runs it detached, possibly in a section that does more.
+    pub(crate) fn prepare(self, py: Python<'_>, result: &PyResult<Py<PyAny>>) -> Publish<'a> {
         let state = match result {
             Ok(value) => State::Ready(Arc::new(value.clone_ref(py))),
             Err(err) if err.is_instance_of::<PyException>(py) => {
@@ -198,7 +221,10 @@ impl Leader<'_> {
             }
             Err(_) => State::Abandoned,
         };
-        detach(py, || self.publish(state));
+        Publish {
+            leader: self,
+            state,
+        }
     }
 
     fn publish(&mut self, state: State) {
@@ -211,6 +237,21 @@ impl Leader<'_> {
         drop(crate::key::take_eq_error());
         *load.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
         load.done.notify_all();
+    }
+}
+
+/// A leader's outcome, ready to publish (see [`Leader::prepare`]). Dropped
+/// without [`Publish::run`], the load is abandoned.
+pub(crate) struct Publish<'a> {
+    leader: Leader<'a>,
+    state: State,
+}
+
+impl Publish<'_> {
+    /// Removes the load from the map and wakes its waiters. Takes a shard
+    /// lock and the load's lock: call it detached.
+    pub(crate) fn run(mut self) {
+        self.leader.publish(self.state);
     }
 }
 
