@@ -164,6 +164,27 @@ def probe(env: Env, candidates: list[str], notes: Notes) -> None:
                 notes.remarks[f"{impl}|3.13t"] = "its import turns the GIL back on"
 
 
+def machine() -> str:
+    """The CPU model, the memory and the load when the run ends: what the
+    figures were measured on."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                cpu,
+            )
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        memory = ""
+    load = (
+        ", load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    )
+    return f"{cpu}, {os.cpu_count()} cores{memory}{load}"
+
+
 def read_ft_status(path: str | None) -> dict[str, str]:
     """ci/bench.sh's notes on installing the peers on 3.13t: impl -> note."""
     out: dict[str, str] = {}
@@ -379,6 +400,7 @@ def main() -> None:
         remarks=notes.remarks | FAILED,
         cores=os.cpu_count() or 0,
         seconds=time.time() - STARTED,
+        machine=machine(),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ class Meta:
     remarks: dict[str, str]  # "impl|build" -> a remark
     cores: int
     seconds: float
+    machine: str = ""
 
     def label(self, impl: str, build: str = "GIL") -> str:
         return self.labels.get(f"{impl}|{build}", impl)
@@ -228,6 +229,62 @@ def memory_md(results: dict[str, Any], meta: Meta) -> str:
     )
 
 
+def targets_md(results: dict[str, Any], meta: Meta) -> str:
+    """The project's performance targets, each with this run's ratio: met, or
+    by how much it is missed."""
+    lat = results.get("latency", {})
+    rows: list[list[str]] = []
+
+    def check(target: str, value: float | None, limit: float, at_most: bool = True) -> None:
+        if value is None:
+            rows.append([target, "not measured", "-"])
+            return
+        met = value <= limit if at_most else value >= limit
+        if met:
+            verdict = "met"
+        elif at_most:
+            verdict = f"missed: {value / limit:.1f}x the limit"
+        else:
+            verdict = f"missed: {value / limit:.0%} of the goal"
+        rows.append([target, f"{value:.2f}x", verdict])
+
+    def ratio_of(case: str, peer: str) -> float | None:
+        mine, theirs = lat.get(THIS, {}).get(case), lat.get(peer, {}).get(case)
+        return mine / theirs if mine and theirs else None
+
+    old = impls.OLD
+    for case in ("get hit (int)", "set existing", "set fresh, full cache"):
+        check(f"{case}: at most 0.5x moka-py 0.5.0", ratio_of(case, old), 0.5)
+    check("get hit (int): at most 1.3x cachebox", ratio_of("get hit (int)", "cachebox"), 1.3)
+    check("get_with miss: at most 0.3x moka-py 0.5.0", ratio_of("get_with miss", old), 0.3)
+    check("@cached hit: at most 0.3x moka-py 0.5.0", ratio_of("@cached hit", old), 0.3)
+    check("@cached hit: at most 0.5x cachebox", ratio_of("@cached hit", "cachebox"), 0.5)
+    check("@cached hit: at most 4x functools.lru_cache", ratio_of("@cached hit", "functools"), 4)
+    ops = results.get("scaling", {}).get("ops", {})
+    mine = ops.get(THIS, {})
+    if mine.get("1") and mine.get("2"):
+        check("3.13t: 2 threads at least 1.7x 1 thread", mine["2"] / mine["1"], 1.7, False)
+    peers = [k for k in ops if k in impls.ALL and k not in (THIS, "dict")]
+    for n in [n for n in mine if int(n) >= 2]:
+        best = max(peers, key=lambda k: ops[k].get(n, 0.0), default=None)
+        if best is not None and ops[best].get(n):
+            check(
+                f"3.13t, {n} threads: the most throughput of the peers ({display(best)} best)",
+                mine[n] / ops[best][n],
+                1.0,
+                False,
+            )
+    mem = results.get("memory", {}).get("bytes", {})
+    if mem.get(THIS) and mem.get(old):
+        check("memory per entry: at most moka-py 0.5.0's", mem[THIS] / mem[old], 1.0)
+    return "\n\n".join(
+        [
+            "### Targets (ratios of moka_py to the peer, from this run)",
+            table(["target", "this run", "verdict"], rows),
+        ]
+    )
+
+
 def markdown(results: dict[str, Any], meta: Meta) -> str:
     kind = (
         "Quick run: tiny sizes, a smoke check; do not read these figures."
@@ -237,9 +294,11 @@ def markdown(results: dict[str, Any], meta: Meta) -> str:
     pythons = ", ".join(f"{b} {v}" for b, v in meta.pythons.items() if v)
     parts = [
         "## moka_py benchmark",
-        f"{kind} {time.strftime('%Y-%m-%d')}, {meta.cores} cores, Python {pythons}, "
+        f"{kind} {time.strftime('%Y-%m-%d')}, {meta.machine or f'{meta.cores} cores'}, "
+        f"Python {pythons}, "
         f"PYTHONHASHSEED=0; {meta.seconds / 60:.1f} minutes of measurement.",
     ]
+    parts.append(targets_md(results, meta))
     if "latency" in results:
         parts.append(latency_md(results["latency"], meta))
     if "scaling" in results:
