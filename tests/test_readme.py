@@ -1,5 +1,6 @@
 """Every Python code block of README.md runs as written."""
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -16,3 +17,19 @@ def test_readme_has_examples() -> None:
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block(code: str) -> None:
     exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+
+
+def test_readme_results_are_the_committed_run() -> None:
+    """The README's benchmark tables and charts are ci/results/, as written by
+    ``bash ci/bench.sh --out ci/results`` and ``bash ci/profile.sh --out ci/results``
+    (``python ci/readme_results.py`` copies them in)."""
+    spec = importlib.util.spec_from_file_location(
+        "readme_results", README.parent / "ci" / "readme_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = README.read_text(encoding="utf-8")
+    assert module.current(readme) == module.block()
+    for chart in re.findall(r"!\[[^\]]*\]\((ci/results/[^)]+)\)", readme):
+        assert (README.parent / chart).is_file(), chart
