@@ -12,7 +12,8 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/nul
     log "installing valgrind"
     sudo_=""
     [ "$(id -u)" -eq 0 ] || sudo_=sudo
-    $sudo_ apt-get install -y -q valgrind >&2
+    $sudo_ apt-get install -y -q valgrind >&2 ||
+        { $sudo_ apt-get update -q >&2 && $sudo_ apt-get install -y -q valgrind >&2; }
 fi
 venv="$VENVS/profile"
 if [ ! -x "$venv/bin/python" ]; then
