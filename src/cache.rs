@@ -478,17 +478,18 @@ impl Moka {
                     }
                 },
                 Join::Leader(leader, rechecked) => {
-                    if let Some(entry) = rechecked {
-                        let result = self.finish(py).map(|()| entry.obj.clone_ref(py));
-                        leader.finish(py, &result);
-                        return result;
-                    }
-                    let value = match (self.finish(py), init.take()) {
-                        (Err(err), _) => Err(err),
-                        (Ok(()), Some(init)) => crate::detach::call_python(py, init),
+                    // Deliver what the recheck may have queued.
+                    let value = match (self.finish(py), rechecked, init.take()) {
+                        (Err(err), _, _) => Err(err),
+                        (Ok(()), Some(entry), _) => {
+                            let result = Ok(entry.obj.clone_ref(py));
+                            leader.finish(py, &result);
+                            return result;
+                        }
+                        (Ok(()), None, Some(init)) => crate::detach::call_python(py, init),
                         // Unreachable: a call leads at most once, and a
                         // leader returns; kept so the loop stays total.
-                        (Ok(()), None) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        (Ok(()), None, None) => Err(pyo3::exceptions::PyRuntimeError::new_err(
                             "get_with: initializer already consumed",
                         )),
                     };

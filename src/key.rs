@@ -79,25 +79,15 @@ impl Repr {
     #[inline]
     unsafe fn of(obj: *mut ffi::PyObject) -> Self {
         // SAFETY: forwarded from the caller.
-        unsafe {
-            // The most common key, inline: an `int` that fits in an `i64`.
-            if ffi::PyLong_CheckExact(obj) != 0 {
-                let mut overflow: c_int = 0;
-                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
-                if overflow == 0 && v != -1 {
-                    return Repr::Int(v);
-                }
-            }
-            Self::nested(obj, 0)
-        }
+        unsafe { Self::nested(obj, 0) }
     }
 
     /// # Safety
     /// As [`Repr::of`].
+    #[inline]
     unsafe fn nested(obj: *mut ffi::PyObject, depth: u32) -> Self {
-        // SAFETY: (for the whole function) `obj` is a live object and we are
-        // attached, as the caller guarantees; every call below is a plain
-        // CPython C-API call on that object or on items it owns.
+        // SAFETY: `obj` is a live object and we are attached, as the caller
+        // guarantees. The most common key, an `int`, is handled inline.
         unsafe {
             if ffi::PyLong_CheckExact(obj) != 0 {
                 let mut overflow: c_int = 0;
@@ -111,6 +101,19 @@ impl Repr {
                 }
                 return Repr::Int(v);
             }
+            Self::not_int(obj, depth)
+        }
+    }
+
+    /// Every type but `int`, out of line.
+    ///
+    /// # Safety
+    /// As [`Repr::of`].
+    unsafe fn not_int(obj: *mut ffi::PyObject, depth: u32) -> Self {
+        // SAFETY: (for the whole function) `obj` is a live object and we are
+        // attached, as the caller guarantees; every call below is a plain
+        // CPython C-API call on that object or on items it owns.
+        unsafe {
             if ffi::PyUnicode_CheckExact(obj) != 0 {
                 let mut len: ffi::Py_ssize_t = 0;
                 let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
