@@ -10,17 +10,6 @@ source "$(dirname "$0")/env.sh"
 dev_venv
 req="$ROOT/ci/requirements-bench.txt"
 
-# new_venv NAME PYTHON: creates the venv once; prints its path.
-new_venv() {
-    local venv="$VENVS/$1"
-    if [ ! -x "$venv/bin/python" ]; then
-        log "creating venv $1 ($2)"
-        "$2" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q --upgrade pip >&2
-    fi
-    echo "$venv"
-}
-
 bench=$(new_venv bench "$PY_GIL")
 log "peers (current PyPI versions) and matplotlib in bench"
 "$bench/bin/python" -m pip install -q --upgrade -r "$req" >&2

@@ -7,16 +7,22 @@ PY_GIL="${PY_GIL:-$(command -v python3)}"
 VENVS="${MOKA_VENVS:-$ROOT/.venvs}"
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-# make_venv NAME PYTHON [pip flags...]: a venv with the test requirements.
-make_venv() {
-    local name="$1" python="$2"
-    shift 2
-    local venv="$VENVS/$name"
+# new_venv NAME PYTHON: creates the venv once; prints its path.
+new_venv() {
+    local venv="$VENVS/$1"
     if [ ! -x "$venv/bin/python" ]; then
-        log "creating venv $name ($python)"
-        "$python" -m venv "$venv"
+        log "creating venv $1 ($2)"
+        "$2" -m venv "$venv"
         "$venv/bin/python" -m pip install -q --upgrade pip >&2
     fi
+    echo "$venv"
+}
+
+# make_venv NAME PYTHON [pip flags...]: a venv with the test requirements.
+make_venv() {
+    local venv
+    venv=$(new_venv "$1" "$2")
+    shift 2
     "$venv/bin/python" -m pip install -q "$@" -r "$ROOT/ci/requirements-test.txt" >&2
     echo "$venv"
 }

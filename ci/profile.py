@@ -57,7 +57,6 @@ def crate_of(function: str) -> str:
         ("crossbeam", "moka"),
         ("pyo3::", "PyO3"),
         ("_moka_py::", "binding"),
-        ("moka_py::", "binding"),
         ("arc_swap::", "binding"),
     ):
         if name.startswith(prefix):
@@ -72,9 +71,9 @@ def group(path: str, function: str, obj: str) -> str:
         return "PyO3"
     if any(s in path for s in ("/moka-", "/crossbeam-", "/quanta-", "/tagptr-", "/event-listener")):
         return "moka"
-    if path.startswith("src/") or "/moka_py/src/" in path or "/arc-swap-" in path:
-        return "binding"
-    if "/dashmap-" in path or "/hashbrown-" in path or "/parking_lot" in path:
+    if path.startswith("src/") or any(
+        s in path for s in ("/arc-swap-", "/dashmap-", "/hashbrown-", "/parking_lot")
+    ):
         return "binding"
     if "malloc" in path:
         return "malloc"
@@ -111,7 +110,7 @@ def run(python: str, op: str, n: int, out: Path) -> dict[str, int]:
     totals: dict[str, int] = defaultdict(int)
     for line in text.splitlines():
         m = LINE.match(line)
-        if not m or m.group(2) == "PROGRAM TOTALS" or "PROGRAM TOTALS" in line:
+        if not m or "PROGRAM TOTALS" in line:
             continue
         totals[group(m.group(2), m.group(3), m.group(4) or "")] += int(m.group(1).replace(",", ""))
     return totals

@@ -15,18 +15,10 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/nul
     $sudo_ apt-get install -y -q valgrind >&2 ||
         { $sudo_ apt-get update -q >&2 && $sudo_ apt-get install -y -q valgrind >&2; }
 fi
-venv="$VENVS/profile"
-if [ ! -x "$venv/bin/python" ]; then
-    log "creating venv profile ($PY_GIL)"
-    "$PY_GIL" -m venv "$venv"
-fi
+venv=$(new_venv profile "$PY_GIL")
 CARGO_TARGET_DIR="$ROOT/target/profile" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     install_wheel "$venv"
-peer="$VENVS/bench-moka-py-0.5.0"
-if [ ! -x "$peer/bin/python" ]; then
-    log "creating venv bench-moka-py-0.5.0 ($PY_GIL)"
-    "$PY_GIL" -m venv "$peer"
-fi
+peer=$(new_venv bench-moka-py-0.5.0 "$PY_GIL")
 "$peer/bin/python" -m pip install -q "moka-py==0.5.0" >&2
 log "callgrind, two runs per operation (progress on stderr)"
 "$venv/bin/python" "$ROOT/ci/profile.py" --python "moka_py=$venv/bin/python" \
