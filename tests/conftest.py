@@ -32,16 +32,20 @@ DEFAULT_THREAD_TIMEOUT = 30.0
 
 class PyKey:
     """A key compared by Python's `__eq__` (not one of the native key types), with
-    few distinct hashes so that lookups compare keys."""
+    few distinct hashes (`n % buckets`) so that lookups compare keys."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, buckets: int = 3) -> None:
         self.n = n
+        self.buckets = buckets
 
     def __hash__(self) -> int:
-        return self.n % 3
+        return self.n % self.buckets
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PyKey) and other.n == self.n
+
+    def __repr__(self) -> str:
+        return f"PyKey({self.n})"
 
 
 def run_threads(

@@ -31,7 +31,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import pytest
-from conftest import WATCHDOG_SECONDS
+from conftest import WATCHDOG_SECONDS, PyKey
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -68,24 +68,6 @@ MISSING: Any = object()
 
 
 # --- keys ---------------------------------------------------------------------
-
-
-class UserKey:
-    """A key compared by Python: few distinct hashes, so lookups compare often."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n % 3
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UserKey) and other.n == self.n
-
-    def __repr__(self) -> str:
-        return f"UserKey({self.n})"
 
 
 class IntLike:
@@ -136,8 +118,8 @@ scalar_keys = st.one_of(
 keys = st.one_of(
     scalar_keys,
     st.tuples(scalar_keys, scalar_keys),
-    st.tuples(st.integers(min_value=0, max_value=2), st.integers(0, 5).map(UserKey)),
-    st.integers(min_value=0, max_value=7).map(UserKey),
+    st.tuples(st.integers(min_value=0, max_value=2), st.integers(0, 5).map(PyKey)),
+    st.integers(min_value=0, max_value=7).map(PyKey),
     st.integers(min_value=-1, max_value=2).map(IntLike),
 )
 

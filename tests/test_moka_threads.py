@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import run_isolated, run_threads
+from conftest import PyKey, run_isolated, run_threads
 
 from moka_py import Moka
 
@@ -127,33 +127,15 @@ def scenario_small_cache_with_reading_listener() -> None:
     assert c.count() <= 50
 
 
-class CollidingKey:
-    """A key compared in Python: few distinct hashes, so lookups compare often."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n % 7
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CollidingKey) and other.n == self.n
-
-    def __repr__(self) -> str:
-        return f"CollidingKey({self.n})"
-
-
 def scenario_python_eq_keys_with_collisions() -> None:
-    c: Moka[CollidingKey, tuple[CollidingKey, int]] = Moka(60)
+    c: Moka[PyKey, tuple[PyKey, int]] = Moka(60)
 
     def work(i: int) -> int:
         rng = random.Random(200 + i)
         stop = time.monotonic() + WORK_SECONDS
         n = 0
         while time.monotonic() < stop:
-            k = CollidingKey(rng.randrange(100))
+            k = PyKey(rng.randrange(100), buckets=7)
             r = rng.random()
             if r < 0.35:
                 c.set(k, (k, n))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import run_isolated, run_threads
+from conftest import PyKey, run_isolated, run_threads
 
 from moka_py import Moka, cached
 
@@ -47,24 +47,6 @@ class LoadFailed(Exception):
 
 class ListenerBoom(Exception):
     pass
-
-
-class CollidingKey:
-    """A key compared by Python's `__eq__`, with few distinct hashes."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n % 5
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CollidingKey) and other.n == self.n
-
-    def __repr__(self) -> str:
-        return f"CollidingKey({self.n})"
 
 
 class Log:
@@ -136,7 +118,7 @@ def scenario_everything_at_once() -> None:
             raise ListenerBoom(cause)
 
     native: Moka[Any, Val] = Moka(CAPACITY, eviction_listener=listener)
-    python_keyed: Moka[CollidingKey, Val] = Moka(48, policy="lru")
+    python_keyed: Moka[PyKey, Val] = Moka(48, policy="lru")
     calls = [0]
     calls_lock = threading.Lock()
 
@@ -192,7 +174,7 @@ def scenario_everything_at_once() -> None:
                 assert isinstance(key, (int, str, tuple)), key
 
     def python_keyed_op(lg: Log, rng: random.Random) -> None:
-        k = CollidingKey(rng.randrange(80))
+        k = PyKey(rng.randrange(80), buckets=5)
 
         def check(value: Val | None) -> None:
             if value is not None:
