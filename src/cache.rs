@@ -1,48 +1,47 @@
 //! `moka_py.Moka`: the cache class.
 //!
-//! Which locks each method may wait on, and whether it is attached then:
-//! * `get`/`in`/`[]`: moka's read path may wait on its hash table's resize
-//!   lock, and with an eviction listener its housekeeping takes per-key locks.
-//!   Those waits are short and safe attached only while no thread inside moka
-//!   can need the interpreter, i.e. while every key this cache has seen
-//!   compares in Rust and there is no listener; otherwise reads detach too
-//!   (`detach_reads`, which once set stays set).
-//! * `set`/`remove`/`clear`/`get_with` (miss)/`run_pending_tasks`/`len`:
-//!   moka's write path and housekeeping may block, so they always run
-//!   detached.
-//! * Python code (the weigher, the initializer, the listener) runs attached
-//!   and outside every moka and in-flight-map call.
+//! Every method reaches moka through `call::enter` (see `call.rs` for which
+//! calls stay attached and why no cycle of waits can form), and never runs
+//! Python code inside it: keys are resolved first (`key.rs`, `intern.rs`),
+//! the weigher runs before the insert, and what moka lets go of is queued and
+//! released after the call (`deferred.rs`).
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use moka::sync::Cache;
+use moka::Equivalent;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::detach::detach;
+use crate::call::{self, Span};
 use crate::entry::Entry;
 use crate::errors::key_error;
 use crate::expiry::PerEntry;
-use crate::key::{self, Key, KeyRef, PyHashBuilder};
-use crate::listener::{self, Listener};
-use crate::loader::{Join, Loads, Outcome};
+use crate::intern::Interner;
+use crate::key::{self, Key, KeyRef, PyHashBuilder, Repr};
+use crate::listener::Listener;
+use crate::loader::Loads;
 use crate::options::{self, Policy};
 use crate::slot::PySlot;
 
 type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
 
 /// A thread-safe in-memory cache with size-bounded eviction and expiration.
-#[pyclass(frozen, generic, weakref, module = "moka_py._moka_py", name = "Moka")]
+#[pyclass(frozen, weakref, module = "moka_py._moka_py", name = "Moka")]
 pub(crate) struct Moka {
     /// The moka cache. `clear()` swaps in a fresh one, so that nothing of the
     /// old one (moka keeps removed keys in tombstones of its table) stays
     /// alive; a call that was already using the old one finishes on it.
-    store: ArcSwap<Store>,
+    /// Dropped by hand in `Drop`, to release its references right then.
+    store: ManuallyDrop<ArcSwap<Store>>,
     loads: Loads,
+    /// Canonical ids of the keys compared by Python `==`; made on first use.
+    interner: OnceLock<Arc<Interner>>,
     listener: Option<Arc<Listener>>,
     weigher: Option<PySlot>,
     capacity: u64,
@@ -51,21 +50,21 @@ pub(crate) struct Moka {
     slack: u64,
     /// Weight written since this binding last ran housekeeping.
     unsynced: AtomicU64,
+    /// Set once an entry has its own `ttl`/`tti`: moka then notices some
+    /// expirations only on its timer wheel's next tick (about a second), so
+    /// `len` counts the live entries instead of reading moka's count.
+    per_entry: AtomicBool,
     ttl: Option<Duration>,
     tti: Option<Duration>,
     policy: Policy,
-    /// Whether reads must detach (see the module comment): set when the cache
-    /// has a listener, or once a key compared by Python `__eq__` was used.
-    detach_reads: AtomicBool,
-    /// Set once a key compared by Python `__eq__` was used.
-    python_keys: AtomicBool,
 }
 
 /// moka's hash table frees removed entries through epoch-based reclamation,
 /// in batches; until then they keep their values alive. `clear()` and
 /// `run_pending_tasks()` push this thread's pending garbage out and collect
 /// it, so afterwards the cache holds no reference to removed values (a
-/// per-`remove` flush would triple its cost). Runs detached.
+/// per-`remove` flush would triple its cost). What that frees is queued and
+/// released after the call.
 fn reclaim() {
     for _ in 0..3 {
         crossbeam_epoch::pin().flush();
@@ -146,25 +145,32 @@ impl Moka {
 
         let listener = eviction_listener.map(|l| Listener::new(l.clone().unbind()));
         Ok(Moka {
-            store: ArcSwap::from_pointee(build_store(
+            store: ManuallyDrop::new(ArcSwap::from_pointee(build_store(
                 capacity,
                 policy,
                 ttl,
                 tti,
                 listener.as_ref(),
-            )),
+            ))),
             loads: Loads::default(),
-            detach_reads: AtomicBool::new(listener.is_some()),
-            python_keys: AtomicBool::new(false),
+            interner: OnceLock::new(),
             listener,
             slack: slack_for(capacity, weigher.is_some()),
             weigher: weigher.map(|w| PySlot::new(w.clone().unbind())),
             capacity,
             unsynced: AtomicU64::new(0),
+            per_entry: AtomicBool::new(false),
             ttl,
             tti,
             policy,
         })
+    }
+
+    /// `Moka[K, V]` is `Moka` itself (as in moka-py), so that it also works
+    /// with `isinstance`; the stub declares the generic parameters.
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
+        cls.clone().unbind()
     }
 
     /// Stores `value` under `key`, optionally with its own `ttl`/`tti`.
@@ -179,7 +185,7 @@ impl Moka {
     ) -> PyResult<()> {
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
-        self.insert(py, self.key(key)?, value, ttl, tti)
+        self.insert(py, key, value, ttl, tti)
     }
 
     /// The value for `key`, or `default` when it is absent.
@@ -190,10 +196,11 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.lookup(py, &self.key_ref(key)?)? {
-            Some(entry) => Ok(entry.obj.clone_ref(py)),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        let found = match self.key_ref(key)? {
+            Some(key) => self.lookup(py, &key),
+            None => None,
+        };
+        Ok(found.unwrap_or_else(|| default.unwrap_or_else(|| py.None())))
     }
 
     /// The value for `key`; on a miss, calls `initializer()` once (however many
@@ -210,10 +217,11 @@ impl Moka {
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
         let lookup = self.key_ref(key)?;
-        if let Some(entry) = self.lookup(py, &lookup)? {
-            return Ok(entry.obj.clone_ref(py));
+        if let Some(found) = lookup.as_ref().and_then(|k| self.lookup(py, k)) {
+            return Ok(found);
         }
-        self.load(py, key, &lookup, || initializer.call0(), ttl, tti)
+        let owned = self.owned(key, lookup.as_ref())?;
+        self.load(py, &owned, || initializer.call0(), ttl, tti)
     }
 
     /// Removes `key` and returns its value, or `default` when it was absent.
@@ -224,45 +232,55 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.take(py, &self.key_ref(key)?)? {
-            Some(entry) => Ok(entry.obj.clone_ref(py)),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        let found = match self.key_ref(key)? {
+            Some(key) => self.take(py, &key),
+            None => None,
+        };
+        Ok(found.unwrap_or_else(|| default.unwrap_or_else(|| py.None())))
     }
 
     /// Removes every entry (the listener sees each with cause `"explicit"`).
-    pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        let old = self.store.swap(Arc::new(self.fresh_store()));
-        detach(py, move || {
-            old.invalidate_all();
-            old.run_pending_tasks();
-            self.unsynced.store(0, Ordering::Relaxed);
-            drop(old);
-            reclaim();
-        });
-        self.finish(py)
+    pub(crate) fn clear(&self, py: Python<'_>) {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let old = self.store.swap(Arc::new(self.fresh_store()));
+                old.invalidate_all();
+                old.run_pending_tasks();
+                self.unsynced.store(0, Ordering::Relaxed);
+                drop(old);
+                reclaim();
+            },
+            |()| (),
+        );
     }
 
     /// The number of entries, after applying pending evictions.
-    pub(crate) fn count(&self, py: Python<'_>) -> PyResult<u64> {
-        self.run_pending_tasks(py)?;
-        Ok(self.store.load().entry_count())
+    pub(crate) fn count(&self, py: Python<'_>) -> u64 {
+        self.sync(py, |store, walk| {
+            if walk {
+                store.iter().count() as u64
+            } else {
+                store.entry_count()
+            }
+        })
     }
 
     /// The total weight of the entries (their number without a weigher).
-    fn weighted_size(&self, py: Python<'_>) -> PyResult<u64> {
-        self.run_pending_tasks(py)?;
-        Ok(self.store.load().weighted_size())
+    fn weighted_size(&self, py: Python<'_>) -> u64 {
+        self.sync(py, |store, walk| {
+            if walk {
+                store.iter().map(|(_, e)| u64::from(e.weight)).sum()
+            } else {
+                store.weighted_size()
+            }
+        })
     }
 
     /// Applies pending evictions and expirations now.
-    fn run_pending_tasks(&self, py: Python<'_>) -> PyResult<()> {
-        detach(py, || {
-            self.store.load().run_pending_tasks();
-            self.unsynced.store(0, Ordering::Relaxed);
-            reclaim();
-        });
-        self.finish(py)
+    fn run_pending_tasks(&self, py: Python<'_>) {
+        self.sync(py, |_, _| ());
     }
 
     /// The maximum number of entries (or total weight, with a weigher).
@@ -289,25 +307,26 @@ impl Moka {
         self.tti.map(|d| d.as_secs_f64())
     }
 
-    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(usize::try_from(self.count(py)?).unwrap_or(usize::MAX))
+    fn __len__(&self, py: Python<'_>) -> usize {
+        usize::try_from(self.count(py)).unwrap_or(usize::MAX)
     }
 
     /// `key in cache`: does not count as an access (for `tti` or eviction).
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = self.key_ref(key)?;
-        let found = if self.detach_reads.load(Ordering::SeqCst) {
-            detach(py, || self.store.load().contains_key(&key))
-        } else {
-            self.store.load().contains_key(&key)
+        let Some(key) = self.key_ref(key)? else {
+            return Ok(false);
         };
-        self.finish(py)?;
-        Ok(found)
+        Ok(call::enter(
+            py,
+            Span::Short,
+            || self.store.load().contains_key(&key),
+            |found| found,
+        ))
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.lookup(py, &self.key_ref(key)?)? {
-            Some(entry) => Ok(entry.obj.clone_ref(py)),
+        match self.key_ref(key)? {
+            Some(k) => self.lookup(py, &k).ok_or_else(|| key_error(key)),
             None => Err(key_error(key)),
         }
     }
@@ -318,12 +337,12 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.insert(py, self.key(key)?, value, None, None)
+        self.insert(py, key, value, None, None)
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        match self.take(py, &self.key_ref(key)?)? {
-            Some(_) => Ok(()),
+        match self.key_ref(key)? {
+            Some(k) => self.take(py, &k).map(drop).ok_or_else(|| key_error(key)),
             None => Err(key_error(key)),
         }
     }
@@ -334,30 +353,27 @@ impl Moka {
 
     /// A list of the keys (a snapshot).
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(
-            py,
-            self.snapshot(py)?
-                .iter()
-                .map(|(k, _)| k.obj().clone_ref(py)),
-        )
+        self.snapshot(py, |entries| {
+            PyList::new(py, entries.iter().map(|(k, _)| k.obj().clone_ref(py)))
+        })
     }
 
     /// A list of the values (a snapshot).
     fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(
-            py,
-            self.snapshot(py)?.iter().map(|(_, e)| e.obj.clone_ref(py)),
-        )
+        self.snapshot(py, |entries| {
+            PyList::new(py, entries.iter().map(|(_, e)| e.obj.clone_ref(py)))
+        })
     }
 
     /// A list of `(key, value)` pairs (a snapshot).
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let pairs: PyResult<Vec<Bound<'py, PyTuple>>> = self
-            .snapshot(py)?
-            .iter()
-            .map(|(k, e)| PyTuple::new(py, [k.obj().clone_ref(py), e.obj.clone_ref(py)]))
-            .collect();
-        PyList::new(py, pairs?)
+        self.snapshot(py, |entries| {
+            let pairs: PyResult<Vec<Bound<'py, PyTuple>>> = entries
+                .iter()
+                .map(|(k, e)| PyTuple::new(py, [k.obj().clone_ref(py), e.obj.clone_ref(py)]))
+                .collect();
+            PyList::new(py, pairs?)
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -380,20 +396,16 @@ impl Moka {
         if let Some(w) = &self.weigher {
             w.traverse(&visit)?;
         }
-        // Walking moka's table may wait on its resize lock, whose holder may
-        // be waiting for the interpreter to compare Python keys: with such
-        // keys the entries are not visited (cycles through them are then not
-        // collected; clearing the cache frees them), never risking a hang.
-        if self.python_keys.load(Ordering::SeqCst) {
-            return Ok(());
+        if let Some(interner) = self.interner.get() {
+            interner.traverse(&visit)?;
         }
-        key::without_python(|| {
-            for (key, entry) in self.store.load().iter() {
-                visit.call(key.obj())?;
-                visit.call(&entry.obj)?;
-            }
-            Ok(())
-        })
+        // Walking moka's table runs no Python code and releases nothing
+        // (the walk only clones `Arc`s of live entries).
+        for (key, entry) in self.store.load().iter() {
+            visit.call(key.obj())?;
+            visit.call(&*entry.obj)?;
+        }
+        Ok(())
     }
 
     fn __clear__(&self) {
@@ -408,6 +420,26 @@ impl Moka {
         if let Some(w) = &self.weigher {
             w.clear();
         }
+        // The GC calls this attached; release what the table held now.
+        Python::attach(call::after);
+    }
+}
+
+impl Drop for Moka {
+    fn drop(&mut self) {
+        // SAFETY: the store is not used again (`self` is being dropped).
+        unsafe { ManuallyDrop::drop(&mut self.store) };
+        reclaim();
+        drop(self.interner.take());
+        if let Some(l) = &self.listener {
+            l.clear();
+        }
+        if let Some(w) = &self.weigher {
+            w.clear();
+        }
+        // A pyclass is dropped by its `tp_dealloc`, attached: release what
+        // the table and the interner held now, not at some later call.
+        Python::attach(call::after);
     }
 }
 
@@ -422,137 +454,112 @@ impl Moka {
         )
     }
 
-    fn mark_python_keys(&self) {
-        // SeqCst: on 3.13t a reader must not keep reading attached once a
-        // Python-compared key may be inside moka.
-        self.python_keys.store(true, Ordering::SeqCst);
-        self.detach_reads.store(true, Ordering::SeqCst);
+    fn interner(&self) -> &Arc<Interner> {
+        self.interner.get_or_init(Interner::new)
     }
 
-    pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<KeyRef> {
-        let key = KeyRef::new(obj)?;
-        if key.uses_python_eq() {
-            self.mark_python_keys();
-        }
-        Ok(key)
-    }
-
+    /// The owned key of `obj` (interned if it is compared by Python).
     pub(crate) fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
-        let key = Key::new(obj)?;
-        if key.uses_python_eq() {
-            self.mark_python_keys();
-        }
-        Ok(key)
+        let (hash, repr) = key::describe(obj)?;
+        let repr = match repr {
+            Repr::Python => Repr::Canon(self.interner().intern(obj, hash)?),
+            native => native,
+        };
+        Ok(Key::new(hash, repr, obj))
     }
 
-    /// The miss path of `get_with`: joins or starts the single-flight load of
-    /// `key` (see `loader.rs`); the leader runs `init` holding no lock, stores
-    /// its value and hands it to the waiters. The leader's path hands the
-    /// interpreter off twice: to join and recheck the cache, then to store the
-    /// value and publish it.
+    /// The lookup key of `obj`; `None` for a key compared by Python that is
+    /// not interned, which therefore is in no entry and no load.
+    pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<KeyRef>> {
+        let (hash, repr) = key::describe(obj)?;
+        let repr = match repr {
+            Repr::Python => match self.interner.get() {
+                Some(interner) => match interner.lookup(obj, hash)? {
+                    Some(id) => Repr::CanonId(id),
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+            native => native,
+        };
+        Ok(Some(KeyRef::new(hash, repr)))
+    }
+
+    /// The owned key of `obj`, from its lookup key when that has one.
+    pub(crate) fn owned(&self, obj: &Bound<'_, PyAny>, lookup: Option<&KeyRef>) -> PyResult<Key> {
+        match lookup.and_then(|k| k.to_owned(obj)) {
+            Some(key) => Ok(key),
+            None => self.key(obj),
+        }
+    }
+
+    /// The miss path of `get_with` and of `@cached(wait_concurrent=True)`:
+    /// the single-flight load of `key` (see `loader.rs`).
     pub(crate) fn load<'py>(
         &self,
         py: Python<'py>,
-        key: &Bound<'py, PyAny>,
-        lookup: &KeyRef,
+        key: &Key,
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<Py<PyAny>> {
-        let mut init = Some(init);
-        loop {
-            // A load that finished between our miss and our join has already
-            // stored its value: a new leader looks again, in the same section.
-            let recheck = || self.store.load().get(lookup);
-            match self
-                .loads
-                .join(py, lookup.to_owned(key), lookup.to_owned(key), recheck)?
-            {
-                Join::Waiter(load) => match load.wait(py)? {
-                    Outcome::Value(value) => return Ok(value),
-                    Outcome::Error(err) => return Err(err),
-                    Outcome::Retry => {
-                        if let Some(entry) = self.lookup(py, lookup)? {
-                            return Ok(entry.obj.clone_ref(py));
-                        }
-                    }
-                },
-                Join::Leader(leader, rechecked) => {
-                    // Deliver what the recheck may have queued.
-                    let value = match (self.finish(py), rechecked, init.take()) {
-                        (Err(err), _, _) => Err(err),
-                        (Ok(()), Some(entry), _) => {
-                            let result = Ok(entry.obj.clone_ref(py));
-                            leader.finish(py, &result);
-                            return result;
-                        }
-                        (Ok(()), None, Some(init)) => crate::detach::call_python(py, init),
-                        // Unreachable: a call leads at most once, and a
-                        // leader returns; kept so the loop stays total.
-                        (Ok(()), None, None) => Err(pyo3::exceptions::PyRuntimeError::new_err(
-                            "get_with: initializer already consumed",
-                        )),
-                    };
-                    let owned = lookup.to_owned(key);
-                    let stored = value.and_then(|value| {
-                        let entry = self.prepare(py, &owned, &value, ttl, tti)?;
-                        Ok((value, entry))
-                    });
-                    return match stored {
-                        Ok((value, entry)) => {
-                            let value = value.unbind();
-                            let publish = leader.prepare(py, &Ok(value.clone_ref(py)));
-                            detach(py, move || {
-                                self.store_entry(owned, entry);
-                                publish.run();
-                            });
-                            self.finish(py)?;
-                            Ok(value)
-                        }
-                        Err(err) => {
-                            let result = Err(err);
-                            leader.finish(py, &result);
-                            result
-                        }
-                    };
+        self.loads.load(
+            py,
+            key,
+            || self.lookup(py, key),
+            init,
+            |key, value| self.insert_key(py, key, value, ttl, tti),
+        )
+    }
+
+    /// The value of `key`, if present (and not expired).
+    pub(crate) fn lookup<Q>(&self, py: Python<'_>, key: &Q) -> Option<Py<PyAny>>
+    where
+        Q: Equivalent<Key> + std::hash::Hash + Sync + ?Sized,
+    {
+        call::enter(
+            py,
+            Span::Short,
+            || self.store.load().get(key),
+            |entry| entry.map(|e| e.obj.clone_ref(py)),
+        )
+    }
+
+    /// Removes `key`; its value if it was present. An expired entry counts as
+    /// absent here as everywhere: it is left for moka to evict.
+    fn take(&self, py: Python<'_>, key: &KeyRef) -> Option<Py<PyAny>> {
+        call::enter(
+            py,
+            Span::Short,
+            || {
+                let store = self.store.load();
+                if store.contains_key(key) {
+                    store.remove(key)
+                } else {
+                    None
                 }
-            }
-        }
+            },
+            |entry| entry.map(|e| e.obj.clone_ref(py)),
+        )
     }
 
-    /// What every method does when it is back from moka: raise a key's
-    /// `__eq__` error, deliver queued eviction notifications.
-    fn finish(&self, py: Python<'_>) -> PyResult<()> {
-        if self.listener.is_some() {
-            listener::deliver(py);
-        }
-        // Only a key compared by Python can have raised, and such a key marks
-        // the cache before it reaches moka: without the mark this thread's
-        // moka call compared no such key, and the thread-local is not read.
-        if self.python_keys.load(Ordering::SeqCst) {
-            key::take_eq_error()
-        } else {
-            Ok(())
-        }
-    }
-
-    pub(crate) fn lookup(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = if self.detach_reads.load(Ordering::SeqCst) {
-            detach(py, || self.store.load().get(key))
-        } else {
-            self.store.load().get(key)
-        };
-        self.finish(py)?;
-        Ok(found)
-    }
-
-    fn take(&self, py: Python<'_>, key: &KeyRef) -> PyResult<Option<Arc<Entry>>> {
-        let found = detach(py, || self.store.load().remove(key));
-        self.finish(py)?;
-        Ok(found)
-    }
-
+    /// `set`: the weigher runs first, then the key is resolved and stored.
     pub(crate) fn insert(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<()> {
+        let entry = self.entry(py, key, value, ttl, tti)?;
+        let key = self.key(key)?;
+        self.store_entry(py, key, entry);
+        Ok(())
+    }
+
+    /// Stores `value` under an owned key (an error of the weigher drops it).
+    pub(crate) fn insert_key(
         &self,
         py: Python<'_>,
         key: Key,
@@ -560,33 +567,29 @@ impl Moka {
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<()> {
-        let entry = self.prepare(py, &key, value, ttl, tti)?;
-        detach(py, || self.store_entry(key, entry));
-        self.finish(py)
+        let entry = self.entry(py, key.obj().bind(py), value, ttl, tti)?;
+        self.store_entry(py, key, entry);
+        Ok(())
     }
 
-    /// The attached half of an insert: runs the weigher, refuses a key whose
-    /// `__eq__` raises, and builds the entry.
-    fn prepare(
+    /// The entry for `value`: runs the weigher (attached, holding nothing).
+    fn entry(
         &self,
         py: Python<'_>,
-        key: &Key,
+        key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<Arc<Entry>> {
         let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
             Some(weigher) => {
-                let weight =
-                    crate::detach::call_python(py, || weigher.bind(py).call1((key.obj(), value)))?;
+                let weight = call::call_python(py, || weigher.bind(py).call1((key, value)))?;
                 options::weight(&weight)?
             }
             None => 1,
         };
-        if key.uses_python_eq() {
-            // A key whose `__eq__` raises must not be stored: probe first.
-            detach(py, || self.store.load().contains_key(key));
-            key::take_eq_error()?;
+        if (ttl.is_some() || tti.is_some()) && !self.per_entry.load(Ordering::Relaxed) {
+            self.per_entry.store(true, Ordering::Relaxed);
         }
         Ok(Arc::new(Entry::new(
             value.clone().unbind(),
@@ -596,17 +599,23 @@ impl Moka {
         )))
     }
 
-    /// The detached half of an insert (the caller then calls `finish`).
-    fn store_entry(&self, key: Key, entry: Arc<Entry>) {
-        let store = self.store.load();
-        let weight = entry.weight;
-        store.insert(key, entry);
-        self.bound_size(&store, weight);
+    fn store_entry(&self, py: Python<'_>, key: Key, entry: Arc<Entry>) {
+        call::enter(
+            py,
+            Span::Short,
+            || {
+                let store = self.store.load();
+                let weight = entry.weight;
+                store.insert(key, entry);
+                self.bound_size(&store, weight);
+            },
+            |()| (),
+        );
     }
 
     /// Keeps the size within `capacity + slack`: moka applies writes in
     /// batches, so on its own a small cache could run far over its capacity
-    /// until the next batch. Runs detached.
+    /// until the next batch.
     fn bound_size(&self, store: &Store, weight: u32) {
         let written = u64::from(weight);
         let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
@@ -617,11 +626,27 @@ impl Moka {
         }
     }
 
-    /// The entries, collected detached: walking moka's table may wait on its
-    /// resize lock, whose holder may need the interpreter for a key's `__eq__`.
-    fn snapshot(&self, py: Python<'_>) -> PyResult<Vec<(Arc<Key>, Arc<Entry>)>> {
-        let entries = detach(py, || self.store.load().iter().collect());
-        self.finish(py)?;
-        Ok(entries)
+    /// Applies pending evictions and expirations, then reads `f` of the store;
+    /// `f`'s second argument says whether it must walk the entries to skip
+    /// expired ones (see `per_entry`).
+    fn sync<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Store, bool) -> T + Send) -> T {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let store = self.store.load();
+                store.run_pending_tasks();
+                self.unsynced.store(0, Ordering::Relaxed);
+                reclaim();
+                f(&store, self.per_entry.load(Ordering::Relaxed))
+            },
+            |out| out,
+        )
+    }
+
+    /// Calls `f` with the entries, collected detached (a long walk); `f`
+    /// runs attached and may build Python objects.
+    fn snapshot<R>(&self, py: Python<'_>, f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R) -> R {
+        call::enter(py, Span::Long, || self.store.load().iter().collect(), f)
     }
 }

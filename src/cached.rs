@@ -144,20 +144,20 @@ impl CachedFunction {
         let key = make_key(py, args, kwargs, self.typed)?;
         let cache = self.cache.get();
         let lookup = cache.key_ref(&key)?;
-        if let Some(entry) = cache.lookup(py, &lookup)? {
+        if let Some(found) = lookup.as_ref().and_then(|k| cache.lookup(py, k)) {
             self.hits.add(1, Ordering::Relaxed);
-            return Ok(entry.obj.clone_ref(py));
+            return Ok(found);
         }
         let call = || {
             self.misses.add(1, Ordering::Relaxed);
-            crate::detach::call_python(py, || self.func.bind(py).call(args, kwargs))
+            crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))
         };
         if self.coalesce {
-            let value = cache.load(py, &key, &lookup, call, None, None)?;
-            return Ok(value);
+            let owned = cache.owned(&key, lookup.as_ref())?;
+            return cache.load(py, &owned, call, None, None);
         }
         let value = call()?;
-        cache.insert(py, cache.key(&key)?, &value, None, None)?;
+        cache.insert_key(py, cache.owned(&key, lookup.as_ref())?, &value, None, None)?;
         Ok(value.unbind())
     }
 
@@ -183,7 +183,7 @@ impl CachedFunction {
 
     /// `CacheInfo(hits, misses, maxsize, currsize)`.
     fn cache_info(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let currsize = self.cache.get().count(py)?;
+        let currsize = self.cache.get().count(py);
         self.info.call1(
             py,
             (
@@ -197,7 +197,7 @@ impl CachedFunction {
 
     /// Empties the cache and resets the statistics.
     fn cache_clear(&self, py: Python<'_>) -> PyResult<()> {
-        self.cache.get().clear(py)?;
+        self.cache.get().clear(py);
         self.hits.reset();
         self.misses.reset();
         Ok(())

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
+use crate::deferred::PyOwned;
+
 pub(crate) struct Entry {
-    /// The cached object, stored by reference.
-    pub(crate) obj: Py<PyAny>,
+    /// The cached object, stored by reference (released outside moka).
+    pub(crate) obj: PyOwned,
     /// The weigher's result (1 without a weigher), read by moka's weigher.
     pub(crate) weight: u32,
     /// Per-entry expiration, read by [`crate::expiry::PerEntry`]; boxed, so
@@ -31,7 +33,7 @@ impl Entry {
     ) -> Self {
         let deadlines = (ttl.is_some() || tti.is_some()).then(|| Box::new(Deadlines { ttl, tti }));
         Entry {
-            obj,
+            obj: PyOwned::new(obj),
             weight,
             deadlines,
         }

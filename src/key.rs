@@ -1,25 +1,28 @@
-//! Cache keys: Python's hash and equality, evaluated in Rust wherever possible.
+//! Cache keys: Python's hash, and an equality that moka evaluates in Rust.
 //!
-//! moka and the in-flight map compare keys while holding their internal locks.
-//! Running Python code there is what makes a binding deadlock, so keys of the
-//! common immutable built-in types (`int`, `bool`, `float`, `str`, `bytes`,
-//! `None` and tuples of them) carry a Rust representation ([`Repr`]) that is
-//! compared without the interpreter. Only other objects fall back to Python's
-//! `==`, which attaches to the interpreter for the comparison (see the locking
-//! rules in `lib.rs` for why that cannot deadlock). An exception raised by such
-//! an `__eq__` is parked in a thread-local slot and raised once the moka call
-//! has returned ([`take_eq_error`]); the comparison counts as "not equal".
+//! moka and the in-flight map compare keys while holding their internal locks,
+//! so no key comparison may run Python code. Keys of the common immutable
+//! built-in types (`int`, `bool`, `float`, `str`, `bytes`, `None` and tuples
+//! of them) carry a Rust representation ([`Repr`]) compared without the
+//! interpreter; objects whose type keeps `object`'s equality (instances of
+//! classes without `__eq__`, classes themselves, plain `Enum` members, NaN)
+//! compare by identity, which is what `==` does for them. Every other key is
+//! first resolved, outside moka, to its canonical id (`intern.rs`), which
+//! moka then compares.
 //!
 //! Equality follows `dict`: `1`, `1.0` and `True` are one key, identity is
 //! checked first (a NaN object finds itself), `str` never equals `bytes`.
 
-use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::raw::c_int;
+use std::ptr::addr_of_mut;
 
 use moka::Equivalent;
 use pyo3::ffi;
 use pyo3::prelude::*;
+
+use crate::deferred::PyOwned;
+use crate::intern::CanonRef;
 
 /// The Rust-comparable form of a key. Pointers borrow immutable buffers owned
 /// by the key object (or, for tuples, by its items), which the key keeps alive.
@@ -27,28 +30,32 @@ use pyo3::prelude::*;
 pub(crate) enum Repr {
     /// `int` in the `i64` range, `bool`, and integral `float`s in that range.
     Int(i64),
-    /// A non-integral `float` or an infinity (NaN is [`Repr::Other`]).
+    /// A non-integral `float` or an infinity.
     Float(f64),
     /// An `int` outside the `i64` range (or an integral `float` there), as
     /// its hexadecimal digits: `2**70` and `2.0**70` are one key.
     BigInt(Box<[u8]>),
-    /// The UTF-8 bytes of an exact `str`.
+    /// The UTF-8 bytes of a `str`.
     Str(*const u8, usize),
-    /// The bytes of an exact `bytes`.
+    /// The bytes of a `bytes`.
     Bytes(*const u8, usize),
     /// `None`.
     None,
-    /// An exact `tuple` whose items are all native.
+    /// A `tuple` whose items are all native.
     Tuple(Box<[Repr]>),
-    /// The separator of keyword arguments in `@cached` keys ([`KWARGS_MARK`]).
-    Mark,
-    /// Anything else: identity, then Python's `==`.
-    Other,
+    /// An object whose type keeps `object`'s equality: equal only to itself.
+    Identity(*mut ffi::PyObject),
+    /// A key compared by Python `==`, as its canonical entry (owned keys).
+    Canon(CanonRef),
+    /// The same in a borrowed key: the canonical entry's id (lookups).
+    CanonId(u64),
+    /// Not yet resolved: must be interned (`intern.rs`) before use.
+    Python,
 }
 
 /// A unique object that `@cached` puts between positional and keyword
-/// arguments in its keys; it compares in Rust (by identity), so such keys stay
-/// native. Set once at module initialisation and kept alive by the module.
+/// arguments in its keys (an `object()`, so it compares by identity). Set once
+/// at module initialisation and kept alive for the life of the process.
 static KWARGS_MARK: std::sync::atomic::AtomicPtr<ffi::PyObject> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
@@ -71,6 +78,34 @@ pub(crate) fn kwargs_mark(py: Python<'_>) -> Bound<'_, PyAny> {
 /// recursion) instead of recursing here.
 const MAX_TUPLE_DEPTH: u32 = 16;
 
+/// Whether `tp` is `base` or a subclass that keeps its `==` and `hash()`
+/// (an `IntEnum`, a `StrEnum`, a named tuple): its instances compare as
+/// `base` values do.
+///
+/// # Safety
+/// Both must be live type objects; the caller must be attached.
+#[inline]
+unsafe fn compares_as(tp: *mut ffi::PyTypeObject, base: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: reads two slots of live type objects.
+    unsafe {
+        tp == base
+            || (same_slot((*tp).tp_richcompare, (*base).tp_richcompare)
+                && same_slot((*tp).tp_hash, (*base).tp_hash))
+    }
+}
+
+/// Whether two type slots hold the same C function. Both addresses are read
+/// from CPython's type objects (not taken in this crate), so equal addresses
+/// mean the same function.
+#[inline]
+fn same_slot<F: Copy>(a: Option<F>, b: Option<F>) -> bool {
+    let addr = |f: Option<F>| {
+        // SAFETY: `F` is a function pointer type (a slot), the size of a usize.
+        f.map_or(0, |f| unsafe { std::mem::transmute_copy::<F, usize>(&f) })
+    };
+    addr(a) == addr(b)
+}
+
 impl Repr {
     /// Builds the representation of `obj`.
     ///
@@ -90,16 +125,7 @@ impl Repr {
         // guarantees. The most common key, an `int`, is handled inline.
         unsafe {
             if ffi::PyLong_CheckExact(obj) != 0 {
-                let mut overflow: c_int = 0;
-                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
-                if overflow != 0 {
-                    return big_int(obj);
-                }
-                if v == -1 && !ffi::PyErr_Occurred().is_null() {
-                    ffi::PyErr_Clear();
-                    return Repr::Other;
-                }
-                return Repr::Int(v);
+                return int_repr(obj);
             }
             Self::not_int(obj, depth)
         }
@@ -114,13 +140,15 @@ impl Repr {
         // attached, as the caller guarantees; every call below is a plain
         // CPython C-API call on that object or on items it owns.
         unsafe {
-            if ffi::PyUnicode_CheckExact(obj) != 0 {
+            let tp = ffi::Py_TYPE(obj);
+            if ffi::PyUnicode_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyUnicode_Type))
+            {
                 let mut len: ffi::Py_ssize_t = 0;
                 let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
                 if data.is_null() {
                     // Lone surrogates cannot be encoded; compare with Python.
                     ffi::PyErr_Clear();
-                    return Repr::Other;
+                    return Repr::Python;
                 }
                 #[allow(clippy::cast_sign_loss)]
                 return Repr::Str(data.cast::<u8>(), len as usize);
@@ -128,59 +156,56 @@ impl Repr {
             if obj == ffi::Py_None() {
                 return Repr::None;
             }
-            if obj == KWARGS_MARK.load(std::sync::atomic::Ordering::Acquire) {
-                return Repr::Mark;
-            }
             if ffi::PyBool_Check(obj) != 0 {
                 return Repr::Int(i64::from(obj == ffi::Py_True()));
             }
-            if ffi::PyFloat_CheckExact(obj) != 0 {
-                let v = ffi::PyFloat_AsDouble(obj);
-                let repr = float_repr(v);
-                if matches!(repr, Repr::Other) && v.is_finite() {
-                    // Integral beyond i64: compare as the int it equals.
-                    let int = ffi::PyLong_FromDouble(v);
-                    if int.is_null() {
-                        ffi::PyErr_Clear();
-                        return Repr::Other;
-                    }
-                    let repr = big_int(int);
-                    ffi::Py_DecRef(int);
-                    return repr;
-                }
-                return repr;
-            }
-            if ffi::PyBytes_CheckExact(obj) != 0 {
-                let data = ffi::PyBytes_AsString(obj);
-                let len = ffi::PyBytes_Size(obj);
-                #[allow(clippy::cast_sign_loss)]
-                return Repr::Bytes(data.cast::<u8>(), len as usize);
-            }
-            if ffi::PyTuple_CheckExact(obj) != 0 {
+            if ffi::PyTuple_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyTuple_Type)) {
                 if depth >= MAX_TUPLE_DEPTH {
-                    return Repr::Other;
+                    return Repr::Python;
                 }
                 let n = ffi::PyTuple_Size(obj);
                 let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
                 for i in 0..n {
                     let item = Repr::nested(ffi::PyTuple_GetItem(obj, i), depth + 1);
-                    if matches!(item, Repr::Other) {
-                        return Repr::Other;
+                    if matches!(item, Repr::Python) {
+                        return Repr::Python;
                     }
                     items.push(item);
                 }
                 return Repr::Tuple(items.into_boxed_slice());
             }
-            Repr::Other
+            if ffi::PyFloat_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyFloat_Type)) {
+                return float_or_big(obj, ffi::PyFloat_AsDouble(obj));
+            }
+            if ffi::PyLong_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyLong_Type)) {
+                return int_repr(obj);
+            }
+            if ffi::PyComplex_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyComplex_Type)) {
+                // A complex without imaginary part equals its real part.
+                if ffi::PyComplex_ImagAsDouble(obj) == 0.0 {
+                    return float_or_big(obj, ffi::PyComplex_RealAsDouble(obj));
+                }
+                return Repr::Python;
+            }
+            if ffi::PyBytes_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyBytes_Type)) {
+                let data = ffi::PyBytes_AsString(obj);
+                let len = ffi::PyBytes_Size(obj);
+                #[allow(clippy::cast_sign_loss)]
+                return Repr::Bytes(data.cast::<u8>(), len as usize);
+            }
+            if same_slot(
+                (*tp).tp_richcompare,
+                (*addr_of_mut!(ffi::PyBaseObject_Type)).tp_richcompare,
+            ) {
+                // `object`'s `==`: identity (an instance of a class without
+                // `__eq__`, a class, a plain `Enum` member, the kwargs mark).
+                return Repr::Identity(obj);
+            }
+            Repr::Python
         }
     }
 
-    #[inline]
-    fn is_native(&self) -> bool {
-        !matches!(self, Repr::Other)
-    }
-
-    /// Native equality; only meaningful when both sides are native.
+    /// Native equality (every variant but `Python`).
     #[inline]
     fn native_eq(&self, other: &Repr) -> bool {
         match (self, other) {
@@ -192,17 +217,69 @@ impl Repr {
                 // the keys hold, and the lengths are the ones CPython reported.
                 la == lb && (pa == pb || unsafe { bytes(*pa, *la) == bytes(*pb, *lb) })
             }
-            (Repr::None, Repr::None) | (Repr::Mark, Repr::Mark) => true,
+            (Repr::None, Repr::None) => true,
+            (Repr::Identity(a), Repr::Identity(b)) => a == b,
             (Repr::BigInt(a), Repr::BigInt(b)) => a == b,
             (Repr::Tuple(a), Repr::Tuple(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.native_eq(y))
             }
+            (Repr::Canon(a), Repr::Canon(b)) => a.id() == b.id(),
+            (Repr::Canon(a), Repr::CanonId(b)) | (Repr::CanonId(b), Repr::Canon(a)) => a.id() == *b,
+            (Repr::CanonId(a), Repr::CanonId(b)) => a == b,
             _ => false,
         }
     }
 }
 
-/// The hexadecimal digits of the int `obj`, or [`Repr::Other`] on failure.
+/// An `int` (or a subclass comparing as one).
+///
+/// # Safety
+/// `obj` must be a live `int` and the caller must be attached.
+#[inline]
+unsafe fn int_repr(obj: *mut ffi::PyObject) -> Repr {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let mut overflow: c_int = 0;
+        let v = ffi::PyLong_AsLongLongAndOverflow(obj, &raw mut overflow);
+        if overflow != 0 {
+            return big_int(obj);
+        }
+        if v == -1 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+            return Repr::Python;
+        }
+        Repr::Int(v)
+    }
+}
+
+/// A float's key: an int when integral (beyond `i64` as a big int), the
+/// identity of `obj` for a NaN (which equals only itself), else the float.
+///
+/// # Safety
+/// `obj` must be a live `float` and the caller must be attached.
+unsafe fn float_or_big(obj: *mut ffi::PyObject, v: f64) -> Repr {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if v.is_nan() {
+            return Repr::Identity(obj);
+        }
+        let repr = float_repr(v);
+        if matches!(repr, Repr::Python) {
+            // Integral beyond i64: compare as the int it equals.
+            let int = ffi::PyLong_FromDouble(v);
+            if int.is_null() {
+                ffi::PyErr_Clear();
+                return Repr::Python;
+            }
+            let repr = big_int(int);
+            ffi::Py_DecRef(int);
+            return repr;
+        }
+        repr
+    }
+}
+
+/// The hexadecimal digits of the int `obj`, or [`Repr::Python`] on failure.
 ///
 /// # Safety
 /// `obj` must be a live `int` and the caller must be attached.
@@ -212,13 +289,13 @@ unsafe fn big_int(obj: *mut ffi::PyObject) -> Repr {
         let text = ffi::PyNumber_ToBase(obj, 16);
         if text.is_null() {
             ffi::PyErr_Clear();
-            return Repr::Other;
+            return Repr::Python;
         }
         let mut len: ffi::Py_ssize_t = 0;
         let data = ffi::PyUnicode_AsUTF8AndSize(text, &raw mut len);
         let repr = if data.is_null() {
             ffi::PyErr_Clear();
-            Repr::Other
+            Repr::Python
         } else {
             #[allow(clippy::cast_sign_loss)]
             Repr::BigInt(bytes(data.cast::<u8>(), len as usize).into())
@@ -239,129 +316,121 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
 fn float_repr(v: f64) -> Repr {
     const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2**63
     if v.is_nan() {
-        Repr::Other
+        Repr::Python
     } else if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
         Repr::Int(v as i64)
     } else if v.is_finite() && v.fract() == 0.0 {
         // An integral float beyond i64: the caller compares it as a big int.
-        Repr::Other
+        Repr::Python
     } else {
         Repr::Float(v)
     }
 }
 
-thread_local! {
-    static EQ_ERROR: RefCell<Option<PyErr>> = const { RefCell::new(None) };
-    static NO_PYTHON: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` with Python equality reduced to identity on this thread. The GC's
-/// `__traverse__` may not attach to the interpreter; when it walks the cache,
-/// moka looks each stored key up by itself, which identity finds.
-pub(crate) fn without_python<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            NO_PYTHON.with(|flag| flag.set(self.0));
+/// A key's hash and representation; [`Repr::Python`] when it must be
+/// interned. A number of another type that equals an `int` or a `float`
+/// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar) takes that number's
+/// representation, so that it is one key with it, as in a `dict`.
+pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
+    let hash = obj.hash()?;
+    // SAFETY: `obj` is a live object and we are attached (`Bound`).
+    let repr = unsafe { Repr::of(obj.as_ptr()) };
+    if matches!(repr, Repr::Python) {
+        if let Some(number) = as_native_number(obj) {
+            return Ok((hash, number));
         }
     }
-    let _reset = Reset(NO_PYTHON.with(|flag| flag.replace(true)));
-    f()
+    Ok((hash, repr))
 }
 
-/// Raises the exception a key's `__eq__` raised during the last moka call on
-/// this thread, if any.
-pub(crate) fn take_eq_error() -> PyResult<()> {
-    match EQ_ERROR.with(RefCell::take) {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
-}
-
-/// Python's `a == b` for two keys, at least one of which is not native.
-fn python_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> bool {
-    if a == b {
-        return true;
-    }
-    if NO_PYTHON.with(Cell::get) {
-        return false;
-    }
-    if crate::detach::exiting() {
-        // A thread other than the main one must not attach while the
-        // interpreter exits (see detach.rs); we may hold moka's locks here, so
-        // do not park either: the keys count as different.
-        return false;
-    }
-    Python::attach(|py| {
-        // SAFETY: both pointers are live objects owned by the keys being
-        // compared, and we are attached.
-        let r = unsafe { ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) };
-        if r < 0 {
-            let err = PyErr::fetch(py);
-            EQ_ERROR.with(|slot| {
-                slot.borrow_mut().get_or_insert(err);
-            });
-            false
-        } else {
-            r == 1
+/// The native representation of an `int` or `float` that `obj` (a numeric
+/// type compared by Python) equals, if any. Runs Python code (attached,
+/// outside every lock); its errors only mean "no".
+fn as_native_number(obj: &Bound<'_, PyAny>) -> Option<Repr> {
+    // SAFETY: reads the number slots of a live object's type.
+    let (index, float) = unsafe {
+        let numbers = (*ffi::Py_TYPE(obj.as_ptr())).tp_as_number;
+        if numbers.is_null() {
+            return None;
         }
-    })
+        ((*numbers).nb_index.is_some(), (*numbers).nb_float.is_some())
+    };
+    let equal_int = |int: Bound<'_, PyAny>| -> Option<Repr> {
+        // SAFETY: `int` is a live exact int and we are attached.
+        let repr = unsafe { int_repr(int.as_ptr()) };
+        (!matches!(repr, Repr::Python) && obj.eq(&int).ok()?).then_some(repr)
+    };
+    if index {
+        return equal_int(
+            obj.call_method0(pyo3::intern!(obj.py(), "__index__"))
+                .ok()?,
+        );
+    }
+    if !float {
+        return None;
+    }
+    let value: f64 = obj.extract().ok()?;
+    if !value.is_finite() {
+        return None;
+    }
+    if value.fract() == 0.0 {
+        let int = obj
+            .py()
+            .get_type::<pyo3::types::PyInt>()
+            .call1((obj,))
+            .ok()?;
+        return equal_int(int);
+    }
+    obj.eq(value).ok()?.then_some(Repr::Float(value))
 }
 
-#[inline]
-fn keys_eq(
-    (ha, ra, pa): (isize, &Repr, *mut ffi::PyObject),
-    (hb, rb, pb): (isize, &Repr, *mut ffi::PyObject),
-) -> bool {
-    if ha != hb {
-        return false;
-    }
-    if ra.is_native() && rb.is_native() {
-        ra.native_eq(rb)
-    } else {
-        python_eq(pa, pb)
-    }
-}
-
-/// A key stored in the cache: owns a reference to the Python object.
+/// A key stored in the cache: owns a reference to the Python object (released
+/// outside moka, see `deferred.rs`).
 pub(crate) struct Key {
     hash: isize,
     repr: Repr,
-    obj: Py<PyAny>,
+    obj: PyOwned,
 }
 
 // SAFETY: the raw pointers inside `repr` point into buffers of immutable
-// objects (`str`, `bytes`, tuple items) that `obj` keeps alive; reading them
-// from any thread is sound. `Py<PyAny>` itself is Send + Sync.
+// objects (`str`, `bytes`, tuple items) that `obj` keeps alive, or are
+// identities that are only compared; reading them from any thread is sound.
 unsafe impl Send for Key {}
 // SAFETY: see above; nothing in a `Key` is mutated after construction.
 unsafe impl Sync for Key {}
 
 impl Key {
-    /// Hashes `obj` (raising what `hash()` raises) and takes a reference to it.
-    pub(crate) fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let hash = obj.hash()?;
-        // SAFETY: `obj` is a live object and we hold the interpreter (`Bound`).
-        let repr = unsafe { Repr::of(obj.as_ptr()) };
-        Ok(Key {
+    /// `repr` must be resolved (not [`Repr::Python`]) and describe `obj`.
+    pub(crate) fn new(hash: isize, repr: Repr, obj: &Bound<'_, PyAny>) -> Self {
+        debug_assert!(!matches!(repr, Repr::Python | Repr::CanonId(_)));
+        Key {
             hash,
             repr,
-            obj: obj.clone().unbind(),
-        })
+            obj: PyOwned::new(obj.clone().unbind()),
+        }
     }
 
     pub(crate) fn obj(&self) -> &Py<PyAny> {
         &self.obj
     }
 
-    /// Whether comparing this key may run Python code (`__eq__`).
-    pub(crate) fn uses_python_eq(&self) -> bool {
-        !self.repr.is_native()
+    /// Another owned key for the same object.
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Key {
+        Key {
+            hash: self.hash,
+            repr: self.repr.clone(),
+            obj: PyOwned::new(self.obj.clone_ref(py)),
+        }
     }
 
-    fn parts(&self) -> (isize, &Repr, *mut ffi::PyObject) {
-        (self.hash, &self.repr, self.obj.as_ptr())
+    fn parts(&self) -> (isize, &Repr) {
+        (self.hash, &self.repr)
     }
+}
+
+#[inline]
+fn keys_eq((ha, ra): (isize, &Repr), (hb, rb): (isize, &Repr)) -> bool {
+    ha == hb && ra.native_eq(rb)
 }
 
 impl PartialEq for Key {
@@ -383,41 +452,27 @@ impl Hash for Key {
 pub(crate) struct KeyRef {
     hash: isize,
     repr: Repr,
-    obj: *mut ffi::PyObject,
 }
 
 // SAFETY: a `KeyRef` only lives inside one call, during which the calling
-// frame keeps `obj` alive; the pointed-to data is immutable (see `Key`).
+// frame keeps its object alive; the pointed-to data is immutable (see `Key`).
 unsafe impl Send for KeyRef {}
 // SAFETY: as above.
 unsafe impl Sync for KeyRef {}
 
 impl KeyRef {
-    pub(crate) fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let hash = obj.hash()?;
-        // SAFETY: `obj` is live and we are attached.
-        let repr = unsafe { Repr::of(obj.as_ptr()) };
-        Ok(KeyRef {
-            hash,
-            repr,
-            obj: obj.as_ptr(),
-        })
+    /// `repr` must be resolved: native, or [`Repr::CanonId`].
+    pub(crate) fn new(hash: isize, repr: Repr) -> Self {
+        debug_assert!(!matches!(repr, Repr::Python | Repr::Canon(_)));
+        KeyRef { hash, repr }
     }
 
-    /// Whether comparing this key may run Python code (`__eq__`).
-    pub(crate) fn uses_python_eq(&self) -> bool {
-        !self.repr.is_native()
-    }
-
-    /// Turns the borrowed key into an owned one, reusing its hash and repr
-    /// (whose pointers stay valid: the owned key keeps the same object alive).
-    pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Key {
-        debug_assert_eq!(obj.as_ptr(), self.obj);
-        Key {
-            hash: self.hash,
-            repr: self.repr.clone(),
-            obj: obj.clone().unbind(),
-        }
+    /// The owned key of the same object, reusing the hash and representation
+    /// (whose pointers stay valid: the owned key keeps the object alive);
+    /// `None` for a canonical key, whose owned form must be interned.
+    pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Option<Key> {
+        (!matches!(self.repr, Repr::CanonId(_)))
+            .then(|| Key::new(self.hash, self.repr.clone(), obj))
     }
 }
 
@@ -429,7 +484,7 @@ impl Hash for KeyRef {
 
 impl Equivalent<Key> for KeyRef {
     fn equivalent(&self, key: &Key) -> bool {
-        keys_eq((self.hash, &self.repr, self.obj), key.parts())
+        keys_eq((self.hash, &self.repr), key.parts())
     }
 }
 

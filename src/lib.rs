@@ -3,26 +3,19 @@
 //! Every concept lives in its own module; this file only wires them into the
 //! Python module.
 //!
-//! # Locking rules (read this before touching any lock)
-//!
-//! * Never wait on a lock while attached to the interpreter. Every call into
-//!   moka that can block (insert, remove, housekeeping) and every access to the
-//!   in-flight map of `get_with` runs inside `Python::detach`.
-//! * Never run Python code inside moka. The eviction listener is queued in a
-//!   thread-local buffer and called after moka returns ([`listener`]); the
-//!   weigher runs before the insert and its result travels with the value
-//!   ([`entry`]); keys of the common immutable types compare in Rust ([`key`]).
-//!   The one exception is `__eq__` of other key types, which moka may call while
-//!   it holds an internal lock: it attaches to run, which is safe because no
-//!   thread ever waits on a moka lock while attached.
+//! The rule everything rests on, and the one helper through which every call
+//! enters moka, are written down in [`call`]: no Python code runs inside moka
+//! or under any lock of this binding.
 
 mod cache;
 mod cached;
+mod call;
 mod counter;
-mod detach;
+mod deferred;
 mod entry;
 mod errors;
 mod expiry;
+mod intern;
 mod key;
 mod listener;
 mod loader;
@@ -50,6 +43,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
              state; import it in the main interpreter",
         ));
     }
+    call::init(m.py())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
@@ -57,7 +51,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;
-    let before_exit = wrap_pyfunction!(detach::_before_exit, m)?;
+    let before_exit = wrap_pyfunction!(call::_before_exit, m)?;
     m.py()
         .import("atexit")?
         .getattr("register")?

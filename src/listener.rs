@@ -2,13 +2,11 @@
 //!
 //! moka calls its listener synchronously, on the thread whose operation caused
 //! the removal, while it may hold internal locks. Our moka listener therefore
-//! only pushes the notification into a thread-local buffer; when the cache
-//! method returns to the interpreter it calls [`deliver`], which runs the
-//! Python listener on the same thread, before the method returns, holding no
-//! lock. A listener may thus call back into the cache (even for the same key).
-//! Its exceptions go to `sys.unraisablehook`.
+//! only queues the notification (`deferred.rs`); when the cache method is back
+//! from moka, `call::after` delivers it on the same thread, before the method
+//! returns, holding no lock. A listener may thus call back into the cache
+//! (even for the same key). Its exceptions go to `sys.unraisablehook`.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use moka::notification::RemovalCause;
@@ -24,15 +22,11 @@ pub(crate) struct Listener {
     callback: PySlot,
 }
 
-struct Notification {
+pub(crate) struct Notification {
     listener: Arc<Listener>,
     key: Arc<Key>,
     entry: Arc<Entry>,
     cause: RemovalCause,
-}
-
-thread_local! {
-    static PENDING: RefCell<Vec<Notification>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Listener {
@@ -54,8 +48,7 @@ impl Listener {
                 entry,
                 cause,
             };
-            // During thread teardown the buffer may be gone: drop the notification.
-            let _ = PENDING.try_with(|p| p.borrow_mut().push(n));
+            crate::deferred::defer(crate::deferred::Item::Notify(n));
         }
     }
 
@@ -77,26 +70,19 @@ fn cause_name(py: Python<'_>, cause: RemovalCause) -> &Bound<'_, pyo3::types::Py
     }
 }
 
-/// Calls the listeners of every notification queued on this thread. Called
-/// attached, holding no lock, at the end of each cache method.
-pub(crate) fn deliver(py: Python<'_>) {
-    loop {
-        let batch = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        if batch.is_empty() {
+impl Notification {
+    /// Calls the listener (attached, holding no lock: from `deferred::run`).
+    pub(crate) fn deliver(self, py: Python<'_>) {
+        let Some(cb) = self.listener.callback.get(py) else {
             return;
-        }
-        for n in batch {
-            let Some(cb) = n.listener.callback.get(py) else {
-                continue;
-            };
-            let args = (
-                n.key.obj().clone_ref(py),
-                n.entry.obj.clone_ref(py),
-                cause_name(py, n.cause),
-            );
-            if let Err(err) = crate::detach::call_python(py, || cb.call1(py, args)) {
-                err.write_unraisable(py, Some(cb.bind(py)));
-            }
+        };
+        let args = (
+            self.key.obj().clone_ref(py),
+            self.entry.obj.clone_ref(py),
+            cause_name(py, self.cause),
+        );
+        if let Err(err) = crate::call::call_python(py, || cb.call1(py, args)) {
+            err.write_unraisable(py, Some(cb.bind(py)));
         }
     }
 }

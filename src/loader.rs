@@ -9,12 +9,14 @@
 //! Every other caller finds the load and waits on its condition variable
 //! detached from the interpreter, waking every few milliseconds to let the
 //! main thread handle signals (Ctrl-C interrupts a waiter; the load goes on).
+//! [`Loads::load`] owns that whole orchestration.
 //!
-//! Locks and who waits on them:
-//! * the map's shard locks: taken only inside `Python::detach`, held only for
-//!   a lookup/insert/remove (which may run a key's `__eq__`: see `key.rs`);
-//! * `Load::state`: taken only inside `Python::detach`, never held while
-//!   running Python code.
+//! Locks and who waits on them (see `call.rs` for the rule):
+//! * the map's shard locks: taken through `call::enter` (short), held for one
+//!   lookup/insert/remove, which compares keys in Rust and queues what it
+//!   drops;
+//! * `Load::state`: held to read or set the state (no Python code, no
+//!   release); a waiter waits on its condition variable detached.
 //!
 //! Outcomes: a value reaches every waiter as the same object; an `Exception`
 //! reaches every waiter as its own shallow copy (sharing one exception object
@@ -32,10 +34,10 @@ use dashmap::DashMap;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTraceback;
 use pyo3::{intern, PyTypeInfo};
 
-use crate::detach::detach;
+use crate::call::Span;
+use crate::deferred::PyOwned;
 use crate::errors::Error;
 use crate::key::{Key, PyHashBuilder};
 
@@ -68,7 +70,7 @@ pub(crate) struct Load {
 #[derive(Clone)]
 enum State {
     Running,
-    Ready(Arc<Py<PyAny>>),
+    Ready(Arc<PyOwned>),
     Failed(Arc<Failure>),
     Abandoned,
 }
@@ -76,40 +78,100 @@ enum State {
 /// An initializer's exception, with what a waiter's copy needs, captured by
 /// the leader before the exception propagates further in its own thread.
 struct Failure {
-    exc: Py<PyAny>,
-    traceback: Option<Py<PyTraceback>>,
-    cause: Py<PyAny>,
-    context: Py<PyAny>,
-    suppress_context: Py<PyAny>,
+    exc: PyOwned,
+    traceback: PyOwned,
+    cause: PyOwned,
+    context: PyOwned,
+    suppress_context: PyOwned,
 }
 
-pub(crate) enum Join<'a, T> {
-    /// This thread computes the value and must call [`Leader::finish`] (or
-    /// [`Leader::prepare`]); with the result of the join's recheck.
-    Leader(Leader<'a>, T),
-    /// Another thread computes it: wait with [`Load::wait`].
+enum Joined {
+    /// This thread inserted the load: it computes the value.
+    Leader(Arc<Load>),
+    /// Another thread computes it.
     Waiter(Arc<Load>),
 }
 
-pub(crate) enum Outcome {
+enum Outcome {
     Value(Py<PyAny>),
     Error(PyErr),
     Retry,
 }
 
 impl Loads {
-    /// Joins the load of `key`, starting it if none is in flight. `again` is a
-    /// second owned copy of the key, kept by a leader to remove its entry.
-    /// A new leader runs `recheck` in the same detached section (one hand-off
-    /// of the interpreter instead of two) and gets its result with the lead.
-    pub(crate) fn join<'a, T: Send>(
-        &'a self,
-        py: Python<'_>,
-        key: Key,
-        again: Key,
-        recheck: impl FnOnce() -> T + Send,
-    ) -> PyResult<Join<'a, T>> {
+    /// The miss path of `get_with` for `key`: waits for the load in flight, or
+    /// leads one. A leader first runs `recheck` (a load may have finished
+    /// between the caller's miss and its join), then `init` (attached, holding
+    /// no lock), then `store` with its value, and publishes the outcome.
+    pub(crate) fn load<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Key,
+        recheck: impl Fn() -> Option<Py<PyAny>>,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        store: impl FnOnce(Key, &Bound<'py, PyAny>) -> PyResult<()>,
+    ) -> PyResult<Py<PyAny>> {
+        let result = self.load_or_wait(py, key, recheck, init, store);
+        // For what the waits and the publication let go of.
+        crate::call::after(py);
+        result
+    }
+
+    fn load_or_wait<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Key,
+        recheck: impl Fn() -> Option<Py<PyAny>>,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        store: impl FnOnce(Key, &Bound<'py, PyAny>) -> PyResult<()>,
+    ) -> PyResult<Py<PyAny>> {
         let me = thread::current().id();
+        let load = loop {
+            let load = match self.join(py, key, me) {
+                Joined::Leader(load) => break load,
+                Joined::Waiter(load) => load,
+            };
+            if load.owner == me {
+                return Err(Error::Recursion(format!(
+                    "get_with: the initializer for key {} asked for the same key again on the \
+                     same thread (it would wait for itself forever)",
+                    key.obj()
+                        .bind(py)
+                        .repr()
+                        .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                ))
+                .into());
+            }
+            match load.wait(py)? {
+                Outcome::Value(value) => return Ok(value),
+                Outcome::Error(err) => return Err(err),
+                Outcome::Retry => {
+                    if let Some(value) = recheck() {
+                        return Ok(value);
+                    }
+                }
+            }
+        };
+        // Dropped without `publish` (a panic), the leader abandons the load,
+        // so that its waiters start over instead of waiting forever.
+        let leader = Leader {
+            loads: self,
+            key: key.clone_ref(py),
+            load: Some(load),
+        };
+        let result = match recheck() {
+            Some(value) => Ok(value),
+            None => crate::call::call_python(py, init).and_then(|value| {
+                store(key.clone_ref(py), &value)?;
+                Ok(value.unbind())
+            }),
+        };
+        leader.publish(py, &result);
+        result
+    }
+
+    /// Joins the load of `key`, starting it if none is in flight.
+    fn join(&self, py: Python<'_>, key: &Key, me: ThreadId) -> Joined {
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
         let new_load = || {
             Arc::new(Load {
@@ -119,73 +181,48 @@ impl Loads {
                 done: Condvar::new(),
             })
         };
-        let found = detach(py, || {
-            let found = match self.map.entry(key) {
+        let key = key.clone_ref(py);
+        crate::call::enter(
+            py,
+            Span::Short,
+            || match self.map.entry(key) {
                 MapEntry::Occupied(mut e) if e.get().generation != generation => {
                     // Left over from before a fork: nobody will finish it here.
                     let load = new_load();
                     e.insert(Arc::clone(&load));
-                    Err(load)
+                    Joined::Leader(load)
                 }
-                MapEntry::Occupied(e) => Ok(Arc::clone(e.get())),
+                MapEntry::Occupied(e) => Joined::Waiter(Arc::clone(e.get())),
                 MapEntry::Vacant(e) => {
                     let load = new_load();
                     e.insert(Arc::clone(&load));
-                    Err(load)
+                    Joined::Leader(load)
                 }
-            };
-            // The shard lock is released: the recheck holds no lock of ours.
-            found.map_err(|load| (load, recheck()))
-        });
-        if let Err(err) = crate::key::take_eq_error() {
-            if let Err((load, _)) = found {
-                // We inserted a load but will not lead it: withdraw it
-                // (detached: that takes a shard lock).
-                let leader = Leader {
-                    loads: self,
-                    key: again,
-                    load: Some(load),
-                };
-                detach(py, move || drop(leader));
-            }
-            return Err(err);
-        }
-        match found {
-            Ok(load) if load.owner == me => {
-                Err(Error::Recursion(format!(
-                "get_with: the initializer for key {} asked for the same key again on the same \
-                 thread (it would wait for itself forever)",
-                again.obj().bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
-            ))
-                .into())
-            }
-            Ok(load) => Ok(Join::Waiter(load)),
-            Err((load, rechecked)) => Ok(Join::Leader(
-                Leader {
-                    loads: self,
-                    key: again,
-                    load: Some(load),
-                },
-                rechecked,
-            )),
-        }
+            },
+            |joined| joined,
+        )
     }
 }
 
 impl Load {
     /// Waits, detached, for the leader's outcome.
-    pub(crate) fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
+    fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
         loop {
-            let state = detach(py, || {
-                let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                let (guard, _) = self
-                    .done
-                    .wait_timeout_while(guard, SIGNAL_CHECK_INTERVAL, |s| {
-                        matches!(s, State::Running)
-                    })
-                    .unwrap_or_else(PoisonError::into_inner);
-                guard.clone()
-            });
+            let state = crate::call::enter(
+                py,
+                Span::Long,
+                || {
+                    let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (guard, _) = self
+                        .done
+                        .wait_timeout_while(guard, SIGNAL_CHECK_INTERVAL, |s| {
+                            matches!(s, State::Running)
+                        })
+                        .unwrap_or_else(PoisonError::into_inner);
+                    guard.clone()
+                },
+                |state| state,
+            );
             match state {
                 State::Running => py.check_signals()?,
                 State::Ready(value) => return Ok(Outcome::Value(value.clone_ref(py))),
@@ -196,68 +233,41 @@ impl Load {
     }
 }
 
-/// The leader's handle. Dropping it without [`Leader::finish`] (a panic)
-/// abandons the load, so waiters retry instead of waiting forever.
-pub(crate) struct Leader<'a> {
+/// The leader's handle (see [`Loads::load`]).
+struct Leader<'a> {
     loads: &'a Loads,
     key: Key,
     load: Option<Arc<Load>>,
 }
 
-impl<'a> Leader<'a> {
+impl Leader<'_> {
     /// Publishes the outcome of the initializer: `Ok(value)` or its error.
-    pub(crate) fn finish(self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
-        let publish = self.prepare(py, result);
-        detach(py, || publish.run());
-    }
-
-    /// The attached half of [`Leader::finish`]: what to publish. The caller
-    /// runs it detached, possibly in a section that does more.
-    pub(crate) fn prepare(self, py: Python<'_>, result: &PyResult<Py<PyAny>>) -> Publish<'a> {
+    fn publish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
         let state = match result {
-            Ok(value) => State::Ready(Arc::new(value.clone_ref(py))),
+            Ok(value) => State::Ready(Arc::new(PyOwned::new(value.clone_ref(py)))),
             Err(err) if err.is_instance_of::<PyException>(py) => {
                 State::Failed(Arc::new(Failure::capture(py, err)))
             }
             Err(_) => State::Abandoned,
         };
-        Publish {
-            leader: self,
-            state,
-        }
+        crate::call::enter(py, Span::Short, || self.finish(state), |()| ());
     }
 
-    fn publish(&mut self, state: State) {
+    /// Removes the load from the map and wakes its waiters. Takes a shard
+    /// lock and the load's lock; runs no Python code.
+    fn finish(&mut self, state: State) {
         let Some(load) = self.load.take() else { return };
         self.loads
             .map
             .remove_if(&self.key, |_, v| Arc::ptr_eq(v, &load));
-        // A colliding key's `__eq__` may raise during that lookup; the entry
-        // is found by identity regardless, and the error belongs to no call.
-        drop(crate::key::take_eq_error());
         *load.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
         load.done.notify_all();
     }
 }
 
-/// A leader's outcome, ready to publish (see [`Leader::prepare`]). Dropped
-/// without [`Publish::run`], the load is abandoned.
-pub(crate) struct Publish<'a> {
-    leader: Leader<'a>,
-    state: State,
-}
-
-impl Publish<'_> {
-    /// Removes the load from the map and wakes its waiters. Takes a shard
-    /// lock and the load's lock: call it detached.
-    pub(crate) fn run(mut self) {
-        self.leader.publish(self.state);
-    }
-}
-
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.publish(State::Abandoned);
+        self.finish(State::Abandoned);
     }
 }
 
@@ -265,11 +275,14 @@ impl Failure {
     fn capture(py: Python<'_>, err: &PyErr) -> Self {
         let exc = err.value(py);
         let attr = |name: &Bound<'_, pyo3::types::PyString>| {
-            exc.getattr(name).map_or_else(|_| py.None(), Bound::unbind)
+            PyOwned::new(exc.getattr(name).map_or_else(|_| py.None(), Bound::unbind))
         };
         Failure {
-            exc: exc.clone().into_any().unbind(),
-            traceback: err.traceback(py).map(Bound::unbind),
+            exc: PyOwned::new(exc.clone().into_any().unbind()),
+            traceback: PyOwned::new(
+                err.traceback(py)
+                    .map_or_else(|| py.None(), |t| t.into_any().unbind()),
+            ),
             cause: attr(intern!(py, "__cause__")),
             context: attr(intern!(py, "__context__")),
             suppress_context: attr(intern!(py, "__suppress_context__")),
@@ -297,10 +310,10 @@ impl Failure {
         let Some(copy) = copy else {
             return PyErr::from_value(exc.clone());
         };
-        let _ = copy.setattr(intern!(py, "__traceback__"), &self.traceback);
-        let _ = copy.setattr(intern!(py, "__cause__"), &self.cause);
-        let _ = copy.setattr(intern!(py, "__context__"), &self.context);
-        let _ = copy.setattr(intern!(py, "__suppress_context__"), &self.suppress_context);
+        let _ = copy.setattr(intern!(py, "__traceback__"), &*self.traceback);
+        let _ = copy.setattr(intern!(py, "__cause__"), &*self.cause);
+        let _ = copy.setattr(intern!(py, "__context__"), &*self.context);
+        let _ = copy.setattr(intern!(py, "__suppress_context__"), &*self.suppress_context);
         PyErr::from_value(copy)
     }
 }

@@ -93,10 +93,11 @@ impl Policy {
     }
 }
 
-/// Converts a weigher's result to a weight: a non-negative int, clamped to
-/// `u32::MAX` (moka's weight type).
+/// Converts a weigher's result to a weight: a non-negative int (a `bool` is
+/// one, as in moka-py: `True` weighs 1), clamped to `u32::MAX` (moka's weight
+/// type).
 pub(crate) fn weight(value: &Bound<'_, PyAny>) -> PyResult<u32> {
-    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+    if !value.is_instance_of::<PyInt>() {
         return Err(Error::Type(format!(
             "weigher must return an int, not {}",
             type_name(value)

@@ -10,11 +10,15 @@ use std::sync::{Mutex, PoisonError};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-pub(crate) struct PySlot(Mutex<Option<Py<PyAny>>>);
+use crate::deferred::PyOwned;
+
+/// The reference is a [`PyOwned`]: wherever the slot is dropped, the release
+/// happens outside moka and every lock.
+pub(crate) struct PySlot(Mutex<Option<PyOwned>>);
 
 impl PySlot {
     pub(crate) fn new(obj: Py<PyAny>) -> Self {
-        PySlot(Mutex::new(Some(obj)))
+        PySlot(Mutex::new(Some(PyOwned::new(obj))))
     }
 
     pub(crate) fn get(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -27,7 +31,7 @@ impl PySlot {
         // which only makes the collector more conservative.
         if let Ok(slot) = self.0.try_lock() {
             if let Some(obj) = slot.as_ref() {
-                visit.call(obj)?;
+                visit.call(&**obj)?;
             }
         }
         Ok(())

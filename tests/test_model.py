@@ -71,8 +71,10 @@ MISSING: Any = object()
 
 
 class IntLike:
-    """A user object equal to (and hashing like) the int `n`: one key with `n`,
-    `float(n)` and, for 0 and 1, `False` and `True`."""
+    """A user number equal to (and hashing like) the int `n`: one key with `n`,
+    `float(n)` and, for 0 and 1, `False` and `True`. Like NumPy's integers it
+    has `__index__`, by which moka_py finds the int it equals (see the README's
+    limits for objects equal to a native key without it)."""
 
     __slots__ = ("n",)
 
@@ -88,6 +90,9 @@ class IntLike:
         if isinstance(other, (int, float)):
             return other == self.n
         return False
+
+    def __index__(self) -> int:
+        return self.n
 
     def __repr__(self) -> str:
         return f"IntLike({self.n})"

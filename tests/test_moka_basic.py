@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -418,7 +420,7 @@ def test_equal_but_not_identical_bytes() -> None:
 
 
 class EqualsOne:
-    """Hashes like 1 and equals 1."""
+    """Hashes like 1 and equals 1, but is not a number (no `__index__`)."""
 
     def __hash__(self) -> int:
         return 1
@@ -427,21 +429,52 @@ class EqualsOne:
         return other == 1
 
 
-def test_custom_object_equal_to_an_int() -> None:
+class NumberOne(EqualsOne):
+    """The same, as a number: `__index__` says which int it equals."""
+
+    def __index__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("one", [NumberOne(), Decimal(1), Fraction(1)], ids=param_id)
+def test_number_equal_to_an_int_is_one_key_with_it(one: Any) -> None:
     c: Moka[Any, str] = Moka(10)
     c[1] = "one"
-    assert c[EqualsOne()] == "one"
-    assert EqualsOne() in c
-    c[EqualsOne()] = "custom"
+    assert c[one] == "one"
+    assert one in c
+    c[one] = "custom"
     assert c[1] == "custom"
     assert c[1.0] == "custom"
+    assert c[True] == "custom"
     assert len(c) == 1
     (key,) = c.keys()
     assert key == 1
     c2: Moka[Any, str] = Moka(10)
-    c2[EqualsOne()] = "custom"
+    c2[one] = "custom"
     assert c2[1] == "custom"
     assert c2[True] == "custom"
+
+
+def test_number_equal_to_a_float_is_one_key_with_it() -> None:
+    c: Moka[Any, str] = Moka(10)
+    c[0.5] = "half"
+    assert c[Fraction(1, 2)] == "half"
+    assert c[Decimal("0.5")] == "half"
+    c[Decimal("0.5")] = "decimal"
+    assert c[0.5] == "decimal"
+    assert len(c) == 1
+
+
+def test_object_equal_to_an_int_without_being_a_number_is_its_own_key() -> None:
+    """The documented limit: such a key is resolved by Python `==` among the
+    keys compared by Python only, never against native keys (see the README)."""
+    c: Moka[Any, str] = Moka(10)
+    c[1] = "one"
+    assert EqualsOne() not in c
+    c[EqualsOne()] = "custom"
+    assert c[1] == "one"
+    assert c[EqualsOne()] == "custom"
+    assert len(c) == 2
 
 
 class S(str):

@@ -1,5 +1,50 @@
-//! Detaching from the interpreter, and calling Python from Rust, safely at
-//! interpreter exit.
+//! How every call enters moka (or another lock of this binding), and what runs
+//! after it. Read this before adding a lock or a call into moka.
+//!
+//! # The rule
+//!
+//! No Python code runs inside a moka call, or while any lock of this binding
+//! is held: not a listener or an initializer (called after, or before, holding
+//! nothing), not a weigher (called before the insert), not a key's `__eq__` or
+//! `__hash__` (keys compare in Rust, `key.rs`; the others are resolved to a
+//! canonical id first, outside moka, `intern.rs`), and not a finalizer (every
+//! Python reference that moka or a lock of ours can let go of is queued, not
+//! released, `deferred.rs`). [`enter`] runs the call, then, attached and
+//! holding nothing, whatever was queued: notifications, then releases.
+//!
+//! # Why a short call stays attached on the GIL build
+//!
+//! A thread inside moka holds moka's locks (a key lock, the housekeeping lock,
+//! a hash-table resize) only while it runs Rust code that needs nothing else
+//! from Python. On the GIL build it cannot lose the GIL there either: the GIL
+//! changes hands only when the holder runs bytecode or detaches, and a short
+//! call does neither. So when an attached thread waits on a moka lock, the
+//! holder is a thread in a long, detached call (below), which needs neither
+//! the GIL nor anything the waiter holds to finish and let go. No cycle of
+//! waits can form: the waiter holds the GIL, the holder never needs it while
+//! holding the lock. Staying attached saves the hand-off of the GIL around
+//! every call, which under threads (the GIL going to whichever thread is
+//! runnable, the caller queuing to get it back) costs far more than the call.
+//!
+//! # On the free-threaded build (3.13t)
+//!
+//! The same argument holds with "attached" for "holds the GIL", and with one
+//! more waiter: a stop-the-world pause (the GC's, among others) waits until
+//! every attached thread reaches a safe point or detaches. A thread holding a
+//! moka lock never needs to attach while holding it (it runs no Python code
+//! and does not detach inside moka), so it always gets to release it, and a
+//! thread waiting on it attached only delays the pause by one moka call. Short
+//! calls still detach there ([`Span::Short`] checks [`FREE_THREADED`]): the
+//! pause then never waits for a thread inside moka, and detaching costs less
+//! there than on the GIL build (no lock to hand over).
+//!
+//! # What always detaches
+//!
+//! A wait that can last: a `get_with` waiter waiting for its leader, and the
+//! calls that work for long ([`Span::Long`]: clearing, applying pending
+//! evictions, counting, walking the whole table).
+//!
+//! # Interpreter exit
 //!
 //! On CPython before 3.14, a thread that re-attaches to an interpreter that is
 //! finalizing is ended by `pthread_exit`, whose forced unwinding through Rust
@@ -26,6 +71,8 @@ use pyo3::prelude::*;
 use crate::counter::Counter;
 
 static EXITING: AtomicBool = AtomicBool::new(false);
+/// Whether this interpreter is a free-threaded build (set at import).
+static FREE_THREADED: AtomicBool = AtomicBool::new(false);
 /// Threads inside moka_py, striped: every detached call counts itself in and
 /// out, and a single shared counter would be contended on 3.13t.
 static ACTIVE: Counter = Counter::new();
@@ -129,4 +176,53 @@ pub(crate) fn _before_exit(py: Python<'_>) {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
+}
+
+/// How long a call may hold moka (or another lock of ours).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// One operation on one key: attached on the GIL build, detached on the
+    /// free-threaded build.
+    Short,
+    /// Work that can last (a whole-table operation) or a real wait: detached.
+    Long,
+}
+
+/// Records at import whether this is a free-threaded build.
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let disabled = py
+        .import("sysconfig")?
+        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+        .is_truthy()?;
+    FREE_THREADED.store(disabled, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The one way into moka: runs `op` (attached or detached as `span` and the
+/// build decide, see the module comment), then `then` on its result,
+/// attached, then [`after`]. `op` must not run Python code; `then` may.
+#[inline]
+pub(crate) fn enter<T: Send, R>(
+    py: Python<'_>,
+    span: Span,
+    op: impl FnOnce() -> T + Send,
+    then: impl FnOnce(T) -> R,
+) -> R {
+    let out = if span == Span::Long || FREE_THREADED.load(Ordering::Relaxed) {
+        detach(py, op)
+    } else {
+        op()
+    };
+    let result = then(out);
+    after(py);
+    result
+}
+
+/// What runs after a call into moka, attached and holding no lock: the queued
+/// notifications and releases (`deferred.rs`). [`enter`] calls it; an
+/// operation made of several calls (a `get_with` miss) calls it once more at
+/// its very end, for what it let go of between them.
+#[inline]
+pub(crate) fn after(py: Python<'_>) {
+    crate::deferred::run(py);
 }
