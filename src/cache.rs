@@ -60,16 +60,22 @@ pub(crate) struct Moka {
 }
 
 /// moka's hash table frees removed entries through epoch-based reclamation,
-/// in batches; until then they keep their values alive. `clear()` and
-/// `run_pending_tasks()` push this thread's pending garbage out and collect
-/// it, so afterwards the cache holds no reference to removed values (a
+/// in batches; until then they keep their values (and keys) alive. `clear()`
+/// and `run_pending_tasks()` push this thread's pending garbage out and
+/// collect what every thread left (each flush advances the epoch once and
+/// collects a few batches; threads that ended left theirs in the global
+/// queue), so afterwards the cache holds no reference to removed values (a
 /// per-`remove` flush would triple its cost). What that frees is queued and
 /// released after the call.
 fn reclaim() {
-    for _ in 0..3 {
+    for _ in 0..RECLAIM_FLUSHES {
         crossbeam_epoch::pin().flush();
     }
 }
+
+/// Enough flushes to collect a few hundred batches of garbage (about 100 ns
+/// each when there is none).
+const RECLAIM_FLUSHES: usize = 64;
 
 /// A new, empty moka cache with this configuration.
 fn build_store(
@@ -221,7 +227,7 @@ impl Moka {
             return Ok(found);
         }
         let owned = self.owned(key, lookup.as_ref())?;
-        self.load(py, &owned, || initializer.call0(), ttl, tti)
+        self.load(py, owned, || initializer.call0(), ttl, tti)
     }
 
     /// Removes `key` and returns its value, or `default` when it was absent.
@@ -498,7 +504,7 @@ impl Moka {
     pub(crate) fn load<'py>(
         &self,
         py: Python<'py>,
-        key: &Key,
+        key: Key,
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
@@ -506,7 +512,7 @@ impl Moka {
         self.loads.load(
             py,
             key,
-            || self.lookup(py, key),
+            |key| self.lookup(py, key),
             init,
             |key, value| self.insert_key(py, key, value, ttl, tti),
         )

@@ -154,7 +154,7 @@ impl CachedFunction {
         };
         if self.coalesce {
             let owned = cache.owned(&key, lookup.as_ref())?;
-            return cache.load(py, &owned, call, None, None);
+            return cache.load(py, owned, call, None, None);
         }
         let value = call()?;
         cache.insert_key(py, cache.owned(&key, lookup.as_ref())?, &value, None, None)?;

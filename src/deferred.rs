@@ -22,7 +22,7 @@
 //! moves to a process-wide list of orphans, which the next [`run`] on any
 //! thread empties: nothing is lost.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +90,9 @@ impl Drop for Queue {
 
 thread_local! {
     static QUEUE: Queue = const { Queue(RefCell::new(Vec::new())) };
+    /// Whether `QUEUE` may hold something: a flag without a destructor, so
+    /// that the check made after every call is one thread-local read.
+    static QUEUED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Queues left by threads that ended, or items queued during a thread's
@@ -111,6 +114,7 @@ pub(crate) fn defer(item: Item) {
     let _ = QUEUE.try_with(|q| {
         if let Ok(mut q) = q.0.try_borrow_mut() {
             q.extend(item.take());
+            QUEUED.set(true);
         }
     });
     // Left over only while the thread's storage is torn down.
@@ -123,8 +127,18 @@ pub(crate) fn defer(item: Item) {
 /// notifications in order, releases the references. Must be called attached,
 /// holding no lock. What it runs (listeners, finalizers) may call the cache
 /// again; their own queue items are handled by the same loop.
+#[inline]
 pub(crate) fn run(py: Python<'_>) {
+    if QUEUED.get() || HAS_ORPHANS.load(Ordering::Relaxed) {
+        run_queued(py);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn run_queued(py: Python<'_>) {
     loop {
+        QUEUED.set(false);
         let mut batch = QUEUE
             .try_with(|q| {
                 let mut q = q.0.borrow_mut();

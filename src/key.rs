@@ -45,6 +45,8 @@ pub(crate) enum Repr {
     Tuple(Box<[Repr]>),
     /// An object whose type keeps `object`'s equality: equal only to itself.
     Identity(*mut ffi::PyObject),
+    /// A `uuid.UUID` (exact type), as its 128-bit value in two halves.
+    Uuid(u64, u64),
     /// A key compared by Python `==`, as its canonical entry (owned keys).
     Canon(CanonRef),
     /// The same in a borrowed key: the canonical entry's id (lookups).
@@ -180,7 +182,8 @@ impl Repr {
             if ffi::PyLong_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyLong_Type)) {
                 return int_repr(obj);
             }
-            if ffi::PyComplex_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyComplex_Type)) {
+            if ffi::PyComplex_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyComplex_Type))
+            {
                 // A complex without imaginary part equals its real part.
                 if ffi::PyComplex_ImagAsDouble(obj) == 0.0 {
                     return float_or_big(obj, ffi::PyComplex_RealAsDouble(obj));
@@ -219,6 +222,7 @@ impl Repr {
             }
             (Repr::None, Repr::None) => true,
             (Repr::Identity(a), Repr::Identity(b)) => a == b,
+            (Repr::Uuid(ah, al), Repr::Uuid(bh, bl)) => ah == bh && al == bl,
             (Repr::BigInt(a), Repr::BigInt(b)) => a == b,
             (Repr::Tuple(a), Repr::Tuple(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.native_eq(y))
@@ -332,15 +336,16 @@ fn float_repr(v: f64) -> Repr {
 /// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar) takes that number's
 /// representation, so that it is one key with it, as in a `dict`.
 pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
-    let hash = obj.hash()?;
     // SAFETY: `obj` is a live object and we are attached (`Bound`).
     let repr = unsafe { Repr::of(obj.as_ptr()) };
-    if matches!(repr, Repr::Python) {
-        if let Some(number) = as_native_number(obj) {
-            return Ok((hash, number));
-        }
+    if !matches!(repr, Repr::Python) {
+        return Ok((obj.hash()?, repr));
     }
-    Ok((hash, repr))
+    if let Some(described) = uuid::describe(obj) {
+        return Ok(described);
+    }
+    let hash = obj.hash()?;
+    Ok((hash, as_native_number(obj).unwrap_or(Repr::Python)))
 }
 
 /// The native representation of an `int` or `float` that `obj` (a numeric
@@ -524,5 +529,79 @@ impl Hasher for PyHasher {
         x ^= x >> 31;
         x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         self.0 = x ^ (x >> 29);
+    }
+}
+
+/// `uuid.UUID` keys, compared and hashed in Rust: a `UUID` equals exactly the
+/// `UUID`s of the same 128-bit value, and its hash is that of the value as an
+/// `int` (`value mod 2**61 - 1` on 64-bit builds), as its `__eq__` and
+/// `__hash__` say. Subclasses (which may override either) are compared by
+/// Python.
+mod uuid {
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    use pyo3::prelude::*;
+    use pyo3::{ffi, intern};
+
+    use super::Repr;
+
+    /// `uuid.UUID`, once the `uuid` module has been imported (a strong
+    /// reference, kept for the life of the process). Null until then.
+    static UUID_TYPE: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+    /// The modulus of CPython's numeric hash on 64-bit builds.
+    const MODULUS: u128 = (1 << 61) - 1;
+
+    fn is_uuid(obj: &Bound<'_, PyAny>) -> bool {
+        let tp = obj.get_type_ptr().cast::<ffi::PyObject>();
+        let known = UUID_TYPE.load(Ordering::Acquire);
+        if !known.is_null() {
+            return tp == known;
+        }
+        // Not looked up yet: a `UUID` exists only once `uuid` is imported.
+        let py = obj.py();
+        let Ok(modules) = py
+            .import(intern!(py, "sys"))
+            .and_then(|s| s.getattr("modules"))
+        else {
+            return false;
+        };
+        let Ok(Some(module)) = modules
+            .get_item("uuid")
+            .map(Some)
+            .or_else(|_| Ok::<_, PyErr>(None))
+        else {
+            return false;
+        };
+        let Ok(class) = module.getattr(intern!(py, "UUID")) else {
+            return false;
+        };
+        let ptr = class.clone().unbind().into_ptr();
+        if UUID_TYPE
+            .compare_exchange(
+                std::ptr::null_mut(),
+                ptr,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // Another thread stored it first; give our reference back.
+            // SAFETY: `ptr` is the strong reference taken just above.
+            unsafe { ffi::Py_DecRef(ptr) };
+        }
+        tp == UUID_TYPE.load(Ordering::Acquire)
+    }
+
+    /// The hash and representation of an exact `uuid.UUID`.
+    pub(super) fn describe(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
+        if !is_uuid(obj) {
+            return None;
+        }
+        let value: u128 = obj.getattr(intern!(obj.py(), "int")).ok()?.extract().ok()?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        let hash = (value % MODULUS) as isize;
+        #[allow(clippy::cast_possible_truncation)]
+        Some((hash, Repr::Uuid((value >> 64) as u64, value as u64)))
     }
 }

@@ -103,16 +103,19 @@ impl Loads {
     /// leads one. A leader first runs `recheck` (a load may have finished
     /// between the caller's miss and its join), then `init` (attached, holding
     /// no lock), then `store` with its value, and publishes the outcome.
+    /// Takes the key, so that everything the call let go of is released
+    /// before it returns.
     pub(crate) fn load<'py>(
         &self,
         py: Python<'py>,
-        key: &Key,
-        recheck: impl Fn() -> Option<Py<PyAny>>,
+        key: Key,
+        recheck: impl Fn(&Key) -> Option<Py<PyAny>>,
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         store: impl FnOnce(Key, &Bound<'py, PyAny>) -> PyResult<()>,
     ) -> PyResult<Py<PyAny>> {
-        let result = self.load_or_wait(py, key, recheck, init, store);
-        // For what the waits and the publication let go of.
+        let result = self.load_or_wait(py, &key, recheck, init, store);
+        // For what the waits and the publication let go of, the key included.
+        drop(key);
         crate::call::after(py);
         result
     }
@@ -121,7 +124,7 @@ impl Loads {
         &self,
         py: Python<'py>,
         key: &Key,
-        recheck: impl Fn() -> Option<Py<PyAny>>,
+        recheck: impl Fn(&Key) -> Option<Py<PyAny>>,
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         store: impl FnOnce(Key, &Bound<'py, PyAny>) -> PyResult<()>,
     ) -> PyResult<Py<PyAny>> {
@@ -146,7 +149,7 @@ impl Loads {
                 Outcome::Value(value) => return Ok(value),
                 Outcome::Error(err) => return Err(err),
                 Outcome::Retry => {
-                    if let Some(value) = recheck() {
+                    if let Some(value) = recheck(key) {
                         return Ok(value);
                     }
                 }
@@ -159,7 +162,7 @@ impl Loads {
             key: key.clone_ref(py),
             load: Some(load),
         };
-        let result = match recheck() {
+        let result = match recheck(key) {
             Some(value) => Ok(value),
             None => crate::call::call_python(py, init).and_then(|value| {
                 store(key.clone_ref(py), &value)?;
