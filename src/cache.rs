@@ -324,7 +324,7 @@ impl Moka {
         };
         Ok(call::enter(
             py,
-            Span::Short,
+            Span::Read,
             || self.store.load().contains_key(&key),
             |found| found,
         ))
@@ -525,7 +525,7 @@ impl Moka {
     {
         call::enter(
             py,
-            Span::Short,
+            Span::Read,
             || self.store.load().get(key),
             |entry| entry.map(|e| e.obj.clone_ref(py)),
         )
@@ -536,7 +536,7 @@ impl Moka {
     fn take(&self, py: Python<'_>, key: &KeyRef) -> Option<Py<PyAny>> {
         call::enter(
             py,
-            Span::Short,
+            Span::Write,
             || {
                 let store = self.store.load();
                 if store.contains_key(key) {
@@ -608,7 +608,7 @@ impl Moka {
     fn store_entry(&self, py: Python<'_>, key: Key, entry: Arc<Entry>) {
         call::enter(
             py,
-            Span::Short,
+            Span::Write,
             || {
                 let store = self.store.load();
                 let weight = entry.weight;

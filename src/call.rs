@@ -33,10 +33,14 @@
 //! every attached thread reaches a safe point or detaches. A thread holding a
 //! moka lock never needs to attach while holding it (it runs no Python code
 //! and does not detach inside moka), so it always gets to release it, and a
-//! thread waiting on it attached only delays the pause by one moka call. Short
-//! calls still detach there ([`Span::Short`] checks [`FREE_THREADED`]): the
-//! pause then never waits for a thread inside moka, and detaching costs less
-//! there than on the GIL build (no lock to hand over).
+//! thread waiting on it attached only delays the pause by one moka call.
+//! Which calls detach there was measured (`ci/bench`, 3.13t scaling): reads
+//! ([`Span::Read`]: `get`, `in`) stay attached, since detaching costs more
+//! than the read and they take no lock they could wait on for long; writes
+//! ([`Span::Write`]: an insert, a removal, the in-flight map) detach, since
+//! they contend on moka's write channel, key locks and housekeeping, and
+//! detached waiters let a pause proceed and cost less (about 1.3x the
+//! throughput of attached writes at two threads).
 //!
 //! # What always detaches
 //!
@@ -178,12 +182,15 @@ pub(crate) fn _before_exit(py: Python<'_>) {
     });
 }
 
-/// How long a call may hold moka (or another lock of ours).
+/// What a call does inside moka (or another lock of ours), which decides
+/// whether it detaches (see the module comment).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Span {
-    /// One operation on one key: attached on the GIL build, detached on the
+    /// A lookup of one key: attached on every build.
+    Read,
+    /// A write of one key: attached on the GIL build, detached on the
     /// free-threaded build.
-    Short,
+    Write,
     /// Work that can last (a whole-table operation) or a real wait: detached.
     Long,
 }
@@ -208,11 +215,12 @@ pub(crate) fn enter<T: Send, R>(
     op: impl FnOnce() -> T + Send,
     then: impl FnOnce(T) -> R,
 ) -> R {
-    let out = if span == Span::Long || FREE_THREADED.load(Ordering::Relaxed) {
-        detach(py, op)
-    } else {
-        op()
+    let detached = match span {
+        Span::Read => false,
+        Span::Write => FREE_THREADED.load(Ordering::Relaxed),
+        Span::Long => true,
     };
+    let out = if detached { detach(py, op) } else { op() };
     let result = then(out);
     after(py);
     result

@@ -187,7 +187,7 @@ impl Loads {
         let key = key.clone_ref(py);
         crate::call::enter(
             py,
-            Span::Short,
+            Span::Write,
             || match self.map.entry(key) {
                 MapEntry::Occupied(mut e) if e.get().generation != generation => {
                     // Left over from before a fork: nobody will finish it here.
@@ -253,7 +253,7 @@ impl Leader<'_> {
             }
             Err(_) => State::Abandoned,
         };
-        crate::call::enter(py, Span::Short, || self.finish(state), |()| ());
+        crate::call::enter(py, Span::Write, || self.finish(state), |()| ());
     }
 
     /// Removes the load from the map and wakes its waiters. Takes a shard
