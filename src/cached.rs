@@ -99,6 +99,9 @@ pub(crate) struct CachedFunction {
     cache: Py<Moka>,
     typed: bool,
     coalesce: bool,
+    /// For an `async def` function: `miss(key, args, kwargs)` returns the
+    /// awaitable of a miss (a hit returns the stored `Ready`).
+    miss: Option<Py<PyAny>>,
     info: Py<PyAny>,
     maxsize: Py<PyAny>,
     parameters: Py<PyDict>,
@@ -109,8 +112,9 @@ pub(crate) struct CachedFunction {
 #[pymethods]
 impl CachedFunction {
     /// `CachedFunction(func, cache, typed, wait_concurrent, cache_info_type,
-    /// maxsize, parameters)`: built by `moka_py.cached`.
+    /// maxsize, parameters, miss=None)`: built by `moka_py.cached`.
     #[new]
+    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Py<PyAny>,
@@ -120,12 +124,14 @@ impl CachedFunction {
         cache_info_type: Py<PyAny>,
         maxsize: Py<PyAny>,
         parameters: Py<PyDict>,
+        miss: Option<Py<PyAny>>,
     ) -> Self {
         CachedFunction {
             func,
             cache,
             typed,
             coalesce: wait_concurrent,
+            miss,
             info: cache_info_type,
             maxsize,
             parameters,
@@ -147,6 +153,10 @@ impl CachedFunction {
         if let Some(found) = lookup.as_ref().and_then(|k| cache.lookup(py, k)) {
             self.hits.add(1, Ordering::Relaxed);
             return Ok(found);
+        }
+        if let Some(miss) = &self.miss {
+            self.misses.add(1, Ordering::Relaxed);
+            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
         }
         let call = || {
             self.misses.add(1, Ordering::Relaxed);
@@ -195,6 +205,13 @@ impl CachedFunction {
         )
     }
 
+    /// Counts a call that was counted as a miss as a hit instead (an `async`
+    /// caller that joined a computation in flight).
+    fn _joined(&self) {
+        self.misses.sub(1, Ordering::Relaxed);
+        self.hits.add(1, Ordering::Relaxed);
+    }
+
     /// Empties the cache and resets the statistics.
     fn cache_clear(&self, py: Python<'_>) -> PyResult<()> {
         self.cache.get().clear(py);
@@ -214,6 +231,9 @@ impl CachedFunction {
         visit.call(&self.info)?;
         visit.call(&self.maxsize)?;
         visit.call(&self.parameters)?;
+        if let Some(miss) = &self.miss {
+            visit.call(miss)?;
+        }
         Ok(())
     }
 }

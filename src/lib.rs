@@ -20,6 +20,7 @@ mod key;
 mod listener;
 mod loader;
 mod options;
+mod ready;
 mod slot;
 
 use pyo3::exceptions::PyImportError;
@@ -47,6 +48,8 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
+    m.add_class::<ready::Ready>()?;
+    ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);

@@ -173,3 +173,87 @@ def test_ttl_starts_when_result_is_stored() -> None:
     time.sleep(1.0)
     asyncio.run(main())
     assert calls == [1, 1]
+
+
+# --- a hit is an already finished awaitable ---------------------------------------------
+
+
+def test_hit_is_a_finished_awaitable_that_asyncio_accepts() -> None:
+    """A hit hands back the stored result without running a coroutine; it is
+    still accepted wherever asyncio takes a coroutine."""
+    calls: list[int] = []
+
+    @cached(maxsize=8)
+    async def f(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    async def main() -> None:
+        assert await f(1) == 10
+        hit = f(1)
+        assert asyncio.iscoroutine(hit)
+        assert await hit == 10
+        assert await hit == 10  # the same object may be awaited again
+        assert await asyncio.create_task(f(1)) == 10
+        assert await asyncio.gather(f(1), f(1)) == [10, 10]
+        assert await asyncio.wait_for(f(1), timeout=5) == 10
+
+    asyncio.run(main())
+    assert calls == [1]
+    assert f.cache_info().hits == 5
+
+
+@pytest.mark.parametrize(
+    "result",
+    [(1, 2), (), ValueError("returned, not raised"), None, [3]],
+    ids=["tuple", "empty-tuple", "exception-object", "None", "list"],
+)
+def test_hit_returns_any_result_unchanged(result: Any) -> None:
+    """Tuples and exception objects are results like any other (they travel in
+    StopIteration, where they could be mistaken for its arguments)."""
+
+    @cached(maxsize=8)
+    async def f() -> Any:
+        return result
+
+    async def main() -> None:
+        assert await f() is result
+        assert await f() is result
+        assert await asyncio.create_task(f()) is result
+
+    asyncio.run(main())
+    assert f.cache_info().hits == 2
+
+
+def test_hit_driven_by_send_and_throw_like_a_coroutine() -> None:
+    @cached(maxsize=8)
+    async def f() -> str:
+        return "done"
+
+    asyncio.run(f())
+    hit = f()
+    with pytest.raises(StopIteration) as stop:
+        hit.send(None)
+    assert stop.value.value == "done"
+    with pytest.raises(KeyError, match="thrown"):
+        hit.throw(KeyError("thrown"))
+    hit.close()
+
+
+def test_async_weigher_sees_the_results() -> None:
+    seen: list[Any] = []
+
+    def weigher(key: Any, value: Any) -> int:
+        seen.append(value)
+        return len(value)
+
+    @cached(maxsize=5, weigher=weigher)
+    async def f(n: int) -> str:
+        return "x" * n
+
+    async def main() -> None:
+        for n in (2, 2, 3):
+            assert await f(n) == "x" * n
+
+    asyncio.run(main())
+    assert seen == ["xx", "xxx"]

@@ -1,10 +1,12 @@
 """``moka_py.cached``: a ``functools.lru_cache`` replacement with TTL, TTI and
 coalescing of concurrent calls, for plain and ``async`` functions.
 
-Sync functions are wrapped by the Rust ``CachedFunction`` (key building,
-lookup, counting and coalescing without Python-level frames); async functions
-by one small Python wrapper per path (plain, coalescing). :func:`cached` only
-picks one.
+Both kinds of function are wrapped by the Rust ``CachedFunction``: key
+building, lookup and counting run without Python-level frames. For an
+``async def`` function the cache holds each result wrapped in an already
+finished awaitable (``Ready``), and a hit returns that object as it is: no
+coroutine is created. A miss returns the coroutine of one small Python
+function per path (plain, coalescing). :func:`cached` only picks one.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from collections.abc import Callable
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
-from moka_py._moka_py import Moka, make_key
+from moka_py._moka_py import Moka, Ready
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
-_MISSING: Any = object()
 # ``maxsize=None`` means unbounded, as in functools.
 _UNBOUNDED = 2**63
 
@@ -49,20 +50,9 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache_parameters(self) -> dict[str, Any]: ...
 
 
-class _SyncWrapper(_RustCachedFunction):
-    """A sync function decorated with :func:`cached`: the Rust wrapper, with a
+class _Wrapper(_RustCachedFunction):
+    """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
-
-
-class _Stats:
-    """Hit and miss counters of an async wrapper (one event loop per thread:
-    exact in single-threaded use)."""
-
-    __slots__ = ("hits", "misses")
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
 
 
 @overload
@@ -122,7 +112,14 @@ def cached(
     Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
 
     def decorator(func: Callable[..., Any]) -> Any:
-        cache: Moka[Any, Any] = Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
+        is_async = inspect.iscoroutinefunction(func)
+        weigh = weigher
+        if is_async and weigher is not None:
+            # The cache holds `Ready` wrappers; the user's weigher sees results.
+            def weigh(key: Any, ready: Any) -> int:
+                return weigher(key, ready.value)
+
+        cache: Moka[Any, Any] = Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigh)
         parameters = {
             "maxsize": maxsize,
             "typed": typed,
@@ -131,55 +128,68 @@ def cached(
             "wait_concurrent": wait_concurrent,
             "policy": policy,
         }
-        if not inspect.iscoroutinefunction(func):
-            sync = _SyncWrapper(func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
-            return functools.update_wrapper(sync, func)
-        stats = _Stats()
-        path = _async_coalescing if wait_concurrent else _async_plain
-        wrapper: Any = functools.wraps(func)(path(func, cache, typed, stats))
-
-        def cache_info() -> CacheInfo:
-            return CacheInfo(stats.hits, stats.misses, maxsize, len(cache))
-
-        def cache_clear() -> None:
-            cache.clear()
-            stats.hits = stats.misses = 0
-
-        def cache_parameters() -> dict[str, Any]:
-            return dict(parameters)
-
-        wrapper.cache_info = cache_info
-        wrapper.cache_clear = cache_clear
-        wrapper.cache_parameters = cache_parameters
+        args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
+        if not is_async:
+            return functools.update_wrapper(_Wrapper(*args), func)
+        misses = _Misses()
+        wrapper = _Wrapper(*args, misses)
+        if wait_concurrent:
+            misses.path = _async_coalescing(func, cache, wrapper._joined)
+        else:
+            misses.path = _async_plain(func, cache)
+        functools.update_wrapper(wrapper, func)
+        _mark_coroutine_function(wrapper, func)
         return wrapper
 
     return decorator
 
 
-def _async_plain(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Stats) -> Any:
-    get = cache.get
+class _Misses:
+    """The miss path of an async wrapper, set once the wrapper exists (the
+    coalescing path needs the wrapper itself, to count joins as hits)."""
+
+    __slots__ = ("path",)
+    path: Callable[[Any, Any, Any], Any]
+
+    def __call__(self, key: Any, args: Any, kwargs: Any) -> Any:
+        return self.path(key, args, kwargs)
+
+
+def _mark_coroutine_function(wrapper: Any, func: Callable[..., Any]) -> None:
+    """Makes ``inspect.iscoroutinefunction(wrapper)`` true, as for ``func``:
+    calling the wrapper gives an awaitable (on 3.12+ through
+    ``inspect.markcoroutinefunction``; before, by showing the code object of
+    ``func``, as function-like objects do)."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(wrapper)
+        return
+    wrapper.__code__ = func.__code__
+    wrapper.__defaults__ = getattr(func, "__defaults__", None)
+    wrapper.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    wrapper._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+
+def _async_plain(func: Any, cache: Moka[Any, Any]) -> Callable[[Any, Any, Any], Any]:
+    """The miss of an async function: compute, store the result (finished)."""
     put = cache.set
 
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs, typed)
-        value = get(key, _MISSING)
-        if value is not _MISSING:
-            stats.hits += 1
-            return value
-        stats.misses += 1
-        value = await func(*args, **kwargs)
+    async def miss(key: Any, args: Any, kwargs: Any) -> Any:
+        value = await (func(*args, **kwargs) if kwargs else func(*args))
         # TTL/TTI start now, when the result is stored.
-        put(key, value)
+        put(key, Ready(value))
         return value
 
-    return wrapper
+    return miss
 
 
-def _async_coalescing(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Stats) -> Any:
-    """One shared ``asyncio.Task`` per key and event loop; the cache holds only
-    finished results, so a failed or cancelled computation is retried by the
-    next call."""
-    get = cache.get
+def _async_coalescing(
+    func: Any, cache: Moka[Any, Any], joined: Callable[[], None]
+) -> Callable[[Any, Any, Any], Any]:
+    """The miss of an async function with ``wait_concurrent``: one shared
+    ``asyncio.Task`` per key and event loop; the cache holds only finished
+    results, so a failed or cancelled computation is retried by the next call.
+    A caller that joins a computation in flight counts as a hit."""
     put = cache.set
     # Each event loop coalesces its own callers; a loop's table goes with it.
     tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Task[Any]]]
@@ -194,8 +204,8 @@ def _async_coalescing(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Sta
         return table
 
     async def compute(key: Any, args: Any, kwargs: Any) -> Any:
-        value = await func(*args, **kwargs)
-        put(key, value)
+        value = await (func(*args, **kwargs) if kwargs else func(*args))
+        put(key, Ready(value))
         return value
 
     def forget(table: dict[Any, asyncio.Task[Any]], key: Any, task: asyncio.Task[Any]) -> None:
@@ -205,23 +215,17 @@ def _async_coalescing(func: Any, cache: Moka[Any, Any], typed: bool, stats: _Sta
             # Marks the exception as retrieved: the callers got it already.
             task.exception()
 
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = make_key(args, kwargs, typed)
-        value = get(key, _MISSING)
-        if value is not _MISSING:
-            stats.hits += 1
-            return value
+    async def miss(key: Any, args: Any, kwargs: Any) -> Any:
         table = table_of(asyncio.get_running_loop())
         task = table.get(key)
         if task is None:
-            stats.misses += 1
             task = asyncio.ensure_future(compute(key, args, kwargs))
             table[key] = task
             task.add_done_callback(functools.partial(forget, table, key))
         else:
-            stats.hits += 1
+            joined()
         # A caller that is cancelled (or times out) does not cancel the
         # computation the others are waiting for.
         return await asyncio.shield(task)
 
-    return wrapper
+    return miss

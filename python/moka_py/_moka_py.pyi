@@ -1,7 +1,7 @@
 """The Rust core of moka_py (built from ``src/``)."""
 
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Generic, Literal, TypeVar, final, overload
+from collections.abc import Callable, Generator, Hashable, Iterator
+from typing import Any, Generic, Literal, NoReturn, TypeVar, final, overload
 
 from typing_extensions import Self, disjoint_base
 
@@ -9,7 +9,7 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 _D = TypeVar("_D")
 
-__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "Moka", "make_key"]
+__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "Moka", "Ready", "make_key"]
 
 VERSION: str
 """The version of the moka_py package."""
@@ -129,7 +129,10 @@ def make_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None, typed: bool) 
 
 @disjoint_base
 class CachedFunction:
-    """A sync function decorated with ``moka_py.cached`` (see ``moka_py.cached``)."""
+    """A function decorated with ``moka_py.cached`` (see ``moka_py.cached``).
+
+    For an ``async def`` function (``miss`` given), a hit returns the stored
+    ``Ready`` and a miss returns ``miss(key, args, kwargs)``."""
 
     def __new__(
         cls,
@@ -140,12 +143,39 @@ class CachedFunction:
         cache_info_type: Callable[[int, int, int | None, int], Any],
         maxsize: int | None,
         parameters: dict[str, Any],
+        miss: Callable[[Hashable, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
     ) -> Self: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, obj: object, owner: object = None, /) -> Any: ...
     def cache_info(self) -> Any:
         """``CacheInfo(hits, misses, maxsize, currsize)``."""
+    def _joined(self) -> None:
+        """Counts a call first counted as a miss as a hit (an async caller
+        that joined a computation in flight)."""
     def cache_clear(self) -> None:
         """Empties the cache and resets the statistics."""
     def cache_parameters(self) -> dict[str, Any]:
         """The decorator's arguments."""
+
+@final
+class Ready(Generic[_V]):
+    """An awaitable that is already done: awaiting it gives ``value`` at once.
+
+    The cache of an ``async def`` function decorated with ``moka_py.cached``
+    holds its results as ``Ready`` objects, and a hit returns the stored one.
+    It holds no state, so it may be awaited any number of times, and asyncio
+    takes it as a coroutine (``send``, ``throw``, ``close``)."""
+
+    def __new__(cls, value: _V) -> Self: ...
+    @property
+    def value(self) -> _V:
+        """The result."""
+    def __await__(self) -> Generator[Any, Any, _V]: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> NoReturn: ...
+    def send(self, value: object, /) -> NoReturn:
+        """Finishes with ``value`` (raises ``StopIteration(value)``)."""
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> NoReturn:
+        """Raises the exception it is given."""
+    def close(self) -> None:
+        """Does nothing: there is nothing to stop."""
