@@ -456,7 +456,20 @@ impl Hash for Key {
 /// scalar keys. Valid while the caller holds the object it was built from.
 pub(crate) struct KeyRef {
     hash: isize,
-    repr: Repr,
+    /// Dropped by hand: most lookups are of a scalar, which owns nothing,
+    /// and the generic drop of a `Repr` is an out-of-line call.
+    repr: std::mem::ManuallyDrop<Repr>,
+}
+
+impl Drop for KeyRef {
+    #[inline]
+    fn drop(&mut self) {
+        // Only these own heap data (a `KeyRef` never holds a `Canon`).
+        if matches!(*self.repr, Repr::Tuple(_) | Repr::BigInt(_)) {
+            // SAFETY: the field is dropped once, here, and not used after.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.repr) }
+        }
+    }
 }
 
 // SAFETY: a `KeyRef` only lives inside one call, during which the calling
@@ -469,15 +482,18 @@ impl KeyRef {
     /// `repr` must be resolved: native, or [`Repr::CanonId`].
     pub(crate) fn new(hash: isize, repr: Repr) -> Self {
         debug_assert!(!matches!(repr, Repr::Python | Repr::Canon(_)));
-        KeyRef { hash, repr }
+        KeyRef {
+            hash,
+            repr: std::mem::ManuallyDrop::new(repr),
+        }
     }
 
     /// The owned key of the same object, reusing the hash and representation
     /// (whose pointers stay valid: the owned key keeps the object alive);
     /// `None` for a canonical key, whose owned form must be interned.
     pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Option<Key> {
-        (!matches!(self.repr, Repr::CanonId(_)))
-            .then(|| Key::new(self.hash, self.repr.clone(), obj))
+        (!matches!(*self.repr, Repr::CanonId(_)))
+            .then(|| Key::new(self.hash, (*self.repr).clone(), obj))
     }
 }
 
