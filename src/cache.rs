@@ -48,6 +48,8 @@ pub(crate) struct Moka {
     /// How far over `capacity` the cache may go before a write runs moka's
     /// housekeeping itself (see [`Moka::bound_size`]).
     slack: u64,
+    /// Whether writes must count what they add (see [`needs_bound`]).
+    bounded: bool,
     /// Weight written since this binding last ran housekeeping.
     unsynced: AtomicU64,
     /// Set once an entry has its own `ttl`/`tti`: moka then notices some
@@ -100,6 +102,18 @@ fn build_store(
         builder = builder.eviction_listener(l.queue());
     }
     builder.build_with_hasher(PyHashBuilder)
+}
+
+/// moka applies its pending writes (and evicts) inline once this many are
+/// queued (its `WRITE_LOG_FLUSH_POINT`, 64), so without a weigher a cache
+/// never runs further over its capacity than this on its own.
+const MOKA_WRITE_BATCH: u64 = 64 + 1;
+
+/// Whether writes must count the weight they add to keep the documented bound
+/// (a shared counter, written by every `set`): only with a weigher (a batch
+/// may weigh anything) or when the slack is smaller than moka's own batch.
+fn needs_bound(slack: u64, weighted: bool) -> bool {
+    weighted || slack < MOKA_WRITE_BATCH
 }
 
 /// The documented bound on the excess: 1/32 of the capacity, and for a cache
@@ -162,6 +176,7 @@ impl Moka {
             interner: OnceLock::new(),
             listener,
             slack: slack_for(capacity, weigher.is_some()),
+            bounded: needs_bound(slack_for(capacity, weigher.is_some()), weigher.is_some()),
             weigher: weigher.map(|w| PySlot::new(w.clone().unbind())),
             capacity,
             unsynced: AtomicU64::new(0),
@@ -613,7 +628,9 @@ impl Moka {
                 let store = self.store.load();
                 let weight = entry.weight;
                 store.insert(key, entry);
-                self.bound_size(&store, weight);
+                if self.bounded {
+                    self.bound_size(&store, weight);
+                }
             },
             |()| (),
         );
