@@ -9,6 +9,8 @@ them with the charts and the raw figures to ``--out``:
 
 1. latency: one operation, one thread (ci/bench_latency.py)
 2. scaling: threads sharing a cache on 3.13t, and coalesced loads (ci/bench_scaling.py)
+2a. scaling_gil: threads sharing a cache on the GIL build, with int keys, with
+   ``uuid.UUID`` keys and with an eviction listener (ci/bench_scaling.py)
 3. hit ratio of the eviction policies (ci/bench_hit_ratio.py)
 4. memory per entry (ci/bench_memory.py)
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +34,7 @@ from typing import Any
 import bench_impls as impls
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("latency", "scaling", "hit_ratio", "memory")
+FAMILIES = ("latency", "scaling", "scaling_gil", "hit_ratio", "memory")
 # Workers inherit the driver's start, so that their progress lines tell the run's time.
 STARTED = float(os.environ.setdefault("MOKA_BENCH_STARTED", str(time.time())))
 
@@ -53,10 +56,13 @@ class Plan:
     coalesce_counts: tuple[int, ...]
     coalesce_repeats: int
     memory_repeats: int
+    # A thread count whose run has not ended this long after its planned time
+    # is stopped as deadlocked (the healthy ones end within a second).
+    stall_seconds: float
 
 
-QUICK = Plan(3, 10, (1, 2, 4, 8), 0.05, 2, (8,), 2, 1)
-FULL = Plan(9, 200, (1, 2, 4, 8), 0.5, 5, (8, 64), 5, 3)
+QUICK = Plan(3, 10, (1, 2, 4, 8), 0.05, 2, (8,), 2, 1, 5.0)
+FULL = Plan(9, 200, (1, 2, 4, 8), 0.5, 5, (8, 64), 5, 3, 10.0)
 
 
 @dataclass
@@ -76,10 +82,13 @@ TIMEOUT = 900  # seconds; a worker that takes longer is stuck
 
 
 def worker(python: str, family: str, who: str = "", **spec: Any) -> Any:
-    """Runs one measurement in a fresh process of ``python``; its JSON result.
+    """Runs one measurement in a fresh process of ``python``; its JSON result
+    (the last line that it prints).
 
     ``who`` ("impl|build") names a peer whose failure is reported and skipped
-    (the result is then ``None``); any other failure ends the run.
+    (the result is then ``None``); any other failure ends the run. A
+    throughput worker that its own alarm stopped (see :func:`run_worker`)
+    gives the figures it printed before, with ``"stalled": True``.
     """
     cmd = [
         python,
@@ -92,11 +101,16 @@ def worker(python: str, family: str, who: str = "", **spec: Any) -> Any:
         proc = subprocess.run(
             cmd, stdout=subprocess.PIPE, text=True, env=env, check=False, timeout=TIMEOUT
         )
+        lines = proc.stdout.splitlines()
         error = f"exit status {proc.returncode}" if proc.returncode else ""
+        if proc.returncode == -signal.SIGALRM:
+            error = f"no progress {spec.get('stall')} s past its planned time (a deadlock?)"
+            if who:
+                return {**(json.loads(lines[-1]) if lines else {}), "stalled": True}
     except subprocess.TimeoutExpired:
         error = f"no result after {TIMEOUT} s"
     if not error:
-        return json.loads(proc.stdout)
+        return json.loads(lines[-1])
     if not who:
         raise SystemExit(f"worker {family} {spec} failed in {python}: {error}")
     log(f"{who.replace('|', ' on ')}: {family} failed ({error}), skipped")
@@ -128,7 +142,22 @@ def run_worker(spec: dict[str, Any]) -> Any:
     if family == "throughput":
         import bench_scaling
 
-        return bench_scaling.run_throughput(spec["impl"], spec["threads"], spec["seconds"])
+        ops: dict[str, float] = {}
+        for n in spec["threads"]:
+            # A deadlock can leave a thread that holds the GIL waiting for ever,
+            # and Python's own timers with it: SIGALRM's default action ends the
+            # process instead, and the driver keeps the figures printed so far.
+            signal.setitimer(signal.ITIMER_REAL, spec["seconds"] + spec["stall"])
+            ops[str(n)] = bench_scaling.throughput(
+                spec["impl"],
+                n,
+                spec["seconds"],
+                spec.get("keys", "int"),
+                spec.get("listener", False),
+            )
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            print(json.dumps({"ops": ops, "gil": impls.gil_enabled()}), flush=True)
+        return {"ops": ops, "gil": impls.gil_enabled()}
     if family == "coalescing":
         import bench_scaling
 
@@ -245,8 +274,16 @@ def peer(impl: str, env: Env) -> str:
     return "" if impl == impls.THIS else f"{impl}|{env.name}"
 
 
-def where(envs: list[Env], name: str) -> list[tuple[Env, list[str]]]:
-    return [(e, e.impls) for e in envs if e.name == name and e.impls]
+def where(envs: list[Env], name: str, async_only: bool = False) -> list[tuple[Env, list[str]]]:
+    """The environments of build ``name`` and their implementations; those of
+    impls.ASYNC_ONLY only if ``async_only`` (the latency family alone has a case
+    for them)."""
+    out = []
+    for e in envs:
+        names = [i for i in e.impls if async_only or i not in impls.ASYNC_ONLY]
+        if e.name == name and names:
+            out.append((e, names))
+    return out
 
 
 # --- the case families --------------------------------------------------------
@@ -255,7 +292,7 @@ def where(envs: list[Env], name: str) -> list[tuple[Env, list[str]]]:
 def latency(envs: list[Env], plan: Plan) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {}
     for r in range(plan.latency_repeats):
-        for env, names in where(envs, "GIL"):
+        for env, names in where(envs, "GIL", async_only=True):
             log(f"latency: repeat {r + 1}/{plan.latency_repeats}, {', '.join(names)}")
             found = worker(env.python, "latency", impls=names, rounds=plan.latency_rounds)
             for impl, cases in found.items():
@@ -267,33 +304,88 @@ def latency(envs: list[Env], plan: Plan) -> dict[str, Any]:
     }
 
 
-def scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
-    runs: list[tuple[Env, str, str]] = []
-    for env, names in where(envs, "3.13t"):
-        runs += [(env, impl, impl) for impl in names if impl != "functools"]  # it has no set
-    for env, names in where(envs, "GIL"):
-        if impls.THIS in names:
-            runs.append((env, impls.THIS, "moka_py, GIL build"))
-    samples: dict[str, dict[str, list[float]]] = {}
-    gil_on: dict[str, bool] = {}
+Run = tuple[Env, str, Any, dict[str, Any]]  # env, impl, key of its figures, worker spec
+
+
+def throughput_runs(runs: list[Run], plan: Plan, what: str) -> dict[str, Any]:
+    """The throughput workers of ``runs``, interleaved over the repeats.
+
+    ``ops``: key -> thread count -> median ops/s; ``gil``: key -> whether the
+    GIL was on; ``stalled``: key -> the lowest thread count at which a peer's
+    run stopped making progress (deadlocked); that count and the higher ones
+    are then left out of the figures and of the later repeats.
+    """
+    samples: dict[Any, dict[str, list[float]]] = {}
+    gil_on: dict[Any, bool] = {}
+    stalled: dict[Any, int] = {}
     for r in range(plan.throughput_repeats):
-        log(f"scaling: repeat {r + 1}/{plan.throughput_repeats}, threads {list(plan.threads)}")
-        for env, impl, key in runs:
+        log(f"{what}: repeat {r + 1}/{plan.throughput_repeats}, threads {list(plan.threads)}")
+        for env, impl, key, spec in runs:
+            counts = [n for n in plan.threads if n < stalled.get(key, n + 1)]
+            if not counts:
+                continue
             found = worker(
                 env.python,
                 "throughput",
                 who=peer(impl, env),
                 impl=impl,
-                threads=list(plan.threads),
+                threads=counts,
                 seconds=plan.throughput_seconds,
+                stall=plan.stall_seconds,
+                **spec,
             )
             if found is None:
                 continue
-            gil_on[key] = found["gil"]
-            for n, ops in found["ops"].items():
+            if "gil" in found:
+                gil_on[key] = found["gil"]
+            for n, ops in found.get("ops", {}).items():
                 samples.setdefault(key, {}).setdefault(n, []).append(ops)
-    ops = {k: {n: statistics.median(v) for n, v in per.items()} for k, per in samples.items()}
-    return {"ops": ops, "gil": gil_on}
+            if found.get("stalled"):
+                stalled[key] = counts[len(found.get("ops", {}))]
+                variant = "".join(f", {k}={v}" for k, v in spec.items())
+                log(
+                    f"{impl} on {env.name}{variant}: no progress at {stalled[key]} threads "
+                    f"{plan.stall_seconds} s past the planned time (a deadlock?), stopped"
+                )
+    ops = {
+        key: {n: statistics.median(v) for n, v in per.items() if int(n) < stalled.get(key, 1e9)}
+        for key, per in samples.items()
+    }
+    return {"ops": ops, "gil": gil_on, "stalled": stalled}
+
+
+def scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
+    runs: list[Run] = []
+    for env, names in where(envs, "3.13t"):
+        runs += [(env, impl, impl, {}) for impl in names if impl != "functools"]  # it has no set
+    for env, names in where(envs, "GIL"):
+        if impls.THIS in names:
+            runs.append((env, impls.THIS, "moka_py, GIL build", {}))
+    return throughput_runs(runs, plan, "scaling")
+
+
+def scaling_gil(envs: list[Env], plan: Plan) -> dict[str, Any]:
+    """The throughput case on the GIL build, every implementation that has a
+    set (moka-py 0.5.0 in its own environment), in each variant that it
+    supports. ``ops`` and ``stalled`` as of :func:`throughput_runs`, by variant
+    then implementation."""
+    from bench_scaling import GIL_VARIANTS
+
+    runs: list[Run] = []
+    for env, names in where(envs, "GIL"):
+        for impl in names:
+            if impl == "functools":  # it has no set
+                continue
+            for variant, (keys, listener, _) in GIL_VARIANTS.items():
+                if not listener or impl in impls.LISTENERS:
+                    spec = {"keys": keys, "listener": listener}
+                    runs.append((env, impl, (variant, impl), spec))
+    found = throughput_runs(runs, plan, f"scaling on the GIL build, {len(runs)} processes")
+    out: dict[str, Any] = {"ops": {}, "stalled": {}}
+    for part in ("ops", "stalled"):
+        for (variant, impl), value in found[part].items():
+            out[part].setdefault(variant, {})[impl] = value
+    return out
 
 
 def coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
@@ -302,7 +394,7 @@ def coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
     for r in range(plan.coalesce_repeats):
         log(f"coalescing: repeat {r + 1}/{plan.coalesce_repeats}, N={counts}, a process each")
         for env in envs:
-            for impl in env.impls:
+            for impl in [i for i in env.impls if i not in impls.ASYNC_ONLY]:
                 found = worker(
                     env.python, "coalescing", who=peer(impl, env), impls=[impl], counts=counts
                 )
@@ -386,6 +478,8 @@ def main() -> None:
     if "scaling" in families:
         results["scaling"] = scaling(envs, plan)
         results["coalescing"] = coalescing(envs, plan)
+    if "scaling_gil" in families:
+        results["scaling_gil"] = scaling_gil(envs, plan)
     if "hit_ratio" in families:
         results["hit_ratio"] = hit_ratio(envs, args.quick)
     if "memory" in families:

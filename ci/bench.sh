@@ -2,7 +2,7 @@
 # Builds moka_py in release mode, installs the peers in their own virtual
 # environments, runs every case of the benchmark side by side, prints the
 # Markdown tables and writes them with the charts to bench-out/.
-#   bash ci/bench.sh [--quick] [--out DIR] [--only latency|scaling|hit_ratio|memory]
+#   bash ci/bench.sh [--quick] [--out DIR] [--only latency|scaling|scaling_gil|hit_ratio|memory]
 # Environments (under .venvs/): bench (GIL: moka_py, the peers, matplotlib),
 # bench-moka-py-0.5.0 (GIL), bench-ft (free-threaded 3.13t: moka_py and each peer
 # that installs there from a wheel).

@@ -22,10 +22,25 @@ from typing import Any
 THIS = "moka_py"
 OLD = "moka_py-0.5.0"
 # Every implementation, in the order of the tables' columns.
-ALL = (THIS, OLD, "theine", "cachebox", "cachetools", "lru-dict", "functools", "dict")
-MODULE = {OLD: "moka_py", "lru-dict": "lru", "dict": "builtins"}
+ALL = (
+    THIS,
+    OLD,
+    "theine",
+    "cachebox",
+    "cachetools",
+    "lru-dict",
+    "async-lru",
+    "functools",
+    "dict",
+)
+MODULE = {OLD: "moka_py", "lru-dict": "lru", "async-lru": "async_lru", "dict": "builtins"}
 DIST = {THIS: "moka-py", OLD: "moka-py", "theine": "theine", "cachebox": "cachebox"}
-DIST |= {"cachetools": "cachetools", "lru-dict": "lru-dict"}
+DIST |= {"cachetools": "cachetools", "lru-dict": "lru-dict", "async-lru": "async-lru"}
+# Those that are only a decorator of ``async def`` functions (no cache object,
+# no plain functions): the latency family's async case alone measures them.
+ASYNC_ONLY = ("async-lru",)
+# Those whose constructor takes an eviction listener (see :func:`make`).
+LISTENERS = (THIS, OLD, "lru-dict")
 
 
 def module_of(impl: str) -> str:
@@ -66,12 +81,23 @@ class Api:
     remove: Callable[[Any], Any]
 
 
-def make(impl: str, capacity: int, policy: str = "") -> Api:
-    """A cache of ``capacity`` entries; ``policy`` picks one of :func:`policies`."""
+def make(impl: str, capacity: int, policy: str = "", listener: bool = False) -> Api:
+    """A cache of ``capacity`` entries; ``policy`` picks one of :func:`policies`.
+
+    ``listener``: with a no-op eviction listener attached (the implementations
+    of :data:`LISTENERS` only). moka's is called for every entry that leaves
+    the cache, replaced ones included; lru-dict's ``callback`` only for
+    entries evicted for room.
+    """
+    if listener and impl not in LISTENERS:
+        raise ValueError(f"{impl} takes no eviction listener")
     if is_moka(impl):
         import moka_py
 
-        c: Any = moka_py.Moka(capacity, policy=policy or "tiny_lfu")
+        kwargs: dict[str, Any] = {"policy": policy or "tiny_lfu"}
+        if listener:
+            kwargs["eviction_listener"] = lambda k, v, cause: None
+        c: Any = moka_py.Moka(capacity, **kwargs)
         return Api(c, c.get, c.set, c.remove)
     if impl == "theine":
         import theine
@@ -96,7 +122,7 @@ def make(impl: str, capacity: int, policy: str = "") -> Api:
     if impl == "lru-dict":
         import lru
 
-        c = lru.LRU(capacity)
+        c = lru.LRU(capacity, callback=(lambda k, v: None) if listener else None)
         return Api(c, c.get, None, c.pop)
     if impl == "dict":
         d: dict[Any, Any] = {}
@@ -150,6 +176,30 @@ def decorator(
         return cachetools.cached(cachetools.LRUCache(capacity))
     if impl == "functools" and not coalescing:
         return functools.lru_cache(maxsize=capacity)
+    return None
+
+
+def async_decorator(impl: str, capacity: int) -> Callable[[Any], Any] | None:
+    """The implementation's memoizing decorator for ``async def`` functions
+    (the same decorator as :func:`decorator`'s non-coalescing one where it
+    takes both kinds), or ``None`` if it has none."""
+    if is_moka(impl):
+        import moka_py
+
+        return moka_py.cached(maxsize=capacity)
+    if impl == "theine":
+        import theine
+
+        return theine.Memoize(capacity, None)
+    if impl == "cachebox":
+        import cachebox
+
+        return cachebox.cached(cachebox.LRUCache(capacity), lock=False)
+    if impl == "async-lru":
+        import async_lru
+
+        return async_lru.alru_cache(maxsize=capacity)
+    # cachetools' and functools' decorators would cache the coroutine object.
     return None
 
 

@@ -4,8 +4,9 @@ Throughput: 1, 2, 4 and 8 threads run a 90/10 get/set mix on one shared cache
 for a fixed time; the figure is all threads' operations divided by the time
 from the common start to the last thread's stop. Each thread makes its own key
 objects (equal across threads), so they share the cache and not the objects'
-reference counts. Meant for free-threaded 3.13t; the driver also runs
-moka_py on the GIL build as a reference.
+reference counts. The driver runs it on free-threaded 3.13t (family
+``scaling``), and on the ordinary GIL build (family ``scaling_gil``) with int
+keys, with ``uuid.UUID`` keys, and with a no-op eviction listener attached.
 
 Coalescing: N threads, or N asyncio tasks, ask at once for one missing key
 whose loader sleeps 10 ms. It reports how many times the loader ran and the
@@ -18,6 +19,7 @@ import asyncio
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -28,25 +30,47 @@ CHUNK = 10_000  # operations between two looks at the clock
 LOADER_SECONDS = 0.01
 
 
-def ops_of(thread: int) -> list[tuple[int, bool]]:
+# The variants of the case on the GIL build (family scaling_gil): name ->
+# (kind of key, with a no-op eviction listener, title in the report).
+GIL_VARIANTS = {
+    "int": ("int", False, "int keys"),
+    "listener": ("int", True, "int keys, a no-op eviction listener attached"),
+    "uuid": ("uuid", False, "uuid.UUID keys"),
+}
+
+
+def key_pool(kind: str) -> list[Any]:
+    """The POOL keys of ``kind``: new objects at every call, equal to every other
+    call's (the ints 0..9,999; seeded random version-4 ``uuid.UUID``s)."""
+    if kind == "int":
+        return list(range(POOL))
+    if kind == "uuid":
+        rng = random.Random("uuid-keys")
+        return [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(POOL)]
+    raise ValueError(kind)
+
+
+def ops_of(thread: int, keys: str = "int") -> list[tuple[Any, bool]]:
     """(key, is_set) pairs: 10% sets, uniform keys; built by the thread itself."""
+    pool = key_pool(keys)
     rng = random.Random(f"mix-{thread}")
-    return [(rng.randrange(POOL), rng.random() < 0.1) for _ in range(CHUNK)]
+    return [(pool[rng.randrange(POOL)], rng.random() < 0.1) for _ in range(CHUNK)]
 
 
 Bind = Callable[[], tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]]
 
 
-def shared_cache(impl: str) -> Bind:
-    """One cache for all threads, pre-filled, and a function that each thread
-    calls to make its own ``(get, set)``: objects that a thread makes are its
-    own on 3.13t, so calling them does not contend on their reference counts."""
+def shared_cache(impl: str, keys: str = "int", listener: bool = False) -> Bind:
+    """One cache for all threads, pre-filled with the keys of ``keys``, and a
+    function that each thread calls to make its own ``(get, set)``: objects that
+    a thread makes are its own on 3.13t, so calling them does not contend on
+    their reference counts. ``listener``: see :func:`bench_impls.make`."""
     if impl == "cachetools":
         import cachetools
 
         tools: Any = cachetools.LRUCache(POOL)
         lock = threading.Lock()
-        for k in range(POOL):
+        for k in key_pool(keys):
             tools[k] = k
 
         def bind_locked() -> Any:
@@ -63,10 +87,10 @@ def shared_cache(impl: str) -> Bind:
             return get, put
 
         return bind_locked
-    api = impls.make(impl, POOL)
+    api = impls.make(impl, POOL, listener=listener)
     c = api.cache
     fill = api.put if api.put is not None else c.__setitem__
-    for k in range(POOL):
+    for k in key_pool(keys):
         fill(k, k)
     if impl == "dict":
         # dict.get holds the dict's lock on 3.13t (not on 3.14); d[k] does not.
@@ -76,9 +100,11 @@ def shared_cache(impl: str) -> Bind:
     return lambda: (c.get, c.set)
 
 
-def throughput(impl: str, threads: int, seconds: float) -> float:
+def throughput(
+    impl: str, threads: int, seconds: float, keys: str = "int", listener: bool = False
+) -> float:
     """Operations per second, all threads together."""
-    bind = shared_cache(impl)
+    bind = shared_cache(impl, keys, listener)
     start = threading.Barrier(threads + 1)
     done = [0] * threads
     stops = [0.0] * threads
@@ -86,7 +112,7 @@ def throughput(impl: str, threads: int, seconds: float) -> float:
 
     def work(i: int) -> None:
         get, put = bind()
-        ops = ops_of(i)
+        ops = ops_of(i, keys)
         start.wait()
         end = deadline[0]
         n = 0
@@ -112,13 +138,6 @@ def throughput(impl: str, threads: int, seconds: float) -> float:
     for w in workers:
         w.join()
     return sum(done) / (max(stops) - t0)
-
-
-def run_throughput(impl: str, counts: list[int], seconds: float) -> dict[str, Any]:
-    return {
-        "ops": {str(n): throughput(impl, n, seconds) for n in counts},
-        "gil": impls.gil_enabled(),
-    }
 
 
 class Loader:

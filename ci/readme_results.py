@@ -25,6 +25,7 @@ END = "<!-- /results -->"
 CHARTS = {
     "### 1. ": "latency.png",
     "### 2. ": "scaling.png",
+    "### 2a. ": "scaling_gil.png",
     "### 3. ": "hit_ratio.png",
     "### 4. ": "memory.png",
 }
