@@ -253,12 +253,12 @@ impl Leader<'_> {
             }
             Err(_) => State::Abandoned,
         };
-        crate::call::enter(py, Span::Write, || self.finish(state), |()| ());
+        crate::call::enter(py, Span::Write, || self.settle(state), |()| ());
     }
 
     /// Removes the load from the map and wakes its waiters. Takes a shard
     /// lock and the load's lock; runs no Python code.
-    fn finish(&mut self, state: State) {
+    fn settle(&mut self, state: State) {
         let Some(load) = self.load.take() else { return };
         self.loads
             .map
@@ -270,7 +270,7 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.finish(State::Abandoned);
+        self.settle(State::Abandoned);
     }
 }
 

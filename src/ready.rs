@@ -24,7 +24,7 @@ impl Ready {
     /// the value itself unless it is a tuple or an exception (which would be
     /// taken for the arguments), so that CPython need not build the exception
     /// to read the value back.
-    fn finish(&self, py: Python<'_>) -> PyErr {
+    fn stop_iteration(&self, py: Python<'_>) -> PyErr {
         let value = self.value.bind(py);
         if value.is_instance_of::<PyTuple>() || value.is_instance_of::<PyBaseException>() {
             PyStopIteration::new_err((value.clone().unbind(),))
@@ -87,14 +87,14 @@ impl Ready {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        Err(self.finish(py))
+        Err(self.stop_iteration(py))
     }
 
     /// As a coroutine's `send`: finishes with the result.
     #[pyo3(signature = (value, /))]
     fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let _ = value;
-        Err(self.finish(py))
+        Err(self.stop_iteration(py))
     }
 
     /// As a coroutine's `throw`: raises what it is given.
