@@ -420,8 +420,9 @@ impl Moka {
         if let Some(interner) = self.interner.get() {
             interner.traverse(&visit)?;
         }
-        // Walking moka's table runs no Python code and releases nothing
-        // (the walk only clones `Arc`s of live entries).
+        // Walking moka's table runs no Python code. Its epoch pin may free
+        // garbage of other threads' removals; that is only queued (released
+        // at this thread's next call, or at exit), never released here.
         for (key, entry) in self.store.load().iter() {
             visit.call(key.obj())?;
             visit.call(&*entry.obj)?;
@@ -564,7 +565,8 @@ impl Moka {
         )
     }
 
-    /// `set`: the weigher runs first, then the key is resolved and stored.
+    /// `set`: the key is resolved (raising as a `dict` would for a bad key),
+    /// then the weigher runs, then the entry is stored.
     pub(crate) fn insert(
         &self,
         py: Python<'_>,
@@ -573,10 +575,8 @@ impl Moka {
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<()> {
-        let entry = self.entry(py, key, value, ttl, tti)?;
         let key = self.key(key)?;
-        self.store_entry(py, key, entry);
-        Ok(())
+        self.insert_key(py, key, value, ttl, tti)
     }
 
     /// Stores `value` under an owned key (an error of the weigher drops it).
@@ -588,9 +588,18 @@ impl Moka {
         ttl: Option<Duration>,
         tti: Option<Duration>,
     ) -> PyResult<()> {
-        let entry = self.entry(py, key.obj().bind(py), value, ttl, tti)?;
-        self.store_entry(py, key, entry);
-        Ok(())
+        match self.entry(py, key.obj().bind(py), value, ttl, tti) {
+            Ok(entry) => {
+                self.store_entry(py, key, entry);
+                Ok(())
+            }
+            Err(err) => {
+                // Release the key now, not at this thread's next call.
+                drop(key);
+                call::after(py);
+                Err(err)
+            }
+        }
     }
 
     /// The entry for `value`: runs the weigher (attached, holding nothing).

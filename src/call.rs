@@ -119,6 +119,13 @@ pub(crate) fn exiting() -> bool {
     (EXITING.load(Ordering::SeqCst) || is_finalizing()) && !is_main_thread()
 }
 
+/// Whether the main thread is exiting and the others park: a load led by
+/// another thread will then never finish, and the main thread must not wait
+/// for it.
+pub(crate) fn main_thread_exiting() -> bool {
+    (EXITING.load(Ordering::SeqCst) || is_finalizing()) && is_main_thread()
+}
+
 fn park_forever() -> ! {
     loop {
         std::thread::park();

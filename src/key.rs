@@ -333,60 +333,114 @@ fn float_repr(v: f64) -> Repr {
 
 /// A key's hash and representation; [`Repr::Python`] when it must be
 /// interned. A number of another type that equals an `int` or a `float`
-/// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar) takes that number's
-/// representation, so that it is one key with it, as in a `dict`.
+/// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar), also as an item of a
+/// tuple, takes that number's representation, so that it is one key with it,
+/// as in a `dict`.
 pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
     // SAFETY: `obj` is a live object and we are attached (`Bound`).
     let repr = unsafe { Repr::of(obj.as_ptr()) };
     if !matches!(repr, Repr::Python) {
         return Ok((obj.hash()?, repr));
     }
-    if let Some(described) = uuid::describe(obj) {
+    if let Some(described) = uuid::describe(obj)? {
         return Ok(described);
     }
     let hash = obj.hash()?;
-    Ok((hash, as_native_number(obj).unwrap_or(Repr::Python)))
+    Ok((hash, with_numbers(obj, 0)?.unwrap_or(Repr::Python)))
+}
+
+/// The representation of `obj` with every number of another type that equals
+/// an `int` or a `float` taken as that number, at the top or inside tuples;
+/// `None` if some part still needs Python's `==`.
+fn with_numbers(obj: &Bound<'_, PyAny>, depth: u32) -> PyResult<Option<Repr>> {
+    // SAFETY: `obj` is a live object and we are attached (`Bound`).
+    let repr = unsafe { Repr::of(obj.as_ptr()) };
+    if !matches!(repr, Repr::Python) {
+        return Ok(Some(repr));
+    }
+    // SAFETY: reads the type of a live object and a slot of that type.
+    let tuple = unsafe {
+        ffi::PyTuple_Check(obj.as_ptr()) != 0
+            && compares_as(ffi::Py_TYPE(obj.as_ptr()), addr_of_mut!(ffi::PyTuple_Type))
+    };
+    if tuple {
+        if depth >= MAX_TUPLE_DEPTH {
+            return Ok(None);
+        }
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            match with_numbers(&item?, depth + 1)? {
+                Some(repr) => items.push(repr),
+                None => return Ok(None),
+            }
+        }
+        return Ok(Some(Repr::Tuple(items.into_boxed_slice())));
+    }
+    as_native_number(obj)
+}
+
+/// Keeps an `Exception` raised by user code as "no answer", and lets other
+/// exceptions (`KeyboardInterrupt`, `SystemExit`, `MemoryError`...) through.
+fn or_none<T>(result: PyResult<T>, py: Python<'_>) -> PyResult<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyException>(py) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// The native representation of an `int` or `float` that `obj` (a numeric
 /// type compared by Python) equals, if any. Runs Python code (attached,
-/// outside every lock); its errors only mean "no".
-fn as_native_number(obj: &Bound<'_, PyAny>) -> Option<Repr> {
+/// outside every lock); an `Exception` from it only means "no".
+fn as_native_number(obj: &Bound<'_, PyAny>) -> PyResult<Option<Repr>> {
+    let py = obj.py();
     // SAFETY: reads the number slots of a live object's type.
     let (index, float) = unsafe {
         let numbers = (*ffi::Py_TYPE(obj.as_ptr())).tp_as_number;
         if numbers.is_null() {
-            return None;
+            return Ok(None);
         }
         ((*numbers).nb_index.is_some(), (*numbers).nb_float.is_some())
     };
-    let equal_int = |int: Bound<'_, PyAny>| -> Option<Repr> {
+    let equal_int = |int: Bound<'_, PyAny>| -> PyResult<Option<Repr>> {
         // SAFETY: `int` is a live exact int and we are attached.
         let repr = unsafe { int_repr(int.as_ptr()) };
-        (!matches!(repr, Repr::Python) && obj.eq(&int).ok()?).then_some(repr)
+        if matches!(repr, Repr::Python) {
+            return Ok(None);
+        }
+        Ok(or_none(obj.eq(&int), py)?.filter(|&eq| eq).map(|_| repr))
+    };
+    let as_int = || -> PyResult<Option<Repr>> {
+        match or_none(py.get_type::<pyo3::types::PyInt>().call1((obj,)), py)? {
+            Some(int) => equal_int(int),
+            None => Ok(None),
+        }
     };
     if index {
-        return equal_int(
-            obj.call_method0(pyo3::intern!(obj.py(), "__index__"))
-                .ok()?,
-        );
+        return match or_none(obj.call_method0(pyo3::intern!(py, "__index__")), py)? {
+            Some(int) => equal_int(int),
+            None => Ok(None),
+        };
     }
     if !float {
-        return None;
+        return Ok(None);
     }
-    let value: f64 = obj.extract().ok()?;
-    if !value.is_finite() {
-        return None;
+    // A value too large for a float (`Fraction(10**400)`) may still be an int.
+    let Some(value) = or_none(obj.extract::<f64>(), py)? else {
+        return as_int();
+    };
+    if value.is_nan() {
+        return Ok(None);
     }
-    if value.fract() == 0.0 {
-        let int = obj
-            .py()
-            .get_type::<pyo3::types::PyInt>()
-            .call1((obj,))
-            .ok()?;
-        return equal_int(int);
+    if value.is_finite() && value.fract() != 0.0 {
+        let equal = or_none(obj.eq(value), py)?.unwrap_or(false);
+        return Ok(equal.then_some(Repr::Float(value)));
     }
-    obj.eq(value).ok()?.then_some(Repr::Float(value))
+    if value.is_infinite() && or_none(obj.eq(value), py)?.unwrap_or(false) {
+        return Ok(Some(Repr::Float(value)));
+    }
+    // Integral, or rounded to an infinity from a finite value (`Decimal("1e400")`).
+    as_int()
 }
 
 /// A key stored in the cache: owns a reference to the Python object (released
@@ -568,12 +622,34 @@ mod uuid {
     /// The modulus of CPython's numeric hash on 64-bit builds.
     const MODULUS: u128 = (1 << 61) - 1;
 
-    fn is_uuid(obj: &Bound<'_, PyAny>) -> bool {
+    fn is_uuid(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         let tp = obj.get_type_ptr().cast::<ffi::PyObject>();
         let known = UUID_TYPE.load(Ordering::Acquire);
-        if !known.is_null() {
-            return tp == known;
+        if known.is_null() {
+            return Ok(look_up(obj) && tp == UUID_TYPE.load(Ordering::Acquire));
         }
+        if tp == known {
+            return Ok(true);
+        }
+        // SAFETY: `known` is a live type object (a strong reference kept for
+        // the life of the process), and we are attached.
+        let uuid = unsafe { Bound::from_borrowed_ptr(obj.py(), known) };
+        if !obj.is_instance(&uuid)? {
+            return Ok(false);
+        }
+        // A subclass: the same key as a `UUID` if it keeps its `==` and hash.
+        let py = obj.py();
+        let tp = obj.get_type();
+        for name in [intern!(py, "__eq__"), intern!(py, "__hash__")] {
+            if !tp.getattr(name)?.is(&uuid.getattr(name)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Looks `uuid.UUID` up once `uuid` is imported; whether it is known.
+    fn look_up(obj: &Bound<'_, PyAny>) -> bool {
         // Not looked up yet: a `UUID` exists only once `uuid` is imported.
         let py = obj.py();
         let Ok(modules) = py
@@ -606,18 +682,21 @@ mod uuid {
             // SAFETY: `ptr` is the strong reference taken just above.
             unsafe { ffi::Py_DecRef(ptr) };
         }
-        tp == UUID_TYPE.load(Ordering::Acquire)
+        true
     }
 
-    /// The hash and representation of an exact `uuid.UUID`.
-    pub(super) fn describe(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
-        if !is_uuid(obj) {
-            return None;
+    /// The hash and representation of a `uuid.UUID` (or of a subclass that
+    /// keeps its `==` and `hash()`).
+    pub(super) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<Option<(isize, Repr)>> {
+        if !is_uuid(obj)? {
+            return Ok(None);
         }
-        let value: u128 = obj.getattr(intern!(obj.py(), "int")).ok()?.extract().ok()?;
+        let Ok(value) = obj.getattr(intern!(obj.py(), "int"))?.extract::<u128>() else {
+            return Ok(None);
+        };
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let hash = (value % MODULUS) as isize;
         #[allow(clippy::cast_possible_truncation)]
-        Some((hash, Repr::Uuid((value >> 64) as u64, value as u64)))
+        Ok(Some((hash, Repr::Uuid((value >> 64) as u64, value as u64))))
     }
 }

@@ -96,6 +96,9 @@ enum Outcome {
     Value(Py<PyAny>),
     Error(PyErr),
     Retry,
+    /// The interpreter exits and the leader, another thread, is parked: the
+    /// main thread computes the value itself.
+    Orphaned,
 }
 
 impl Loads {
@@ -131,7 +134,7 @@ impl Loads {
         let me = thread::current().id();
         let load = loop {
             let load = match self.join(py, key, me) {
-                Joined::Leader(load) => break load,
+                Joined::Leader(load) => break Some(load),
                 Joined::Waiter(load) => load,
             };
             if load.owner == me {
@@ -153,14 +156,16 @@ impl Loads {
                         return Ok(value);
                     }
                 }
+                Outcome::Orphaned => break None,
             }
         };
         // Dropped without `publish` (a panic), the leader abandons the load,
-        // so that its waiters start over instead of waiting forever.
+        // so that its waiters start over instead of waiting forever. Without
+        // a load (orphaned at exit) there is nothing to publish.
         let leader = Leader {
             loads: self,
             key: key.clone_ref(py),
-            load: Some(load),
+            load,
         };
         let result = match recheck(key) {
             Some(value) => Ok(value),
@@ -210,6 +215,7 @@ impl Loads {
 impl Load {
     /// Waits, detached, for the leader's outcome.
     fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
+        let me = thread::current().id();
         loop {
             let state = crate::call::enter(
                 py,
@@ -227,6 +233,9 @@ impl Load {
                 |state| state,
             );
             match state {
+                State::Running if crate::call::main_thread_exiting() && self.owner != me => {
+                    return Ok(Outcome::Orphaned);
+                }
                 State::Running => py.check_signals()?,
                 State::Ready(value) => return Ok(Outcome::Value(value.clone_ref(py))),
                 State::Failed(failure) => return Ok(Outcome::Error(failure.fan_out(py))),

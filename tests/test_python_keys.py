@@ -581,3 +581,86 @@ def test_clear_frees_every_key_object() -> None:
     gc.collect()
     alive = [r() for r in refs if r() is not None]
     assert alive == []
+
+
+# --- numbers of other types, inside tuples and at the extremes --------------------------
+
+
+@pytest.mark.parametrize(
+    ("native", "other"),
+    [
+        ((1, 1), (1, Decimal(1))),
+        ((1, (2, 0.5)), (Fraction(1), (Decimal(2), Fraction(1, 2)))),
+        (float("inf"), Decimal("Infinity")),
+        (float("-inf"), Decimal("-Infinity")),
+        (10**400, Fraction(10**400)),
+        (10**400, Decimal("1e400")),
+    ],
+    ids=["tuple", "nested-tuple", "inf", "-inf", "huge-fraction", "huge-decimal"],
+)
+def test_equal_numbers_are_one_key_inside_tuples_and_at_extremes(native: Any, other: Any) -> None:
+    assert native == other and hash(native) == hash(other)
+    c: Moka[Any, str] = Moka(10)
+    c[native] = "native"
+    assert c[other] == "native"
+    c[other] = "other"
+    assert c[native] == "other"
+    assert len(c) == 1
+
+
+class SubUUID(uuid.UUID):
+    """A subclass that keeps `UUID`'s `==` and `hash()`."""
+
+
+def test_uuid_subclass_is_one_key_with_the_uuid() -> None:
+    value = uuid.UUID(int=12345)
+    sub = SubUUID(int=12345)
+    assert value == sub and hash(value) == hash(sub)
+    c: Moka[Any, str] = Moka(10)
+    c[value] = "uuid"
+    assert c[sub] == "uuid"
+    c[sub] = "sub"
+    assert c[value] == "sub"
+    assert len(c) == 1
+
+
+class InterruptingIndex:
+    """A number whose `__index__` is interrupted (Ctrl-C)."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __index__(self) -> int:
+        raise KeyboardInterrupt
+
+
+class FailingIndex(InterruptingIndex):
+    def __index__(self) -> int:
+        raise ValueError("not an int after all")
+
+
+def test_exception_in_index_means_not_a_number_but_interrupts_propagate() -> None:
+    c: Moka[Any, str] = Moka(10)
+    failing = FailingIndex()
+    c[failing] = "kept"
+    assert c[failing] == "kept"
+    assert 1 not in c
+    with pytest.raises(KeyboardInterrupt):
+        c.get(InterruptingIndex())
+    assert c[failing] == "kept"
+
+
+def test_unhashable_key_raises_before_the_weigher_runs() -> None:
+    calls: list[Any] = []
+
+    def weigher(k: Any, v: Any) -> int:
+        calls.append(k)
+        return 1
+
+    c: Moka[Any, str] = Moka(10, weigher=weigher)
+    with pytest.raises(TypeError, match="unhashable"):
+        c[[1]] = "x"  # type: ignore[index]
+    assert calls == []
