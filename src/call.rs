@@ -34,13 +34,15 @@
 //! moka lock never needs to attach while holding it (it runs no Python code
 //! and does not detach inside moka), so it always gets to release it, and a
 //! thread waiting on it attached only delays the pause by one moka call.
-//! Which calls detach there was measured (`ci/bench`, 3.13t scaling): reads
-//! ([`Span::Read`]: `get`, `in`) stay attached, since detaching costs more
-//! than the read and they take no lock they could wait on for long; writes
-//! ([`Span::Write`]: an insert, a removal, the in-flight map) detach, since
-//! they contend on moka's write channel, key locks and housekeeping, and
-//! detached waiters let a pause proceed and cost less (about 1.3x the
-//! throughput of attached writes at two threads).
+//! Which calls detach there was chosen by measuring both ways (a 90/10 and
+//! an all-read loop of `get`/`set` from one and two threads, during
+//! development; not a script of the repository): reads ([`Span::Read`]:
+//! `get`, `in`) stay attached, since detaching costs more than the read and
+//! they take no lock they could wait on for long; writes ([`Span::Write`]: an
+//! insert, a removal, the in-flight map) detach, since they contend on moka's
+//! write channel, key locks and housekeeping, and detached waiters let a
+//! pause proceed; attached writes were slower there. The benchmark's 3.13t
+//! section shows what the result does.
 //!
 //! # What always detaches
 //!
