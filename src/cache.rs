@@ -164,6 +164,7 @@ impl Moka {
         }
 
         let listener = eviction_listener.map(|l| Listener::new(l.clone().unbind()));
+        let slack = slack_for(capacity, weigher.is_some());
         Ok(Moka {
             store: ManuallyDrop::new(ArcSwap::from_pointee(build_store(
                 capacity,
@@ -175,8 +176,8 @@ impl Moka {
             loads: Loads::default(),
             interner: OnceLock::new(),
             listener,
-            slack: slack_for(capacity, weigher.is_some()),
-            bounded: needs_bound(slack_for(capacity, weigher.is_some()), weigher.is_some()),
+            slack,
+            bounded: needs_bound(slack, weigher.is_some()),
             weigher: weigher.map(|w| PySlot::new(w.clone().unbind())),
             capacity,
             unsynced: AtomicU64::new(0),
@@ -436,12 +437,7 @@ impl Moka {
         // Dropping the old table notifies no listener.
         drop(self.store.swap(Arc::new(self.fresh_store())));
         reclaim();
-        if let Some(l) = &self.listener {
-            l.clear();
-        }
-        if let Some(w) = &self.weigher {
-            w.clear();
-        }
+        self.clear_callbacks();
         // The GC calls this attached; release what the table held now.
         Python::attach(call::after);
     }
@@ -453,12 +449,7 @@ impl Drop for Moka {
         unsafe { ManuallyDrop::drop(&mut self.store) };
         reclaim();
         drop(self.interner.take());
-        if let Some(l) = &self.listener {
-            l.clear();
-        }
-        if let Some(w) = &self.weigher {
-            w.clear();
-        }
+        self.clear_callbacks();
         // A pyclass is dropped by its `tp_dealloc`, attached: release what
         // the table and the interner held now, not at some later call.
         Python::attach(call::after);
@@ -474,6 +465,16 @@ impl Moka {
             self.tti,
             self.listener.as_ref(),
         )
+    }
+
+    /// Lets go of the listener and the weigher (queued, as every release).
+    fn clear_callbacks(&self) {
+        if let Some(l) = &self.listener {
+            l.clear();
+        }
+        if let Some(w) = &self.weigher {
+            w.clear();
+        }
     }
 
     fn interner(&self) -> &Arc<Interner> {

@@ -204,13 +204,20 @@ pub(crate) enum Span {
     Long,
 }
 
-/// Records at import whether this is a free-threaded build.
+/// Records at import whether this is a free-threaded build: its ABI flags
+/// have a `t` (read from `sys`, already loaded; `sysconfig` would cost an
+/// import of some 10 ms), and where there are none (Windows), whether the GIL
+/// is off at import.
 pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
-    let disabled = py
-        .import("sysconfig")?
-        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
-        .is_truthy()?;
-    FREE_THREADED.store(disabled, Ordering::Relaxed);
+    let sys = py.import("sys")?;
+    let free_threaded = match sys.getattr("abiflags") {
+        Ok(flags) => flags.extract::<String>()?.contains('t'),
+        Err(_) => match sys.getattr("_is_gil_enabled") {
+            Ok(enabled) => !enabled.call0()?.is_truthy()?,
+            Err(_) => false,
+        },
+    };
+    FREE_THREADED.store(free_threaded, Ordering::Relaxed);
     Ok(())
 }
 
