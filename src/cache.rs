@@ -9,13 +9,14 @@
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use moka::sync::Cache;
 use moka::Equivalent;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple, PyType};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::call::{self, Span};
@@ -27,9 +28,12 @@ use crate::key::{self, Key, KeyRef, PyHashBuilder, Repr};
 use crate::listener::Listener;
 use crate::loader::Loads;
 use crate::options::{self, Policy};
+use crate::ready::Ready;
+use crate::refresh::{self, Refresher};
 use crate::slot::PySlot;
+use crate::stats::{CacheStats, Stats};
 
-type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
+pub(crate) type Store = Cache<Key, Arc<Entry>, PyHashBuilder>;
 
 /// A thread-safe in-memory cache with size-bounded eviction and expiration.
 #[pyclass(frozen, weakref, module = "moka_py._moka_py", name = "Moka")]
@@ -56,9 +60,21 @@ pub(crate) struct Moka {
     /// expirations only on its timer wheel's next tick (about a second), so
     /// `len` counts the live entries instead of reading moka's count.
     per_entry: AtomicBool,
+    settings: Settings,
+    /// With `stats=True`: what the cache records (`stats.rs`).
+    stats: Option<Arc<Stats>>,
+    /// With `refresh_after=`: the reloads' settings and executor (`refresh.rs`).
+    refresh: Option<Refresher>,
+}
+
+/// What a new moka store is built with (the constructor's options).
+#[derive(Clone, Copy)]
+struct Settings {
+    capacity: u64,
+    policy: Policy,
     ttl: Option<Duration>,
     tti: Option<Duration>,
-    policy: Policy,
+    refresh_after: Option<Duration>,
 }
 
 /// moka's hash table frees removed entries through epoch-based reclamation,
@@ -79,27 +95,37 @@ fn reclaim() {
 /// each when there is none).
 const RECLAIM_FLUSHES: usize = 64;
 
-/// A new, empty moka cache with this configuration.
+/// A new, empty moka cache with these settings. moka's eviction listener,
+/// installed for the user's listener or for the statistics, only counts and
+/// queues: it runs no Python code.
 fn build_store(
-    capacity: u64,
-    policy: Policy,
-    ttl: Option<Duration>,
-    tti: Option<Duration>,
+    settings: Settings,
     listener: Option<&Arc<Listener>>,
+    stats: Option<&Arc<Stats>>,
 ) -> Store {
     let mut builder = Cache::builder()
-        .max_capacity(capacity)
-        .eviction_policy(policy.to_moka())
-        .expire_after(PerEntry)
+        .max_capacity(settings.capacity)
+        .eviction_policy(settings.policy.to_moka())
+        .expire_after(PerEntry {
+            refresh_after: settings.refresh_after,
+        })
         .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
-    if let Some(ttl) = ttl {
+    if let Some(ttl) = settings.ttl {
         builder = builder.time_to_live(ttl);
     }
-    if let Some(tti) = tti {
+    if let Some(tti) = settings.tti {
         builder = builder.time_to_idle(tti);
     }
-    if let Some(l) = listener {
-        builder = builder.eviction_listener(l.queue());
+    if listener.is_some() || stats.is_some() {
+        let (listener, stats) = (listener.cloned(), stats.cloned());
+        builder = builder.eviction_listener(move |key, entry: Arc<Entry>, cause| {
+            if let Some(stats) = &stats {
+                stats.removed(cause, entry.weight);
+            }
+            if let Some(listener) = &listener {
+                listener.notify(key, entry, cause);
+            }
+        });
     }
     builder.build_with_hasher(PyHashBuilder)
 }
@@ -131,9 +157,10 @@ fn slack_for(capacity: u64, weighted: bool) -> u64 {
 impl Moka {
     #[new]
     #[pyo3(
-        signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None),
-        text_signature = "(capacity, ttl=None, tti=None, eviction_listener=None, policy='tiny_lfu', weigher=None)"
+        signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None, stats=false, refresh_after=None, executor=None),
+        text_signature = "(capacity, ttl=None, tti=None, eviction_listener=None, policy='tiny_lfu', weigher=None, stats=False, refresh_after=None, executor=None)"
     )]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         capacity: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
@@ -141,11 +168,17 @@ impl Moka {
         eviction_listener: Option<&Bound<'_, PyAny>>,
         policy: Option<&Bound<'_, PyAny>>,
         weigher: Option<&Bound<'_, PyAny>>,
+        stats: bool,
+        refresh_after: Option<&Bound<'_, PyAny>>,
+        executor: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let capacity = options::capacity(capacity)?;
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
         let policy = policy.map_or(Ok(Policy::TinyLfu), Policy::parse)?;
+        let refresh_after = options::duration(refresh_after, "refresh_after")?;
+        let executor = executor.filter(|e| !e.is_none());
+        let refresh = options::refresh(refresh_after, ttl, executor)?;
         let eviction_listener = eviction_listener.filter(|l| !l.is_none());
         let weigher = weigher.filter(|w| !w.is_none());
         for (name, f) in [
@@ -164,14 +197,20 @@ impl Moka {
         }
 
         let listener = eviction_listener.map(|l| Listener::new(l.clone().unbind()));
+        let stats = stats.then(|| Arc::new(Stats::default()));
         let slack = slack_for(capacity, weigher.is_some());
+        let settings = Settings {
+            capacity,
+            policy,
+            ttl,
+            tti,
+            refresh_after,
+        };
         Ok(Moka {
             store: ManuallyDrop::new(ArcSwap::from_pointee(build_store(
-                capacity,
-                policy,
-                ttl,
-                tti,
+                settings,
                 listener.as_ref(),
+                stats.as_ref(),
             ))),
             loads: Loads::default(),
             interner: OnceLock::new(),
@@ -182,9 +221,9 @@ impl Moka {
             capacity,
             unsynced: AtomicU64::new(0),
             per_entry: AtomicBool::new(false),
-            ttl,
-            tti,
-            policy,
+            settings,
+            stats,
+            refresh,
         })
     }
 
@@ -218,32 +257,134 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let found = match self.key_ref(key)? {
-            Some(key) => self.lookup(py, &key),
-            None => None,
-        };
+        let found = self.read(py, self.key_ref(key)?.as_ref());
         Ok(found.unwrap_or_else(|| default.unwrap_or_else(|| py.None())))
     }
 
     /// The value for `key`; on a miss, calls `initializer()` once (however many
     /// threads ask at the same time), caches and returns its result.
+    /// With `refresh_after`, an entry older than that is returned at once and
+    /// reloaded in the background (`refresh.rs`).
     #[pyo3(signature = (key, initializer, ttl=None, tti=None))]
     fn get_with(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         key: &Bound<'_, PyAny>,
         initializer: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        let (this, py) = (slf.get(), slf.py());
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
-        let lookup = self.key_ref(key)?;
-        if let Some(found) = lookup.as_ref().and_then(|k| self.lookup(py, k)) {
+        let lookup = this.key_ref(key)?;
+        if let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) {
+            if let Some(seen) = stale {
+                let call = refresh::Call {
+                    func: initializer.clone().unbind(),
+                    args: PyTuple::empty(py).unbind(),
+                    kwargs: None,
+                };
+                this.refresh(slf, key, lookup.as_ref(), seen, call, ttl, tti);
+            }
             return Ok(found);
         }
-        let owned = self.owned(key, lookup.as_ref())?;
-        self.load(py, owned, || initializer.call0(), ttl, tti)
+        let owned = this.owned(key, lookup.as_ref())?;
+        this.load(py, owned, || initializer.call0(), ttl, tti)
+    }
+
+    /// `await cache.aget_with(key, initializer)`: `initializer` is an async
+    /// callable. A hit returns a finished awaitable; a miss, a coroutine that
+    /// joins the one computation of `key` on this event loop
+    /// (`python/moka_py/_aload.py`).
+    #[pyo3(signature = (key, initializer, ttl=None, tti=None))]
+    fn aget_with(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        initializer: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let (this, py) = (slf.get(), slf.py());
+        options::duration(ttl, "ttl")?;
+        options::duration(tti, "tti")?;
+        let lookup = this.key_ref(key)?;
+        let none = py.None();
+        let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
+        let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) else {
+            return aload(py, "load")?
+                .call1((slf, key, initializer, ttl, tti))
+                .map(Bound::unbind);
+        };
+        if stale.is_some() {
+            if let Err(err) = aload(py, "refresh")
+                .and_then(|refresh| refresh.call1((slf, key, initializer, ttl, tti)))
+            {
+                err.write_unraisable(py, Some(slf.as_any()));
+            }
+        }
+        Ok(Bound::new(py, Ready::new(found))?.into_any().unbind())
+    }
+
+    /// The values of the present, unexpired `keys`, as a dict (one call into
+    /// moka for the batch).
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        crate::bulk::get_many(self, py, keys)
+    }
+
+    /// Stores every `(key, value)` of `items` (a mapping or an iterable of
+    /// pairs). Every key and weight is checked before anything is stored.
+    #[pyo3(signature = (items, ttl=None, tti=None))]
+    fn set_many(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let ttl = options::duration(ttl, "ttl")?;
+        let tti = options::duration(tti, "tti")?;
+        crate::bulk::set_many(self, py, items, ttl, tti)
+    }
+
+    /// Removes the present `keys`; returns how many were removed.
+    fn remove_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        crate::bulk::remove_many(self, py, keys)
+    }
+
+    /// Removes the entries for which `predicate(key, value)` is true, run on
+    /// a snapshot outside moka; returns how many were removed.
+    fn remove_if(&self, py: Python<'_>, predicate: &Bound<'_, PyAny>) -> PyResult<u64> {
+        crate::bulk::remove_if(self, py, predicate)
+    }
+
+    /// A snapshot of the statistics (`stats=True`).
+    fn stats(&self) -> PyResult<CacheStats> {
+        Ok(self.stats_or_err()?.snapshot())
+    }
+
+    /// Sets every statistic back to zero (`stats=True`).
+    fn reset_stats(&self) -> PyResult<()> {
+        self.stats_or_err()?.reset();
+        Ok(())
+    }
+
+    /// Records an initializer call made outside Rust (the async loads of
+    /// `aget_with`): `seconds` it took, and whether it returned.
+    fn _record_load(&self, seconds: f64, ok: bool) {
+        if let Some(stats) = &self.stats {
+            let elapsed = Duration::try_from_secs_f64(seconds).unwrap_or_default();
+            stats.load(elapsed, ok);
+        }
+    }
+
+    /// The seconds after which `get_with` reloads an entry, or None.
+    #[getter]
+    fn refresh_after(&self) -> Option<f64> {
+        self.refresh.as_ref().map(|r| r.after.as_secs_f64())
     }
 
     /// Removes `key` and returns its value, or `default` when it was absent.
@@ -308,25 +449,25 @@ impl Moka {
     /// The maximum number of entries (or total weight, with a weigher).
     #[getter]
     fn capacity(&self) -> u64 {
-        self.capacity
+        self.settings.capacity
     }
 
     /// The eviction policy: `"tiny_lfu"` or `"lru"`.
     #[getter]
     fn policy(&self) -> &'static str {
-        self.policy.name()
+        self.settings.policy.name()
     }
 
     /// The cache-wide time to live in seconds, or None.
     #[getter]
     fn ttl(&self) -> Option<f64> {
-        self.ttl.map(|d| d.as_secs_f64())
+        self.settings.ttl.map(|d| d.as_secs_f64())
     }
 
     /// The cache-wide time to idle in seconds, or None.
     #[getter]
     fn tti(&self) -> Option<f64> {
-        self.tti.map(|d| d.as_secs_f64())
+        self.settings.tti.map(|d| d.as_secs_f64())
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -347,10 +488,8 @@ impl Moka {
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.key_ref(key)? {
-            Some(k) => self.lookup(py, &k).ok_or_else(|| key_error(key)),
-            None => Err(key_error(key)),
-        }
+        self.read(py, self.key_ref(key)?.as_ref())
+            .ok_or_else(|| key_error(key))
     }
 
     fn __setitem__(
@@ -404,10 +543,10 @@ impl Moka {
         };
         format!(
             "Moka(capacity={}, ttl={}, tti={}, policy={:?})",
-            self.capacity,
-            secs(self.ttl),
-            secs(self.tti),
-            self.policy.name()
+            self.settings.capacity,
+            secs(self.settings.ttl),
+            secs(self.settings.tti),
+            self.settings.policy.name()
         )
     }
 
@@ -417,6 +556,9 @@ impl Moka {
         }
         if let Some(w) = &self.weigher {
             w.traverse(&visit)?;
+        }
+        if let Some(r) = &self.refresh {
+            r.traverse(&visit)?;
         }
         if let Some(interner) = self.interner.get() {
             interner.traverse(&visit)?;
@@ -458,16 +600,11 @@ impl Drop for Moka {
 
 impl Moka {
     fn fresh_store(&self) -> Store {
-        build_store(
-            self.capacity,
-            self.policy,
-            self.ttl,
-            self.tti,
-            self.listener.as_ref(),
-        )
+        build_store(self.settings, self.listener.as_ref(), self.stats.as_ref())
     }
 
-    /// Lets go of the listener and the weigher (queued, as every release).
+    /// Lets go of the listener, the weigher and the given executor (queued,
+    /// as every release).
     fn clear_callbacks(&self) {
         if let Some(l) = &self.listener {
             l.clear();
@@ -475,6 +612,114 @@ impl Moka {
         if let Some(w) = &self.weigher {
             w.clear();
         }
+        if let Some(r) = &self.refresh {
+            r.clear();
+        }
+    }
+
+    pub(crate) fn loads(&self) -> &Loads {
+        &self.loads
+    }
+
+    fn stats_or_err(&self) -> PyResult<&Stats> {
+        self.stats.as_deref().ok_or_else(|| {
+            crate::errors::Error::Value(
+                "statistics are off for this cache: create it with Moka(..., stats=True)"
+                    .to_owned(),
+            )
+            .into()
+        })
+    }
+
+    /// Counts a read that asked for a value (with `stats=True`).
+    #[inline]
+    pub(crate) fn count_read(&self, hit: bool) {
+        if let Some(stats) = &self.stats {
+            if hit {
+                stats.hit();
+            } else {
+                stats.miss();
+            }
+        }
+    }
+
+    /// A read that asks for a value, counted in the statistics. `None` for a
+    /// key that cannot be present (see [`Moka::key_ref`]).
+    #[inline]
+    pub(crate) fn read(&self, py: Python<'_>, key: Option<&KeyRef>) -> Option<Py<PyAny>> {
+        let found = key.and_then(|k| self.lookup(py, k));
+        self.count_read(found.is_some());
+        found
+    }
+
+    /// `read` for a caller that can reload: the value, and the entry when a
+    /// read found it due for a refresh.
+    pub(crate) fn read_for_load(
+        &self,
+        py: Python<'_>,
+        key: Option<&KeyRef>,
+    ) -> Option<(Py<PyAny>, Option<Arc<Entry>>)> {
+        let refreshes = self.refresh.is_some();
+        let found = key.and_then(|key| {
+            call::enter(
+                py,
+                Span::Read,
+                || self.store.load().get(key),
+                |entry| {
+                    entry.map(|e| {
+                        let value = e.obj.clone_ref(py);
+                        (value, (refreshes && e.is_stale()).then_some(e))
+                    })
+                },
+            )
+        });
+        self.count_read(found.is_some());
+        found
+    }
+
+    /// Starts the reload of a stale entry (`refresh.rs`); errors go to
+    /// `sys.unraisablehook`, as the caller has its value.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn refresh(
+        &self,
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        lookup: Option<&KeyRef>,
+        seen: Arc<Entry>,
+        call: refresh::Call,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) {
+        let Some(refresher) = &self.refresh else {
+            return;
+        };
+        match self.owned(key, lookup) {
+            Ok(key) => refresher.start(
+                slf,
+                call,
+                refresh::Target {
+                    key,
+                    seen,
+                    ttl,
+                    tti,
+                },
+            ),
+            Err(err) => err.write_unraisable(slf.py(), Some(key)),
+        }
+    }
+
+    /// Runs an initializer (`init`), recording the call in the statistics.
+    pub(crate) fn compute<'py>(
+        &self,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(stats) = &self.stats else {
+            return init();
+        };
+        let start = Instant::now();
+        let result = init();
+        stats.load(start.elapsed(), result.is_ok());
+        result
     }
 
     fn interner(&self) -> &Arc<Interner> {
@@ -530,7 +775,7 @@ impl Moka {
             py,
             key,
             |key| self.lookup(py, key),
-            init,
+            || self.compute(init),
             |key, value| self.insert_key(py, key, value, ttl, tti),
         )
     }
@@ -604,7 +849,7 @@ impl Moka {
     }
 
     /// The entry for `value`: runs the weigher (attached, holding nothing).
-    fn entry(
+    pub(crate) fn entry(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
@@ -631,19 +876,65 @@ impl Moka {
     }
 
     fn store_entry(&self, py: Python<'_>, key: Key, entry: Arc<Entry>) {
+        self.write(py, entry.weight, move |store| store.insert(key, entry));
+    }
+
+    /// A write of one key: `op` on the store, then the size bound for the
+    /// `weight` it added.
+    pub(crate) fn write<T: Send>(
+        &self,
+        py: Python<'_>,
+        weight: u32,
+        op: impl FnOnce(&Store) -> T + Send,
+    ) -> T {
         call::enter(
             py,
             Span::Write,
             || {
                 let store = self.store.load();
-                let weight = entry.weight;
-                store.insert(key, entry);
+                let out = op(&store);
                 if self.bounded {
                     self.bound_size(&store, weight);
                 }
+                out
             },
-            |()| (),
-        );
+            |out| out,
+        )
+    }
+
+    /// A write of a batch (`bulk.rs`): `op` gets the store and a function
+    /// that keeps the size bound for the weight of each insert; detached, as
+    /// a batch can last.
+    pub(crate) fn write_batch<T: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&Store, &dyn Fn(&Store, u32)) -> T + Send,
+    ) -> T {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let store = self.store.load();
+                let bound = |store: &Store, weight: u32| {
+                    if self.bounded {
+                        self.bound_size(store, weight);
+                    }
+                };
+                op(&store, &bound)
+            },
+            |out| out,
+        )
+    }
+
+    /// Reads a batch (`bulk.rs`): `op` on the store, detached; `then` on its
+    /// result, attached.
+    pub(crate) fn read_batch<T: Send, R>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&Store) -> T + Send,
+        then: impl FnOnce(T) -> R,
+    ) -> R {
+        call::enter(py, Span::Long, || op(&self.store.load()), then)
     }
 
     /// Keeps the size within `capacity + slack`: moka applies writes in
@@ -679,7 +970,21 @@ impl Moka {
 
     /// Calls `f` with the entries, collected detached (a long walk); `f`
     /// runs attached and may build Python objects.
-    fn snapshot<R>(&self, py: Python<'_>, f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R) -> R {
+    pub(crate) fn snapshot<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R,
+    ) -> R {
         call::enter(py, Span::Long, || self.store.load().iter().collect(), f)
     }
+}
+
+/// A function of `python/moka_py/_aload.py` (the async loads of `aget_with`),
+/// imported on first use.
+fn aload<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || py.import("moka_py._aload").map(Bound::unbind))?
+        .bind(py)
+        .getattr(name)
 }

@@ -1,6 +1,7 @@
 //! The value moka stores: the Python object plus what moka's policies need to
 //! know about it, computed before the insert so that moka never calls Python.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -12,6 +13,10 @@ pub(crate) struct Entry {
     pub(crate) obj: PyOwned,
     /// The weigher's result (1 without a weigher), read by moka's weigher.
     pub(crate) weight: u32,
+    /// Set by a read that found the entry older than the cache's
+    /// `refresh_after` (see [`crate::expiry::PerEntry`]); it fits in the
+    /// padding after `weight`, so the entry does not grow.
+    stale: AtomicBool,
     /// Per-entry expiration, read by [`crate::expiry::PerEntry`]; boxed, so
     /// that the common entry without it stays small (one allocation of
     /// 40 bytes with its `Arc`, instead of 64).
@@ -35,6 +40,7 @@ impl Entry {
         Entry {
             obj: PyOwned::new(obj),
             weight,
+            stale: AtomicBool::new(false),
             deadlines,
         }
     }
@@ -47,5 +53,17 @@ impl Entry {
     /// Per-entry time to idle.
     pub(crate) fn tti(&self) -> Option<Duration> {
         self.deadlines.as_ref().and_then(|d| d.tti)
+    }
+
+    /// Whether a read found this entry due for a refresh.
+    #[inline]
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_stale(&self) {
+        if !self.is_stale() {
+            self.stale.store(true, Ordering::Relaxed);
+        }
     }
 }

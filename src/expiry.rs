@@ -5,6 +5,10 @@
 //! can only shorten the cache-wide policy. An entry set without per-entry
 //! values has no per-entry deadline, so re-setting a key without them clears
 //! the ones it had.
+//!
+//! moka calls the read hook on every read with the time the entry was last
+//! written, which is all `refresh_after` needs: the hook marks an entry older
+//! than that as stale, and `get_with` starts its reload (`refresh.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +18,10 @@ use moka::Expiry;
 use crate::entry::Entry;
 use crate::key::Key;
 
-pub(crate) struct PerEntry;
+pub(crate) struct PerEntry {
+    /// The cache's `refresh_after`.
+    pub(crate) refresh_after: Option<Duration>,
+}
 
 fn first_deadline(entry: &Entry) -> Option<Duration> {
     match (entry.ttl(), entry.tti()) {
@@ -36,6 +43,11 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
         duration_until_expiry: Option<Duration>,
         last_modified_at: Instant,
     ) -> Option<Duration> {
+        if let Some(after) = self.refresh_after {
+            if read_at.saturating_duration_since(last_modified_at) >= after {
+                entry.mark_stale();
+            }
+        }
         let Some(tti) = entry.tti() else {
             return duration_until_expiry;
         };

@@ -7,6 +7,7 @@
 //! enters moka, are written down in [`call`]: no Python code runs inside moka
 //! or under any lock of this binding.
 
+mod bulk;
 mod cache;
 mod cached;
 mod call;
@@ -21,7 +22,9 @@ mod listener;
 mod loader;
 mod options;
 mod ready;
+mod refresh;
 mod slot;
+mod stats;
 
 use pyo3::exceptions::PyImportError;
 
@@ -49,8 +52,10 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
     m.add_class::<ready::Ready>()?;
+    m.add_class::<stats::CacheStats>()?;
     ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
+    m.add_function(wrap_pyfunction!(refresh::_write_unraisable, m)?)?;
     let mark = m.py().eval(c"object()", None, None)?;
     key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;

@@ -36,20 +36,16 @@ impl Listener {
         })
     }
 
-    /// The function given to moka: queues, never runs Python.
-    pub(crate) fn queue(
-        self: &Arc<Self>,
-    ) -> impl Fn(Arc<Key>, Arc<Entry>, RemovalCause) + Send + Sync {
-        let listener = Arc::clone(self);
-        move |key, entry, cause| {
-            let n = Notification {
-                listener: Arc::clone(&listener),
-                key,
-                entry,
-                cause,
-            };
-            crate::deferred::defer(crate::deferred::Item::Notify(n));
-        }
+    /// Called from moka's eviction listener: queues the notification, never
+    /// runs Python.
+    pub(crate) fn notify(self: &Arc<Self>, key: Arc<Key>, entry: Arc<Entry>, cause: RemovalCause) {
+        let n = Notification {
+            listener: Arc::clone(self),
+            key,
+            entry,
+            cause,
+        };
+        crate::deferred::defer(crate::deferred::Item::Notify(n));
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {

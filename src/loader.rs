@@ -25,7 +25,7 @@
 //! `SystemExit`) propagates in the leader only, and the waiters start over.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
@@ -61,7 +61,9 @@ pub(crate) struct Loads {
 }
 
 pub(crate) struct Load {
-    owner: ThreadId,
+    /// The thread running the initializer: the leader from the start, or for
+    /// a refresh the pool thread, once it starts (`refresh.rs`).
+    owner: OnceLock<ThreadId>,
     generation: u64,
     state: Mutex<State>,
     done: Condvar,
@@ -137,7 +139,7 @@ impl Loads {
                 Joined::Leader(load) => break Some(load),
                 Joined::Waiter(load) => load,
             };
-            if load.owner == me {
+            if load.owner.get() == Some(&me) {
                 return Err(Error::Recursion(format!(
                     "get_with: the initializer for key {} asked for the same key again on the \
                      same thread (it would wait for itself forever)",
@@ -181,14 +183,7 @@ impl Loads {
     /// Joins the load of `key`, starting it if none is in flight.
     fn join(&self, py: Python<'_>, key: &Key, me: ThreadId) -> Joined {
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
-        let new_load = || {
-            Arc::new(Load {
-                owner: me,
-                generation,
-                state: Mutex::new(State::Running),
-                done: Condvar::new(),
-            })
-        };
+        let new_load = || Load::new(Some(me), generation);
         let key = key.clone_ref(py);
         crate::call::enter(
             py,
@@ -212,7 +207,57 @@ impl Loads {
     }
 }
 
+impl Loads {
+    /// Claims the load of `key` for a refresh (`refresh.rs`): the new load,
+    /// or `None` when one is in flight already. Whoever runs the refresh
+    /// later calls [`Leader::start`], then publishes through the leader.
+    pub(crate) fn claim(&self, py: Python<'_>, key: &Key) -> Option<Arc<Load>> {
+        let generation = FORK_GENERATION.load(Ordering::Relaxed);
+        let key = key.clone_ref(py);
+        crate::call::enter(
+            py,
+            Span::Write,
+            || match self.map.entry(key) {
+                MapEntry::Occupied(e) if e.get().generation == generation => None,
+                MapEntry::Occupied(mut e) => {
+                    let load = Load::new(None, generation);
+                    e.insert(Arc::clone(&load));
+                    Some(load)
+                }
+                MapEntry::Vacant(e) => {
+                    let load = Load::new(None, generation);
+                    e.insert(Arc::clone(&load));
+                    Some(load)
+                }
+            },
+            |claimed| claimed,
+        )
+    }
+
+    /// The leader of a load claimed by [`Loads::claim`].
+    pub(crate) fn leader(&self, key: Key, load: Arc<Load>) -> Leader<'_> {
+        Leader {
+            loads: self,
+            key,
+            load: Some(load),
+        }
+    }
+}
+
 impl Load {
+    fn new(owner: Option<ThreadId>, generation: u64) -> Arc<Self> {
+        let cell = OnceLock::new();
+        if let Some(owner) = owner {
+            let _ = cell.set(owner);
+        }
+        Arc::new(Load {
+            owner: cell,
+            generation,
+            state: Mutex::new(State::Running),
+            done: Condvar::new(),
+        })
+    }
+
     /// Waits, detached, for the leader's outcome.
     fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
         let me = thread::current().id();
@@ -233,7 +278,9 @@ impl Load {
                 |state| state,
             );
             match state {
-                State::Running if crate::call::main_thread_exiting() && self.owner != me => {
+                State::Running
+                    if crate::call::main_thread_exiting() && self.owner.get() != Some(&me) =>
+                {
                     return Ok(Outcome::Orphaned);
                 }
                 State::Running => py.check_signals()?,
@@ -245,16 +292,26 @@ impl Load {
     }
 }
 
-/// The leader's handle (see [`Loads::load`]).
-struct Leader<'a> {
+/// The leader's handle (see [`Loads::load`]). Dropped without `publish`, it
+/// abandons the load: its waiters start over.
+pub(crate) struct Leader<'a> {
     loads: &'a Loads,
     key: Key,
     load: Option<Arc<Load>>,
 }
 
 impl Leader<'_> {
+    /// Records the calling thread as the one running the initializer (a
+    /// refresh, on its pool thread), so that a `get_with` of the same key from
+    /// inside the initializer raises instead of waiting for itself.
+    pub(crate) fn start(&self) {
+        if let Some(load) = &self.load {
+            let _ = load.owner.set(thread::current().id());
+        }
+    }
+
     /// Publishes the outcome of the initializer: `Ok(value)` or its error.
-    fn publish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
+    pub(crate) fn publish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
         let state = match result {
             Ok(value) => State::Ready(Arc::new(PyOwned::new(value.clone_ref(py)))),
             Err(err) if err.is_instance_of::<PyException>(py) => {

@@ -120,3 +120,45 @@ pub(crate) fn type_name(value: &Bound<'_, PyAny>) -> String {
         .name()
         .map_or_else(|_| "?".to_owned(), |n| n.to_string())
 }
+
+/// The refresh settings: `refresh_after` shorter than the cache-wide `ttl`,
+/// and an `executor` (with a `submit` method) only together with it.
+pub(crate) fn refresh(
+    refresh_after: Option<Duration>,
+    ttl: Option<Duration>,
+    executor: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<crate::refresh::Refresher>> {
+    let Some(after) = refresh_after else {
+        return match executor {
+            Some(_) => Err(Error::Value(
+                "executor is used only for refreshes: give refresh_after too".to_owned(),
+            )
+            .into()),
+            None => Ok(None),
+        };
+    };
+    if let Some(ttl) = ttl {
+        if after >= ttl {
+            return Err(Error::Value(format!(
+                "refresh_after ({} s) must be shorter than ttl ({} s)",
+                after.as_secs_f64(),
+                ttl.as_secs_f64()
+            ))
+            .into());
+        }
+    }
+    if let Some(executor) = executor {
+        let submit = executor
+            .getattr(pyo3::intern!(executor.py(), "submit"))
+            .ok();
+        if !submit.is_some_and(|s| s.is_callable()) {
+            return Err(Error::Type(format!(
+                "executor must be a concurrent.futures.Executor (an object with a submit \
+                 method), not {}",
+                type_name(executor)
+            ))
+            .into());
+        }
+    }
+    Ok(Some(crate::refresh::Refresher::new(after, executor)))
+}

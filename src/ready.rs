@@ -68,7 +68,7 @@ pub(crate) fn add_send_slot(py: Python<'_>) {
 #[pymethods]
 impl Ready {
     #[new]
-    fn new(value: Py<PyAny>) -> Self {
+    pub(crate) fn new(value: Py<PyAny>) -> Self {
         Ready { value }
     }
 

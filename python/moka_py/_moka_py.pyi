@@ -1,6 +1,15 @@
 """The Rust core of moka_py (built from ``src/``)."""
 
-from collections.abc import Callable, Generator, Hashable, Iterator
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from concurrent.futures import Executor
 from typing import Any, Generic, Literal, NoReturn, TypeVar, final, overload
 
 from typing_extensions import Self, disjoint_base
@@ -9,7 +18,16 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 _D = TypeVar("_D")
 
-__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "Moka", "Ready", "make_key"]
+__all__ = [
+    "VERSION",
+    "_KWARGS_MARK",
+    "CacheStats",
+    "CachedFunction",
+    "Moka",
+    "Ready",
+    "_write_unraisable",
+    "make_key",
+]
 
 VERSION: str
 """The version of the moka_py package."""
@@ -37,6 +55,9 @@ class Moka(Generic[_K, _V]):
         eviction_listener: Callable[[_K, _V, _Cause], object] | None = None,
         policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
         weigher: Callable[[_K, _V], int] | None = None,
+        stats: bool = False,
+        refresh_after: float | None = None,
+        executor: Executor | None = None,
     ) -> Self:
         """Creates a cache.
 
@@ -51,8 +72,16 @@ class Moka(Generic[_K, _V]):
         :param policy: ``"tiny_lfu"`` (admission by frequency, the default) or ``"lru"``.
         :param weigher: ``weigher(key, value) -> int``, the weight of an entry,
             called on the calling thread before each insert (clamped to 2**32-1).
+        :param stats: record statistics, read with :meth:`stats`.
+        :param refresh_after: seconds after which ``get_with`` (and
+            ``aget_with``) returns an entry's value at once and reloads it in
+            the background with the same initializer; shorter than ``ttl``.
+        :param executor: where the reloads run (a ``concurrent.futures.Executor``);
+            by default a ``ThreadPoolExecutor`` the cache makes on first use.
         :raises ValueError: a non-positive, non-finite or too long (over 1000 years)
-            ``ttl``/``tti``, a negative capacity, an unknown policy.
+            ``ttl``/``tti``/``refresh_after``, ``refresh_after`` not shorter than
+            ``ttl``, ``executor`` without ``refresh_after``, a negative capacity,
+            an unknown policy.
         :raises TypeError: arguments of the wrong type.
         """
 
@@ -68,6 +97,9 @@ class Moka(Generic[_K, _V]):
     @property
     def tti(self) -> float | None:
         """The cache-wide time to idle in seconds."""
+    @property
+    def refresh_after(self) -> float | None:
+        """The seconds after which ``get_with`` reloads an entry, or None."""
     def set(self, key: _K, value: _V, ttl: float | None = None, tti: float | None = None) -> None:
         """Stores ``value`` under ``key``.
 
@@ -93,7 +125,52 @@ class Moka(Generic[_K, _V]):
         waiting thread raises (a copy of) the same exception, nothing is cached
         and the next call tries again. Calling ``get_with`` for the same key from
         inside its own initializer raises ``RuntimeError``.
+
+        With ``refresh_after``, an entry older than that is returned at once and
+        reloaded once in the background (see ``Moka``); if the reload raises,
+        the old value stays until it expires and the exception goes to
+        ``sys.unraisablehook``.
         """
+    def aget_with(
+        self,
+        key: _K,
+        initializer: Callable[[], Awaitable[_V]],
+        ttl: float | None = None,
+        tti: float | None = None,
+    ) -> Awaitable[_V]:
+        """``await cache.aget_with(key, initializer)``: the value for ``key``,
+        computed by ``await initializer()`` on a miss.
+
+        The awaiters of a missing key on one event loop share one computation
+        (an ``asyncio.Task``); cancelling one awaiter does not cancel it for the
+        others; if it raises, nothing is cached. A value stored by any thread or
+        loop is a hit, and the event loop never waits for another thread."""
+    def get_many(self, keys: Iterable[_K]) -> dict[_K, _V]:
+        """The values of the present, unexpired ``keys``."""
+    def set_many(
+        self,
+        items: Mapping[_K, _V] | Iterable[tuple[_K, _V]],
+        ttl: float | None = None,
+        tti: float | None = None,
+    ) -> None:
+        """Stores every ``(key, value)`` pair. Every key (and weight) is checked
+        before anything is stored."""
+    def remove_many(self, keys: Iterable[_K]) -> int:
+        """Removes the present ``keys``; returns how many were removed."""
+    def remove_if(self, predicate: Callable[[_K, _V], object]) -> int:
+        """Removes the entries for which ``predicate(key, value)`` is true
+        (run on a snapshot, outside the cache; the listener sees cause
+        ``"explicit"``); returns how many were removed."""
+    def stats(self) -> CacheStats:
+        """A snapshot of the statistics.
+
+        :raises ValueError: the cache was made without ``stats=True``."""
+    def reset_stats(self) -> None:
+        """Sets every statistic back to zero.
+
+        :raises ValueError: the cache was made without ``stats=True``."""
+    def _record_load(self, seconds: float, ok: bool) -> None:
+        """Records an initializer call made outside Rust (``aget_with``)."""
     @overload
     def remove(self, key: _K) -> _V | None: ...
     @overload
@@ -179,3 +256,45 @@ class Ready(Generic[_V]):
         """Raises the exception it is given."""
     def close(self) -> None:
         """Does nothing: there is nothing to stop."""
+
+@final
+class CacheStats:
+    """A snapshot of a cache's statistics (``Moka.stats()``)."""
+
+    @property
+    def hits(self) -> int:
+        """Reads that found a value (``get``, ``[]``, ``get_with``, ``get_many``,
+        ``aget_with``, ``@cached`` calls; ``in`` is not counted)."""
+    @property
+    def misses(self) -> int:
+        """Reads that found none."""
+    @property
+    def loads(self) -> int:
+        """Initializer calls that returned a value (refreshes included)."""
+    @property
+    def load_failures(self) -> int:
+        """Initializer calls that raised."""
+    @property
+    def load_time(self) -> float:
+        """Seconds spent in initializer calls, in all."""
+    @property
+    def evictions(self) -> int:
+        """Entries evicted for size."""
+    @property
+    def evicted_weight(self) -> int:
+        """The total weight of the entries evicted for size."""
+    @property
+    def expirations(self) -> int:
+        """Entries removed because they expired."""
+    @property
+    def requests(self) -> int:
+        """``hits + misses``."""
+    @property
+    def hit_rate(self) -> float:
+        """``hits / requests``; 0.0 without requests."""
+    @property
+    def miss_rate(self) -> float:
+        """``misses / requests``; 0.0 without requests."""
+
+def _write_unraisable(exc: BaseException, obj: object, /) -> None:
+    """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""

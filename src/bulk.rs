@@ -1,0 +1,176 @@
+//! The batch methods of `Moka`: `get_many`, `set_many`, `remove_many` and
+//! `remove_if`.
+//!
+//! Each crosses into moka once for the whole batch, detached (a batch can
+//! last), after everything that runs Python code is done: keys are resolved
+//! (and `set_many`'s weigher runs) first, so a bad key or weight raises
+//! before anything changes, and `remove_if`'s predicate runs on a snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::ops::compute::{CompResult, Op};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::cache::Moka;
+use crate::entry::Entry;
+use crate::key::{Key, KeyRef};
+
+/// The lookup keys of `keys` (an iterable), in order.
+fn lookup_keys(
+    cache: &Moka,
+    keys: &Bound<'_, PyAny>,
+) -> PyResult<Vec<(Py<PyAny>, Option<KeyRef>)>> {
+    keys.try_iter()?
+        .map(|obj| {
+            let obj = obj?;
+            let key = cache.key_ref(&obj)?;
+            Ok((obj.unbind(), key))
+        })
+        .collect()
+}
+
+pub(crate) fn get_many<'py>(
+    cache: &Moka,
+    py: Python<'py>,
+    keys: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let keys = lookup_keys(cache, keys)?;
+    let refs: Vec<Option<&KeyRef>> = keys.iter().map(|(_, k)| k.as_ref()).collect();
+    let found: Vec<Option<Arc<Entry>>> = cache.read_batch(
+        py,
+        |store| {
+            refs.iter()
+                .map(|key| key.and_then(|key| store.get(key)))
+                .collect()
+        },
+        |found| found,
+    );
+    let out = PyDict::new(py);
+    for ((obj, _), entry) in keys.iter().zip(&found) {
+        cache.count_read(entry.is_some());
+        if let Some(entry) = entry {
+            out.set_item(obj.bind(py), entry.obj.clone_ref(py))?;
+        }
+    }
+    drop(found);
+    crate::call::after(py);
+    Ok(out)
+}
+
+/// The `(key, value)` pairs of `items`: a mapping's items, or an iterable of
+/// pairs (as `dict(items)` takes them).
+fn pairs<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    let py = items.py();
+    let iter = if items.hasattr(pyo3::intern!(py, "keys"))? {
+        items.call_method0(pyo3::intern!(py, "items"))?.try_iter()?
+    } else {
+        items.try_iter()?
+    };
+    iter.enumerate()
+        .map(|(i, pair)| {
+            let pair = pair?;
+            let mut parts = pair.try_iter().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "set_many: element #{i} is not a (key, value) pair: {}",
+                    crate::options::type_name(&pair)
+                ))
+            })?;
+            let (Some(k), Some(v), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(PyValueError::new_err(format!(
+                    "set_many: element #{i} is not a (key, value) pair (2 items are required)"
+                )));
+            };
+            Ok((k?, v?))
+        })
+        .collect()
+}
+
+pub(crate) fn set_many(
+    cache: &Moka,
+    py: Python<'_>,
+    items: &Bound<'_, PyAny>,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+) -> PyResult<()> {
+    let mut batch: Vec<(Key, Arc<Entry>)> = Vec::new();
+    let prepared = pairs(items).and_then(|pairs| {
+        for (k, v) in pairs {
+            let key = cache.key(&k)?;
+            let entry = cache.entry(py, &k, &v, ttl, tti)?;
+            batch.push((key, entry));
+        }
+        Ok(())
+    });
+    if let Err(err) = prepared {
+        // Release the keys made so far now, not at this thread's next call.
+        drop(batch);
+        crate::call::after(py);
+        return Err(err);
+    }
+    cache.write_batch(py, move |store, bound| {
+        for (key, entry) in batch {
+            let weight = entry.weight;
+            store.insert(key, entry);
+            bound(store, weight);
+        }
+    });
+    Ok(())
+}
+
+pub(crate) fn remove_many(cache: &Moka, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let keys = lookup_keys(cache, keys)?;
+    let refs: Vec<&KeyRef> = keys.iter().filter_map(|(_, k)| k.as_ref()).collect();
+    Ok(cache.write_batch(py, |store, _| {
+        let mut removed = 0;
+        for key in refs {
+            // An expired entry is absent here as everywhere.
+            if store.contains_key(key) && store.remove(key).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }))
+}
+
+pub(crate) fn remove_if(
+    cache: &Moka,
+    py: Python<'_>,
+    predicate: &Bound<'_, PyAny>,
+) -> PyResult<u64> {
+    let entries = cache.snapshot(py, |entries| entries);
+    let mut chosen: Vec<(Key, Arc<Entry>)> = Vec::new();
+    for (key, entry) in &entries {
+        let pick = crate::call::call_python(py, || {
+            predicate
+                .call1((key.obj().clone_ref(py), entry.obj.clone_ref(py)))?
+                .is_truthy()
+        });
+        match pick {
+            Ok(true) => chosen.push((key.clone_ref(py), Arc::clone(entry))),
+            Ok(false) => {}
+            Err(err) => {
+                drop((chosen, entries));
+                crate::call::after(py);
+                return Err(err);
+            }
+        }
+    }
+    drop(entries);
+    // An entry written again since the snapshot was not judged: it stays.
+    Ok(cache.write_batch(py, move |store, _| {
+        let mut removed = 0;
+        for (key, seen) in chosen {
+            let result = store.entry(key).and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), &seen) => Op::Remove,
+                _ => Op::Nop,
+            });
+            if matches!(result, CompResult::Removed(_)) {
+                removed += 1;
+            }
+        }
+        removed
+    }))
+}
