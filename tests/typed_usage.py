@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from moka_py import VERSION, CacheInfo, Moka, cached
+from concurrent.futures import ThreadPoolExecutor
+
+from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached
 
 Cause = Literal["expired", "explicit", "replaced", "size"]
 
@@ -50,6 +52,31 @@ async def fetch(x: int) -> str:
     return str(x)
 
 
+def use_moka_features() -> None:
+    pool = ThreadPoolExecutor(1)
+    c: Moka[str, int] = Moka(10, ttl=2.0, stats=True, refresh_after=1.0, executor=pool)
+    c.set_many({"a": 1}, ttl=1.0)
+    c.set_many([("b", 2)])
+    got: dict[str, int] = c.get_many(["a", "b"])
+    gone: int = c.remove_many(["a"]) + c.remove_if(lambda k, v: v > 1)
+    after: float | None = c.refresh_after
+    s: CacheStats = c.stats()
+    figures: tuple[int, ...] = (s.hits, s.misses, s.loads, s.load_failures, s.requests)
+    more: tuple[int, ...] = (s.evictions, s.evicted_weight, s.expirations)
+    rates: tuple[float, ...] = (s.hit_rate, s.miss_rate, s.load_time)
+    c.reset_stats()
+
+    async def load() -> int:
+        return 3
+
+    async def main() -> int:
+        return await c.aget_with("c", load, ttl=1.0)
+
+    three: int = asyncio.run(main())
+    pool.shutdown()
+    del got, gone, after, figures, more, rates, three
+
+
 def use_cached() -> None:
     n: int = square(3) + bare(2)
     info: CacheInfo = square.cache_info()
@@ -61,4 +88,5 @@ def use_cached() -> None:
 
 def test_typed_usage() -> None:
     use_moka()
+    use_moka_features()
     use_cached()
