@@ -201,6 +201,7 @@ def test_does_not_block_the_loop_while_a_thread_loads() -> None:
     assert not t.is_alive()
 
 
+@pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
 def test_refresh_runs_as_a_task_on_the_loop(unraisable: list[Any]) -> None:
     cache: Moka[str, int] = Moka(100, refresh_after=0.05)
     n = 0

@@ -117,6 +117,7 @@ def test_one_reload_however_many_threads_read(run_threads: Any) -> None:
     assert most == 1
 
 
+@pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
 def test_failed_reload_keeps_old_value_and_reports(unraisable: list[Any]) -> None:
     cache: Moka[str, int] = Moka(10, ttl=5, refresh_after=AFTER)
     cache.get_with("k", lambda: 1)
@@ -239,6 +240,7 @@ def test_given_executor_runs_the_reloads() -> None:
     pool.shutdown()
 
 
+@pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
 def test_shut_down_executor_reports_and_recovers(unraisable: list[Any]) -> None:
     pool = ThreadPoolExecutor(1)
     pool.shutdown()
