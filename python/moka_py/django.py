@@ -153,8 +153,8 @@ class MokaCache(BaseCache):
     (``add`` then stores nothing but returns ``True`` if the key was absent).
     ``delete`` returns ``False`` for an expired key, where ``LocMemCache``
     returns ``True`` until it notices the expiry. The ``a*`` methods run the
-    sync ones directly, in the event loop: no call waits longer than a few
-    moka calls of another thread on the same key.
+    sync ones directly, in the event loop: with pickled values no call waits
+    longer than a few moka calls of another thread on the same key.
     """
 
     pickle_protocol = pickle.HIGHEST_PROTOCOL
