@@ -14,7 +14,18 @@ def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 6
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize(
+    "code",
+    [
+        # A block that configures Django's settings (once per process) runs alone
+        # under pytest-run-parallel.
+        pytest.param(code, marks=pytest.mark.thread_unsafe)
+        if "settings.configure(" in code
+        else code
+        for code in BLOCKS
+    ],
+    ids=[f"block{i}" for i in range(len(BLOCKS))],
+)
 def test_readme_block(code: str) -> None:
     exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
 
