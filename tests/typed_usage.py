@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
-
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached
 

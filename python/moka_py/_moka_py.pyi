@@ -296,5 +296,5 @@ class CacheStats:
     def miss_rate(self) -> float:
         """``misses / requests``; 0.0 without requests."""
 
-def _write_unraisable(exc: BaseException, obj: object, /) -> None:
+def _write_unraisable(exc: BaseException, obj: object) -> None:
     """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""
