@@ -58,5 +58,8 @@ else
 fi
 
 log "benchmark (progress on stderr)"
-PYTHONHASHSEED=0 "$bench/bin/python" "$ROOT/ci/bench.py" --peer-python "$peer/bin/python" \
+# The package ci/bench/ runs as ci.bench with the repository on PYTHONPATH; its
+# worker processes, in the other venvs, inherit that.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+PYTHONHASHSEED=0 "$bench/bin/python" -m ci.bench --peer-python "$peer/bin/python" \
     --ft-python "$ft/bin/python" "${ft_peer_args[@]}" --ft-status "$status" "$@"

@@ -2,7 +2,7 @@
 # Where the time of one operation goes: instructions per operation under
 # callgrind (stable on a shared machine, unlike times), charged to CPython,
 # PyO3, this binding, moka and the allocator; moka-py 0.5.0 side by side.
-#   bash ci/profile.sh [--out DIR] [OPERATION...]     (see ci/profile.py)
+#   bash ci/profile.sh [--out DIR] [OPERATION...]     (see ci/profile/driver.py)
 # Needs valgrind (installed with apt-get when missing). Builds moka_py in
 # release mode with line tables (so that inlined code keeps its source) into
 # its own venv, .venvs/profile.
@@ -21,5 +21,9 @@ CARGO_TARGET_DIR="$ROOT/target/profile" CARGO_PROFILE_RELEASE_DEBUG=line-tables-
 peer=$(new_venv bench-moka-py-0.5.0 "$PY_GIL")
 "$peer/bin/python" -m pip install -q "moka-py==0.5.0" >&2
 log "callgrind, two runs per operation (progress on stderr)"
-"$venv/bin/python" "$ROOT/ci/profile.py" --python "moka_py=$venv/bin/python" \
+# The package ci/profile/ runs as ci.profile (a top-level "profile" would
+# shadow the standard library's) with the repository on PYTHONPATH; the
+# workload processes under valgrind inherit that.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+"$venv/bin/python" -m ci.profile --python "moka_py=$venv/bin/python" \
     --python "moka-py 0.5.0=$peer/bin/python" "$@"

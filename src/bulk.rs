@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::ops::compute::{CompResult, Op};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::cache::Moka;
 use crate::entry::Entry;
+use crate::errors::Error;
 use crate::key::{Key, KeyRef};
 
 /// The lookup keys of `keys` (an iterable), in order.
@@ -72,16 +72,12 @@ fn pairs<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<(Bound<'py, PyAny>, Bou
     iter.enumerate()
         .map(|(i, pair)| {
             let pair = pair?;
-            let mut parts = pair.try_iter().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "set_many: element #{i} is not a (key, value) pair: {}",
-                    crate::options::type_name(&pair)
-                ))
-            })?;
+            let rule = format!("set_many: element #{i} must be a (key, value) pair");
+            let mut parts = pair
+                .try_iter()
+                .map_err(|_| Error::wrong_type(&rule, &pair))?;
             let (Some(k), Some(v), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(PyValueError::new_err(format!(
-                    "set_many: element #{i} is not a (key, value) pair (2 items are required)"
-                )));
+                return Err(Error::bad_value(&rule, &pair).into());
             };
             Ok((k?, v?))
         })

@@ -187,10 +187,10 @@ impl Moka {
         ] {
             if let Some(f) = f {
                 if !f.is_callable() {
-                    return Err(crate::errors::Error::Type(format!(
-                        "{name} must be callable or None, not {}",
-                        options::type_name(f)
-                    ))
+                    return Err(crate::errors::Error::wrong_type(
+                        &format!("{name} must be callable or None"),
+                        f,
+                    )
                     .into());
                 }
             }

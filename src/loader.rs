@@ -143,10 +143,7 @@ impl Loads {
                 return Err(Error::Recursion(format!(
                     "get_with: the initializer for key {} asked for the same key again on the \
                      same thread (it would wait for itself forever)",
-                    key.obj()
-                        .bind(py)
-                        .repr()
-                        .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                    crate::errors::repr(key.obj().bind(py))
                 ))
                 .into());
             }

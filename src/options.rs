@@ -13,7 +13,10 @@ const MAX_SECONDS: f64 = 1000.0 * 365.0 * 24.0 * 3600.0;
 
 /// Parses a `ttl`/`tti` in seconds: a positive, finite int or float of at most
 /// 1000 years. `name` is the argument's name, used in the messages.
-pub(crate) fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<Duration>> {
+pub(crate) fn duration(
+    value: Option<&Bound<'_, PyAny>>,
+    name: &str,
+) -> Result<Option<Duration>, Error> {
     let Some(value) = value else { return Ok(None) };
     if value.is_none() {
         return Ok(None);
@@ -21,39 +24,43 @@ pub(crate) fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult
     if value.is_instance_of::<PyBool>()
         || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
     {
-        return Err(Error::Type(format!(
-            "{name} must be a number of seconds (int or float) or None, not {}",
-            type_name(value)
-        ))
-        .into());
+        return Err(Error::wrong_type(
+            &format!("{name} must be a number of seconds (int or float) or None"),
+            value,
+        ));
     }
     // Big ints become +-inf here and are rejected below like other huge values.
     let seconds: f64 = value.extract().unwrap_or(f64::INFINITY);
     if seconds.is_nan() || seconds <= 0.0 {
-        return Err(Error::Value(format!("{name} must be positive")).into());
+        return Err(Error::bad_value(&format!("{name} must be positive"), value));
     }
     if seconds.is_infinite() {
-        return Err(Error::Value(format!("{name} must be positive and finite")).into());
+        return Err(Error::bad_value(
+            &format!("{name} must be positive and finite"),
+            value,
+        ));
     }
     if seconds > MAX_SECONDS {
-        return Err(Error::Value(format!("{name} is out of range")).into());
+        return Err(Error::bad_value(
+            &format!("{name} is out of range (at most 1000 years)"),
+            value,
+        ));
     }
     Ok(Some(Duration::from_secs_f64(seconds)))
 }
 
-pub(crate) fn capacity(value: &Bound<'_, PyAny>) -> PyResult<u64> {
+pub(crate) fn capacity(value: &Bound<'_, PyAny>) -> Result<u64, Error> {
     if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(Error::Type(format!(
-            "capacity must be a non-negative int, not {}",
-            type_name(value)
-        ))
-        .into());
+        return Err(Error::wrong_type(
+            "capacity must be a non-negative int",
+            value,
+        ));
     }
     value.extract::<u64>().map_err(|_| {
-        Error::Value(format!(
-            "capacity must be a non-negative int that fits in 64 bits, got {value}"
-        ))
-        .into()
+        Error::bad_value(
+            "capacity must be a non-negative int that fits in 64 bits",
+            value,
+        )
     })
 }
 
@@ -64,17 +71,14 @@ pub(crate) enum Policy {
 }
 
 impl Policy {
-    pub(crate) fn parse(value: &Bound<'_, PyAny>) -> PyResult<Self> {
+    pub(crate) fn parse(value: &Bound<'_, PyAny>) -> Result<Self, Error> {
         match value.extract::<&str>() {
             Ok("tiny_lfu") => Ok(Policy::TinyLfu),
             Ok("lru") => Ok(Policy::Lru),
-            _ => Err(Error::Value(format!(
-                "policy must be 'tiny_lfu' or 'lru', got {}",
-                value
-                    .repr()
-                    .map_or_else(|_| "?".to_owned(), |r| r.to_string())
-            ))
-            .into()),
+            _ => Err(Error::bad_value(
+                "policy must be 'tiny_lfu' or 'lru'",
+                value,
+            )),
         }
     }
 
@@ -96,29 +100,18 @@ impl Policy {
 /// Converts a weigher's result to a weight: a non-negative int (a `bool` is
 /// one, as in moka-py: `True` weighs 1), clamped to `u32::MAX` (moka's weight
 /// type).
-pub(crate) fn weight(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+pub(crate) fn weight(value: &Bound<'_, PyAny>) -> Result<u32, Error> {
     if !value.is_instance_of::<PyInt>() {
-        return Err(Error::Type(format!(
-            "weigher must return an int, not {}",
-            type_name(value)
-        ))
-        .into());
+        return Err(Error::wrong_type("weigher must return an int", value));
     }
     match value.extract::<u64>() {
         Ok(w) => Ok(u32::try_from(w).unwrap_or(u32::MAX)),
-        Err(_) if value.lt(0)? => Err(Error::Value(format!(
-            "weigher must return a non-negative int, got {value}"
-        ))
-        .into()),
+        Err(_) if value.lt(0)? => Err(Error::bad_value(
+            "weigher must return a non-negative int",
+            value,
+        )),
         Err(_) => Ok(u32::MAX),
     }
-}
-
-pub(crate) fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
 }
 
 /// The refresh settings: `refresh_after` shorter than the cache-wide `ttl`,
@@ -127,24 +120,22 @@ pub(crate) fn refresh(
     refresh_after: Option<Duration>,
     ttl: Option<Duration>,
     executor: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<crate::refresh::Refresher>> {
+) -> Result<Option<crate::refresh::Refresher>, Error> {
     let Some(after) = refresh_after else {
         return match executor {
             Some(_) => Err(Error::Value(
                 "executor is used only for refreshes: give refresh_after too".to_owned(),
-            )
-            .into()),
+            )),
             None => Ok(None),
         };
     };
     if let Some(ttl) = ttl {
         if after >= ttl {
             return Err(Error::Value(format!(
-                "refresh_after ({} s) must be shorter than ttl ({} s)",
+                "refresh_after must be shorter than ttl, got {} s for a ttl of {} s",
                 after.as_secs_f64(),
                 ttl.as_secs_f64()
-            ))
-            .into());
+            )));
         }
     }
     if let Some(executor) = executor {
@@ -152,12 +143,10 @@ pub(crate) fn refresh(
             .getattr(pyo3::intern!(executor.py(), "submit"))
             .ok();
         if !submit.is_some_and(|s| s.is_callable()) {
-            return Err(Error::Type(format!(
-                "executor must be a concurrent.futures.Executor (an object with a submit \
-                 method), not {}",
-                type_name(executor)
-            ))
-            .into());
+            return Err(Error::wrong_type(
+                "executor must be a concurrent.futures.Executor (an object with a submit method)",
+                executor,
+            ));
         }
     }
     Ok(Some(crate::refresh::Refresher::new(after, executor)))

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import run_threads
+from support import run_threads
 
 from moka_py import cached
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import PyKey, Unraisable, run_isolated, run_threads
+from support import PyKey, Unraisable, run_isolated, run_threads
 
 from moka_py import Moka
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from conftest import run_isolated, run_threads
+from support import run_isolated, run_threads
 
 from moka_py import Moka, cached
 

@@ -18,7 +18,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import run_isolated, run_threads
+from support import PyKey, run_isolated, run_threads
 
 from moka_py import Moka, cached
 
@@ -73,26 +73,12 @@ def scenario_rss_str_keys_with_listener() -> None:
     assert evicted[0] >= 200_000 + CYCLES - 1000 - 1000 // 32
 
 
-class PyKey:
-    """A key compared by Python's `__eq__` (the tombstone-prone path)."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __hash__(self) -> int:
-        return self.n * 7919
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PyKey) and other.n == self.n
-
-
 class LoadFailed(Exception):
     pass
 
 
 def scenario_rss_get_with_python_keys() -> None:
+    # Keys compared by Python's `__eq__` (the tombstone-prone path), one hash each.
     c: Moka[PyKey, list[int]] = Moka(1000)
 
     def fail(i: int) -> list[int]:
@@ -102,13 +88,13 @@ def scenario_rss_get_with_python_keys() -> None:
         # A third of the loads fail; one key in five is removed again.
         if i % 3 == 0:
             try:
-                c.get_with(PyKey(i), lambda: fail(i))
+                c.get_with(PyKey(i, buckets=None), lambda: fail(i))
             except LoadFailed:
                 pass
         else:
-            c.get_with(PyKey(i), lambda: [i])
+            c.get_with(PyKey(i, buckets=None), lambda: [i])
         if i % 5 == 0:
-            c.remove(PyKey(i - 1))
+            c.remove(PyKey(i - 1, buckets=None))
 
     check_growth(measure(cycle, 100_000, CYCLES // 2), "get_with, Python keys")
 

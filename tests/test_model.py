@@ -31,7 +31,6 @@ from collections import Counter
 from typing import Any, Literal
 
 import pytest
-from conftest import WATCHDOG_SECONDS, PyKey
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -41,6 +40,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from support import WATCHDOG_SECONDS, PyKey
 
 from moka_py import Moka
 

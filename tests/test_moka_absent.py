@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import PyKey
+from support import PyKey
 
 from moka_py import Moka
 

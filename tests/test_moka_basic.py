@@ -10,9 +10,9 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import param_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import param_id
 
 import moka_py
 from moka_py import Moka

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Unraisable, param_id
+from support import Unraisable, param_id
 
 from moka_py import Moka
 

@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import PyKey, run_isolated
+from support import PyKey, run_isolated
 
 from moka_py import Moka
 

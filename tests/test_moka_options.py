@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import param_id
+from support import param_id
 
 from moka_py import Moka
 
@@ -175,6 +175,78 @@ def test_policy_invalid(policy: Any) -> None:
     message = str(info.value)
     assert "'tiny_lfu'" in message
     assert "'lru'" in message
+
+
+# --- messages ----------------------------------------------------------------
+
+
+class BadRepr(str):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+MESSAGES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+    "capacity-value": (
+        lambda: Moka(-1),
+        ValueError,
+        "capacity must be a non-negative int that fits in 64 bits, got -1",
+    ),
+    "capacity-type": (
+        lambda: Moka(1.5),
+        TypeError,
+        "capacity must be a non-negative int, not float",
+    ),
+    "ttl-negative": (lambda: Moka(10, ttl=-2), ValueError, "ttl must be positive, got -2"),
+    "tti-infinite": (
+        lambda: Moka(10).set("k", 1, tti=math.inf),
+        ValueError,
+        "tti must be positive and finite, got inf",
+    ),
+    "ttl-too-long": (
+        lambda: Moka(10, ttl=1e12),
+        ValueError,
+        "ttl is out of range (at most 1000 years), got 1000000000000.0",
+    ),
+    "ttl-type": (
+        lambda: Moka(10, ttl="1"),
+        TypeError,
+        "ttl must be a number of seconds (int or float) or None, not str",
+    ),
+    "policy": (
+        lambda: Moka(10, policy="fifo"),
+        ValueError,
+        "policy must be 'tiny_lfu' or 'lru', got 'fifo'",
+    ),
+    "policy-repr-fails": (
+        lambda: Moka(10, policy=BadRepr("fifo")),
+        ValueError,
+        "policy must be 'tiny_lfu' or 'lru', got <BadRepr object>",
+    ),
+    "weigher-not-callable": (
+        lambda: Moka(10, weigher=1),
+        TypeError,
+        "weigher must be callable or None, not int",
+    ),
+    "weigher-negative": (
+        lambda: Moka(10, weigher=lambda k, v: -1).set("k", 1),
+        ValueError,
+        "weigher must return a non-negative int, got -1",
+    ),
+    "weigher-type": (
+        lambda: Moka(10, weigher=lambda k, v: "1").set("k", 1),
+        TypeError,
+        "weigher must return an int, not str",
+    ),
+}
+
+
+@pytest.mark.parametrize(("call", "error", "message"), MESSAGES.values(), ids=MESSAGES.keys())
+def test_messages_name_the_rule_and_the_bad_value(
+    call: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
 
 
 # --- repr --------------------------------------------------------------------

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import PyKey, run_isolated, run_threads
+from support import PyKey, run_isolated, run_threads
 
 from moka_py import Moka
 

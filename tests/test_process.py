@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from conftest import PyKey, run_isolated, run_threads
+from support import PyKey, run_isolated, run_threads
 
 from moka_py import Moka, cached
 

@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import PyKey, run_isolated, run_threads
+from support import PyKey, run_isolated, run_threads
 
 from moka_py import Moka
 

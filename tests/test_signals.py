@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from conftest import run_isolated
+from support import run_isolated
 
 from moka_py import Moka, cached
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import PyKey, run_isolated, run_threads
+from support import PyKey, run_isolated, run_threads
 
 from moka_py import Moka, cached
 

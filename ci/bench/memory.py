@@ -12,7 +12,7 @@ import gc
 import os
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
 
 def entries(quick: bool) -> int:

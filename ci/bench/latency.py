@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
 POOL = 1000
 CAPACITY = 10_000

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
 THIS = impls.THIS
 COLORS = {
@@ -71,12 +71,12 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def latency_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
-    import bench_latency
+    from . import latency
 
     cols = order(list(results))
     base = results.get(THIS, {})
     rows = []
-    for case in bench_latency.CASES:
+    for case in latency.CASES:
         cells = []
         for impl in cols:
             v = results[impl].get(case)
@@ -90,7 +90,7 @@ def latency_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
             "### 1. Latency of one operation (ns; ratio to moka_py)",
             f"One thread, GIL build (Python {meta.pythons.get('GIL', '?')}). Median of "
             f"{plan['latency_repeats']} interleaved repeats of {plan['latency_rounds']} passes "
-            f"over {bench_latency.POOL} keys; capacity {bench_latency.CAPACITY}; the empty "
+            f"over {latency.POOL} keys; capacity {latency.CAPACITY}; the empty "
             "loop's own cost is subtracted. *str* keys are equal to, not the same objects as, "
             "the stored ones. *set fresh*: a new key into a full cache (an eviction). "
             "*@cached coalescing hit*: moka_py `wait_concurrent=True`, cachebox `lock=True`, "
@@ -162,7 +162,7 @@ def scaling_md(results: dict[str, Any], meta: Meta) -> str:
 
 
 def scaling_gil_md(results: dict[str, Any], meta: Meta) -> str:
-    from bench_scaling import GIL_VARIANTS
+    from .scaling import GIL_VARIANTS
 
     plan = meta.plan
     stalled_any = any(results["stalled"].values())
@@ -258,7 +258,7 @@ def coalescing_md(results: dict[str, Any], meta: Meta) -> str:
 
 
 def hit_ratio_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
-    import bench_hit_ratio
+    from . import hit_ratio
 
     cols: list[str] = []
     for per in results.values():
@@ -273,7 +273,7 @@ def hit_ratio_md(results: dict[str, dict[str, float]], meta: Meta) -> str:
             for c in cols
         ]
         rows.append([f"{meta.label(impl)} {policy}", *cells])
-    requests, keys = bench_hit_ratio.sizes(meta.quick)
+    requests, keys = hit_ratio.sizes(meta.quick)
     return "\n\n".join(
         [
             "### 3. Hit ratio (%; ratio to moka_py tiny_lfu)",
@@ -320,7 +320,7 @@ def memory_md(results: dict[str, Any], meta: Meta) -> str:
 def targets_md(results: dict[str, Any], meta: Meta) -> str:
     """The project's performance targets, each with this run's ratio: met, or
     by how much it is missed."""
-    import bench_latency
+    from . import latency
 
     lat = results.get("latency", {})
     rows: list[list[str]] = []
@@ -344,13 +344,13 @@ def targets_md(results: dict[str, Any], meta: Meta) -> str:
 
     old = impls.OLD
     mine_lat, old_lat = lat.get(THIS, {}), lat.get(old, {})
-    for case in bench_latency.CASES:
-        if case in mine_lat and case in old_lat and case != bench_latency.PLAIN_AWAIT:
+    for case in latency.CASES:
+        if case in mine_lat and case in old_lat and case != latency.PLAIN_AWAIT:
             check(f"{case}: at most 0.9x moka-py 0.5.0", ratio_of(case, old), 0.9)
     check("@cached hit: at most 0.3x moka-py 0.5.0", ratio_of("@cached hit", old), 0.3)
     check("@cached hit: at most 0.5x cachebox", ratio_of("@cached hit", "cachebox"), 0.5)
     check("@cached hit: at most 4x functools.lru_cache", ratio_of("@cached hit", "functools"), 4)
-    async_hit = bench_latency.ASYNC_HIT
+    async_hit = latency.ASYNC_HIT
     check(f"{async_hit}: at most 0.6x moka-py 0.5.0", ratio_of(async_hit, old), 0.6)
 
     # Throughput on 3.13t: (target, moka_py's thread count, the base's key and
@@ -471,9 +471,9 @@ def save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 def latency_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str) -> Path:
-    import bench_latency
+    from . import latency
 
-    cases = [c for c in bench_latency.CASES if any(c in per for per in results.values())]
+    cases = [c for c in latency.CASES if any(c in per for per in results.values())]
     names = order(list(results))
     fig, ax = plt.subplots(figsize=(14, 5.5))
     width = 0.85 / len(names)
@@ -531,7 +531,7 @@ def scaling_chart(plt: Any, results: dict[str, Any], meta: Meta, out: Path, suff
 def scaling_gil_chart(
     plt: Any, results: dict[str, Any], meta: Meta, out: Path, suffix: str
 ) -> Path:
-    from bench_scaling import GIL_VARIANTS
+    from .scaling import GIL_VARIANTS
 
     variants = [v for v in GIL_VARIANTS if results["ops"].get(v)]
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.5), squeeze=False)

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
 SEED = 20240601
 

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
 POOL = 10_000  # keys in the cache (its capacity too): every get hits
 CHUNK = 10_000  # operations between two looks at the clock
@@ -64,7 +64,7 @@ def shared_cache(impl: str, keys: str = "int", listener: bool = False) -> Bind:
     """One cache for all threads, pre-filled with the keys of ``keys``, and a
     function that each thread calls to make its own ``(get, set)``: objects that
     a thread makes are its own on 3.13t, so calling them does not contend on
-    their reference counts. ``listener``: see :func:`bench_impls.make`."""
+    their reference counts. ``listener``: see :func:`impls.make`."""
     if impl == "cachetools":
         import cachetools
 

@@ -1,11 +1,11 @@
 """The workload that ci/profile.sh runs under callgrind: one operation, N times.
 
-    python ci/profile_ops.py OP N
+    python -m ci.profile.ops OP N      (with the repository on PYTHONPATH)
 
 The set-up is the same for every OP and every N, so the difference between two
 runs with different N is the cost of the extra operations alone (set-up,
 imports and interpreter start-up cancel out). ``loop`` is the empty loop, whose
-cost ci/profile.py subtracts.
+cost ci/profile/driver.py subtracts.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """The benchmark of moka_py against its peers, every case side by side in one run.
 
-Run through ci/bench.sh, which builds moka_py in release mode and installs the
-peers: in this (GIL) environment, in a second one for moka-py 0.5.0 (same
-import name), and in a free-threaded 3.13t one. This driver measures each case
-family in worker processes of those environments (``--worker``), prints
-Markdown tables (medians of interleaved repeats, ratios to moka_py) and writes
-them with the charts and the raw figures to ``--out``:
+Run through ci/bench.sh (as ``python -m ci.bench``), which builds moka_py in
+release mode and installs the peers: in this (GIL) environment, in a second one
+for moka-py 0.5.0 (same import name), and in a free-threaded 3.13t one. This
+driver measures each case family in worker processes of those environments
+(``python -m ci.bench --worker``), prints Markdown tables (medians of
+interleaved repeats, ratios to moka_py) and writes them with the charts and the
+raw figures to ``--out``:
 
-1. latency: one operation, one thread (ci/bench_latency.py)
-2. scaling: threads sharing a cache on 3.13t, and coalesced loads (ci/bench_scaling.py)
+1. latency: one operation, one thread (latency.py)
+2. scaling: threads sharing a cache on 3.13t, and coalesced loads (scaling.py)
 2a. scaling_gil: threads sharing a cache on the GIL build, with int keys, with
-   ``uuid.UUID`` keys and with an eviction listener (ci/bench_scaling.py)
-3. hit ratio of the eviction policies (ci/bench_hit_ratio.py)
-4. memory per entry (ci/bench_memory.py)
+   ``uuid.UUID`` keys and with an eviction listener (scaling.py)
+3. hit ratio of the eviction policies (hit_ratio.py)
+4. memory per entry (memory.py)
 
 Progress goes to stderr, the tables to stdout.
 """
@@ -31,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bench_impls as impls
+from . import impls
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("latency", "scaling", "scaling_gil", "hit_ratio", "memory")
 # Workers inherit the driver's start, so that their progress lines tell the run's time.
 STARTED = float(os.environ.setdefault("MOKA_BENCH_STARTED", str(time.time())))
@@ -90,12 +91,8 @@ def worker(python: str, family: str, who: str = "", **spec: Any) -> Any:
     throughput worker that its own alarm stopped (see :func:`run_worker`)
     gives the figures it printed before, with ``"stalled": True``.
     """
-    cmd = [
-        python,
-        str(Path(__file__).resolve()),
-        "--worker",
-        json.dumps({"family": family, **spec}),
-    ]
+    # ci/bench.sh puts the repository on PYTHONPATH, which the workers inherit.
+    cmd = [python, "-m", "ci.bench", "--worker", json.dumps({"family": family, **spec})]
     env = dict(os.environ, PYTHONHASHSEED="0")
     try:
         proc = subprocess.run(
@@ -128,19 +125,19 @@ def run_worker(spec: dict[str, Any]) -> Any:
             out[impl] = {"error": error, "version": impls.version(impl)}
         return {"impls": out, "gil": impls.gil_enabled(), "python": sys.version.split()[0]}
     if family == "latency":
-        import bench_latency
+        from . import latency
 
-        return bench_latency.run(spec["impls"], spec["rounds"])
+        return latency.run(spec["impls"], spec["rounds"])
     if family == "hit_ratio":
-        import bench_hit_ratio
+        from . import hit_ratio
 
-        return bench_hit_ratio.run(spec["impls"], spec["quick"], log)
+        return hit_ratio.run(spec["impls"], spec["quick"], log)
     if family == "memory":
-        import bench_memory
+        from . import memory
 
-        return bench_memory.run(spec["impl"], spec["entries"])
+        return memory.run(spec["impl"], spec["entries"])
     if family == "throughput":
-        import bench_scaling
+        from . import scaling
 
         ops: dict[str, float] = {}
         for n in spec["threads"]:
@@ -148,7 +145,7 @@ def run_worker(spec: dict[str, Any]) -> Any:
             # and Python's own timers with it: SIGALRM's default action ends the
             # process instead, and the driver keeps the figures printed so far.
             signal.setitimer(signal.ITIMER_REAL, spec["seconds"] + spec["stall"])
-            ops[str(n)] = bench_scaling.throughput(
+            ops[str(n)] = scaling.throughput(
                 spec["impl"],
                 n,
                 spec["seconds"],
@@ -159,9 +156,9 @@ def run_worker(spec: dict[str, Any]) -> Any:
             print(json.dumps({"ops": ops, "gil": impls.gil_enabled()}), flush=True)
         return {"ops": ops, "gil": impls.gil_enabled()}
     if family == "coalescing":
-        import bench_scaling
+        from . import scaling
 
-        return bench_scaling.run_coalescing(spec["impls"], spec["counts"])
+        return scaling.run_coalescing(spec["impls"], spec["counts"])
     raise ValueError(family)
 
 
@@ -289,7 +286,7 @@ def where(envs: list[Env], name: str, async_only: bool = False) -> list[tuple[En
 # --- the case families --------------------------------------------------------
 
 
-def latency(envs: list[Env], plan: Plan) -> dict[str, Any]:
+def measure_latency(envs: list[Env], plan: Plan) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {}
     for r in range(plan.latency_repeats):
         for env, names in where(envs, "GIL", async_only=True):
@@ -354,7 +351,7 @@ def throughput_runs(runs: list[Run], plan: Plan, what: str) -> dict[str, Any]:
     return {"ops": ops, "gil": gil_on, "stalled": stalled}
 
 
-def scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
+def measure_scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
     runs: list[Run] = []
     for env, names in where(envs, "3.13t"):
         runs += [(env, impl, impl, {}) for impl in names if impl != "functools"]  # it has no set
@@ -364,12 +361,12 @@ def scaling(envs: list[Env], plan: Plan) -> dict[str, Any]:
     return throughput_runs(runs, plan, "scaling")
 
 
-def scaling_gil(envs: list[Env], plan: Plan) -> dict[str, Any]:
+def measure_scaling_gil(envs: list[Env], plan: Plan) -> dict[str, Any]:
     """The throughput case on the GIL build, every implementation that has a
     set (moka-py 0.5.0 in its own environment), in each variant that it
     supports. ``ops`` and ``stalled`` as of :func:`throughput_runs`, by variant
     then implementation."""
-    from bench_scaling import GIL_VARIANTS
+    from .scaling import GIL_VARIANTS
 
     runs: list[Run] = []
     for env, names in where(envs, "GIL"):
@@ -388,7 +385,7 @@ def scaling_gil(envs: list[Env], plan: Plan) -> dict[str, Any]:
     return out
 
 
-def coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
+def measure_coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
     counts = list(plan.coalesce_counts)
     samples: dict[str, dict[str, list[list[float]]]] = {}
     for r in range(plan.coalesce_repeats):
@@ -412,7 +409,7 @@ def coalescing(envs: list[Env], plan: Plan) -> dict[str, Any]:
     return out
 
 
-def hit_ratio(envs: list[Env], quick: bool) -> dict[str, Any]:
+def measure_hit_ratio(envs: list[Env], quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for env, names in where(envs, "GIL"):
         log(f"hit ratio: {', '.join(names)}")
@@ -420,10 +417,10 @@ def hit_ratio(envs: list[Env], quick: bool) -> dict[str, Any]:
     return out
 
 
-def memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
-    import bench_memory
+def measure_memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
+    from . import memory
 
-    n = bench_memory.entries(quick)
+    n = memory.entries(quick)
     samples: dict[str, list[float]] = {}
     held: dict[str, int] = {}
     for r in range(plan.memory_repeats):
@@ -446,7 +443,7 @@ def memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ci.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, few repeats")
     ap.add_argument("--out", default=str(ROOT / "bench-out"), help="charts and results.md")
     ap.add_argument("--only", action="append", choices=FAMILIES, help="run only these families")
@@ -460,7 +457,7 @@ def main() -> None:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
 
-    import bench_report
+    from . import report
 
     plan = QUICK if args.quick else FULL
     families = args.only or list(FAMILIES)
@@ -468,24 +465,24 @@ def main() -> None:
     envs, notes = environments(args)
     for key, note in notes.missing.items():
         impl, build = key.split("|")
-        log(f"{bench_report.display(impl)}: not available on {build} ({note})")
+        log(f"{report.display(impl)}: not available on {build} ({note})")
     for key, note in notes.remarks.items():
         impl, build = key.split("|")
-        log(f"{bench_report.display(impl)} on {build}: {note}")
+        log(f"{report.display(impl)} on {build}: {note}")
     results: dict[str, Any] = {}
     if "latency" in families:
-        results["latency"] = latency(envs, plan)
+        results["latency"] = measure_latency(envs, plan)
     if "scaling" in families:
-        results["scaling"] = scaling(envs, plan)
-        results["coalescing"] = coalescing(envs, plan)
+        results["scaling"] = measure_scaling(envs, plan)
+        results["coalescing"] = measure_coalescing(envs, plan)
     if "scaling_gil" in families:
-        results["scaling_gil"] = scaling_gil(envs, plan)
+        results["scaling_gil"] = measure_scaling_gil(envs, plan)
     if "hit_ratio" in families:
-        results["hit_ratio"] = hit_ratio(envs, args.quick)
+        results["hit_ratio"] = measure_hit_ratio(envs, args.quick)
     if "memory" in families:
-        results["memory"] = memory(envs, plan, args.quick)
+        results["memory"] = measure_memory(envs, plan, args.quick)
 
-    meta = bench_report.Meta(
+    meta = report.Meta(
         quick=args.quick,
         plan=plan.__dict__,
         pythons={e.name: e.python_version for e in envs},
@@ -498,14 +495,10 @@ def main() -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = bench_report.markdown(results, meta)
+    markdown = report.markdown(results, meta)
     print(markdown)
     (out / "results.md").write_text(markdown)
     (out / "results.json").write_text(json.dumps({"meta": meta.__dict__, **results}, indent=1))
     log("charts")
-    written = bench_report.charts(results, meta, out)
+    written = report.charts(results, meta, out)
     log(f"wrote {', '.join(str(p) for p in [out / 'results.md', *written])}")
-
-
-if __name__ == "__main__":
-    main()

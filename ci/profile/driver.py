@@ -1,6 +1,7 @@
 """Where the time of one operation goes: instruction counts under callgrind.
 
-Run through ci/profile.sh. For each operation, ci/profile_ops.py runs under
+Run through ci/profile.sh (as ``python -m ci.profile``). For each operation,
+the workload of ci/profile/ops.py runs under
 ``valgrind --tool=callgrind`` twice, with N1 and N2 operations; the difference
 is the cost of N2 - N1 operations, with start-up and set-up cancelled out. The
 empty loop's cost (measured the same way) is subtracted. Each instruction is
@@ -32,7 +33,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OPS = {
     # op: the empty loop it is compared with
     "get_hit": "loop",
@@ -91,7 +92,8 @@ def run(python: str, op: str, n: int, out: Path) -> dict[str, int]:
             "--tool=callgrind",
             f"--callgrind-out-file={cg}",
             python,
-            str(ROOT / "ci" / "profile_ops.py"),
+            "-m",
+            "ci.profile.ops",  # ci/profile.sh puts the repository on PYTHONPATH
             op,
             str(n),
         ],
@@ -138,7 +140,9 @@ def profile(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ci.profile", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--python",
         action="append",
@@ -172,7 +176,3 @@ def main() -> None:
     print(table)
     (args.out / "profile.md").write_text(table + "\n")
     (args.out / "profile.json").write_text(json.dumps(results, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
