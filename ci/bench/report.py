@@ -352,6 +352,12 @@ def targets_md(results: dict[str, Any], meta: Meta) -> str:
     check("@cached hit: at most 4x functools.lru_cache", ratio_of("@cached hit", "functools"), 4)
     async_hit = latency.ASYNC_HIT
     check(f"{async_hit}: at most 0.6x moka-py 0.5.0", ratio_of(async_hit, old), 0.6)
+    with_stats, without = mine_lat.get(latency.STATS_HIT), mine_lat.get("get hit (int)")
+    check(
+        "get hit with stats=True: at most 1.05x without",
+        with_stats / without if with_stats and without else None,
+        1.05,
+    )
 
     # Throughput on 3.13t: (target, moka_py's thread count, the base's key and
     # thread count, the least ratio).
