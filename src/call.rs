@@ -60,7 +60,8 @@
 //! * at exit (an `atexit` hook, which runs before finalization starts) the
 //!   module sets [`EXITING`] and, detached, waits a bounded time for the
 //!   threads inside moka_py (counted in [`ACTIVE`]) to leave;
-//! * a thread other than the main one that is about to re-attach, or to run
+//! * a thread other than the main one ([`MAIN_THREAD`]: the one that runs the
+//!   exit hook and then finalizes) that is about to re-attach, or to run
 //!   Python code from Rust, while exiting parks for good instead (detached,
 //!   holding nothing); the process ends around it.
 //!
@@ -68,8 +69,7 @@
 //! that is still running when that wait times out can be ended inside our
 //! frames, as before.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -86,33 +86,53 @@ static ACTIVE: Counter = Counter::new();
 /// How long the exit hook waits for threads to leave moka_py.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// `Py_IsFinalizing` (3.13+) or `_Py_IsFinalizing` (before): looked up once,
-/// by name, in the running interpreter, so one build serves every version.
+// Two functions of CPython's C API that pyo3-ffi 0.28 does not declare for
+// every version. The extension is built for one interpreter version at a time
+// (not the limited API), so `build.rs` passes that version as `Py_3_*` cfgs.
+extern "C" {
+    /// Whether the runtime is finalizing: public as `Py_IsFinalizing` from
+    /// 3.13 (pyo3-ffi declares it there), `_Py_IsFinalizing` before (exported
+    /// by 3.10 to 3.12, removed in 3.13).
+    #[cfg(not(Py_3_13))]
+    #[link_name = "_Py_IsFinalizing"]
+    fn Py_IsFinalizing() -> std::os::raw::c_int;
+    /// The identifier of the calling thread, as `threading.get_ident()`
+    /// returns it (stable ABI; callable without a thread state).
+    fn PyThread_get_thread_ident() -> std::os::raw::c_ulong;
+}
+
+#[cfg(Py_3_13)]
+use pyo3::ffi::Py_IsFinalizing;
+
+/// The identifier (`threading.get_ident()`) of the thread that counts as the
+/// main one: `threading.main_thread()` at import, the thread that forked in a
+/// child process, and the thread that runs the exit hook (the one that goes on
+/// to finalize the interpreter) from then on.
+static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
+
+// `c_ulong` is `u64` here, but 32 bits wide on Windows.
+#[allow(clippy::useless_conversion)]
+fn current_thread() -> u64 {
+    // SAFETY: takes no argument and needs no thread state (it returns the
+    // platform's identifier of the calling thread).
+    u64::from(unsafe { PyThread_get_thread_ident() })
+}
+
 fn is_finalizing() -> bool {
-    type IsFinalizing = unsafe extern "C" fn() -> std::os::raw::c_int;
-    static FUNCTION: OnceLock<Option<IsFinalizing>> = OnceLock::new();
-    let function = FUNCTION.get_or_init(|| {
-        [c"Py_IsFinalizing", c"_Py_IsFinalizing"]
-            .iter()
-            .find_map(|name| {
-                // SAFETY: dlsym with a NUL-terminated name; a non-null result is
-                // the address of the CPython function of that name, whose
-                // signature is `int (void)` in every version.
-                unsafe {
-                    let address = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-                    (!address.is_null())
-                        .then(|| std::mem::transmute::<*mut libc::c_void, IsFinalizing>(address))
-                }
-            })
-    });
     // SAFETY: reads an atomic flag of the runtime; callable without a thread
-    // state.
-    function.is_some_and(|f| unsafe { f() } != 0)
+    // state, in every version that declares it.
+    unsafe { Py_IsFinalizing() != 0 }
 }
 
 fn is_main_thread() -> bool {
-    // SAFETY: plain system calls without arguments.
-    unsafe { libc::syscall(libc::SYS_gettid) == libc::c_long::from(libc::getpid()) }
+    current_thread() == MAIN_THREAD.load(Ordering::SeqCst)
+}
+
+/// Registered with `os.register_at_fork(after_in_child=...)` at import: in
+/// the child the thread that forked is the only one, and the main one.
+#[pyfunction]
+pub(crate) fn _after_fork_in_child() {
+    MAIN_THREAD.store(current_thread(), Ordering::SeqCst);
 }
 
 /// Whether this thread must not re-attach: the interpreter is exiting and
@@ -181,6 +201,9 @@ pub(crate) fn call_python<R>(py: Python<'_>, f: impl FnOnce() -> R) -> R {
 /// The `atexit` hook (registered at import).
 #[pyfunction]
 pub(crate) fn _before_exit(py: Python<'_>) {
+    // The thread that runs the hook finalizes the interpreter next: it is the
+    // one that must never park.
+    MAIN_THREAD.store(current_thread(), Ordering::SeqCst);
     EXITING.store(true, Ordering::SeqCst);
     // The hook runs in the main thread, which is not counted while here.
     py.detach(|| {
@@ -204,11 +227,18 @@ pub(crate) enum Span {
     Long,
 }
 
-/// Records at import whether this is a free-threaded build: its ABI flags
-/// have a `t` (read from `sys`, already loaded; `sysconfig` would cost an
-/// import of some 10 ms), and where there are none (Windows), whether the GIL
-/// is off at import.
+/// Records at import which thread is the main one (`threading.main_thread()`,
+/// right even when the import runs on another thread), and whether this is a
+/// free-threaded build: its ABI flags have a `t` (read from `sys`, already
+/// loaded; `sysconfig` would cost an import of some 10 ms), and where there
+/// are none (Windows), whether the GIL is off at import.
 pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let main: u64 = py
+        .import("threading")?
+        .call_method0("main_thread")?
+        .getattr("ident")?
+        .extract()?;
+    MAIN_THREAD.store(main, Ordering::SeqCst);
     let sys = py.import("sys")?;
     let free_threaded = match sys.getattr("abiflags") {
         Ok(flags) => flags.extract::<String>()?.contains('t'),

@@ -64,12 +64,16 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .import("atexit")?
         .getattr("register")?
         .call1((before_exit,))?;
-    let after_fork = wrap_pyfunction!(loader::_after_fork_in_child, m)?;
     let os = m.py().import("os")?;
     if os.hasattr("register_at_fork")? {
-        let kwargs = pyo3::types::PyDict::new(m.py());
-        kwargs.set_item("after_in_child", after_fork)?;
-        os.getattr("register_at_fork")?.call((), Some(&kwargs))?;
+        for after_fork in [
+            wrap_pyfunction!(call::_after_fork_in_child, m)?,
+            wrap_pyfunction!(loader::_after_fork_in_child, m)?,
+        ] {
+            let kwargs = pyo3::types::PyDict::new(m.py());
+            kwargs.set_item("after_in_child", after_fork)?;
+            os.getattr("register_at_fork")?.call((), Some(&kwargs))?;
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -280,6 +281,59 @@ def test_exit_with_daemon_threads_waiting_in_get_with() -> None:
 
 def test_exit_waits_for_non_daemon_get_with() -> None:
     run_isolated(scenario_exit_waits_for_non_daemon_get_with)
+
+
+# The module is imported on a worker thread and, at exit, the main thread calls the cache
+# from an atexit handler that runs after moka_py's own hook (atexit runs the handlers in
+# reverse order of registration), while a daemon thread waits in `get_with`. The main
+# thread is the one that finalizes: it must run its initializer and get its values, not
+# park as the other threads do. It needs an interpreter where moka_py is not imported yet,
+# so it is a script of its own rather than a scenario of this module.
+IMPORT_ON_A_THREAD_THEN_EXIT = """
+import atexit, threading, time
+
+
+def at_exit():
+    # Runs after moka_py's exit hook, on the main thread.
+    c.set("at-exit", 1)
+    assert c.get("at-exit") == 1
+    assert c.get_with("loaded-at-exit", lambda: "v") == "v"
+    print("main thread served at exit", flush=True)
+
+atexit.register(at_exit)
+
+module = {}
+importer = threading.Thread(target=lambda: module.update(m=__import__("moka_py")))
+importer.start()
+importer.join(10)
+assert "m" in module and threading.main_thread() is threading.current_thread()
+c = module["m"].Moka(10)
+
+started = threading.Event()
+
+def slow():
+    started.set()
+    time.sleep(60)
+    return 0
+
+threading.Thread(target=c.get_with, args=("slow", slow), daemon=True).start()
+assert started.wait(10)
+threading.Thread(target=c.get_with, args=("slow", slow), daemon=True).start()
+time.sleep(0.1)
+"""
+
+
+def test_exit_after_import_on_a_worker_thread_serves_the_main_thread() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", IMPORT_ON_A_THREAD_THEN_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "main thread served at exit", proc.stdout + proc.stderr
 
 
 # --- subinterpreters -----------------------------------------------------------------
