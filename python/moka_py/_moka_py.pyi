@@ -9,7 +9,7 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 _D = TypeVar("_D")
 
-__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "Moka", "Ready", "make_key"]
+__all__ = ["VERSION", "_KWARGS_MARK", "CachedFunction", "MissKey", "Moka", "Ready", "make_key"]
 
 VERSION: str
 """The version of the moka_py package."""
@@ -132,7 +132,7 @@ class CachedFunction:
     """A function decorated with ``moka_py.cached`` (see ``moka_py.cached``).
 
     For an ``async def`` function (``miss`` given), a hit returns the stored
-    ``Ready`` and a miss returns ``miss(key, args, kwargs)``."""
+    ``Ready`` and a miss returns ``miss(MissKey, args, kwargs)``."""
 
     def __new__(
         cls,
@@ -143,12 +143,15 @@ class CachedFunction:
         cache_info_type: Callable[[int, int, int | None, int], Any],
         maxsize: int | None,
         parameters: dict[str, Any],
-        miss: Callable[[Hashable, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
+        miss: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
+        key: Callable[..., Hashable] | None = None,
+        cache_if: Callable[[Any], object] | None = None,
     ) -> Self: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, obj: object, owner: object = None, /) -> Any: ...
     def cache_info(self) -> Any:
-        """``CacheInfo(hits, misses, maxsize, currsize)``."""
+        """``CacheInfo(hits, misses, maxsize, currsize)``: each call counts
+        once, a miss if it computed the result, else a hit."""
     def _joined(self) -> None:
         """Counts a call first counted as a miss as a hit (an async caller
         that joined a computation in flight)."""
@@ -156,6 +159,34 @@ class CachedFunction:
         """Empties the cache and resets the statistics."""
     def cache_parameters(self) -> dict[str, Any]:
         """The decorator's arguments."""
+    def _store(self, key: MissKey, value: object, /) -> None:
+        """Stores ``value`` under the key of an async miss."""
+    @property
+    def cache(self) -> Moka[Any, Any]:
+        """The underlying ``Moka`` cache."""
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Removes the cached result of the call with these arguments;
+        whether there was one."""
+    def cache_contains(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of the call with these arguments is cached
+        (not counted as a call)."""
+    def __copy__(self) -> Self:
+        """The function itself, as for ``functools.lru_cache``."""
+    def __deepcopy__(self, memo: Any, /) -> Self:
+        """The function itself, as for ``functools.lru_cache``."""
+    def __reduce__(self) -> str:  # type: ignore[override]
+        """Its qualified name: it pickles as a reference, like a function."""
+
+@final
+class MissKey:
+    """The key of an ``async`` call that missed, resolved once: hashed and
+    compared in Rust, without running the arguments' ``__hash__``/``__eq__``."""
+
+    @property
+    def key(self) -> Hashable:
+        """The key object."""
+    def __hash__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class Ready(Generic[_V]):
