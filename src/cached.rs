@@ -291,7 +291,12 @@ impl CachedFunction {
 
     /// Stores `value` under the key of an `async` miss (the `Ready` of its
     /// result), without hashing the arguments again.
-    fn _store(&self, py: Python<'_>, key: &Bound<'_, MissKey>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn _store(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, MissKey>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let key = key.get().0.clone_ref(py);
         self.cache.get().insert_key(py, key, value, None, None)
     }
@@ -368,7 +373,10 @@ impl CachedFunction {
         visit.call(&self.info)?;
         visit.call(&self.maxsize)?;
         visit.call(&self.parameters)?;
-        for f in [&self.miss, &self.key, &self.cache_if].into_iter().flatten() {
+        for f in [&self.miss, &self.key, &self.cache_if]
+            .into_iter()
+            .flatten()
+        {
             visit.call(f)?;
         }
         Ok(())

@@ -160,10 +160,10 @@ def test_async_method_and_options() -> None:
 
     client = Client()
 
-    async def main() -> list[str]:
+    async def main(client: Client) -> list[str]:
         return await asyncio.gather(*(client.get(p) for p in ["/A", "/a", "/A"]))
 
-    assert asyncio.run(main()) == ["/a", "/a", "/a"]
+    assert asyncio.run(main(client)) == ["/a", "/a", "/a"]
     assert client.fetched == ["/A"]
     assert client.get.cache_info() == CacheInfo(hits=2, misses=1, maxsize=128, currsize=1)
     assert client.get.cache_contains("/A")

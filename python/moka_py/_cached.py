@@ -211,7 +211,9 @@ def _store(
     return store
 
 
-def _async_plain(func: Any, store: Callable[[MissKey, Any], None]) -> Callable[[MissKey, Any, Any], Any]:
+def _async_plain(
+    func: Any, store: Callable[[MissKey, Any], None]
+) -> Callable[[MissKey, Any, Any], Any]:
     """The miss of an async function: compute, store the result."""
 
     async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
@@ -243,7 +245,9 @@ def _async_coalescing(
 
     compute = _async_plain(func, store)
 
-    def forget(table: dict[MissKey, asyncio.Task[Any]], key: MissKey, task: asyncio.Task[Any]) -> None:
+    def forget(
+        table: dict[MissKey, asyncio.Task[Any]], key: MissKey, task: asyncio.Task[Any]
+    ) -> None:
         if table.get(key) is task:
             del table[key]
         if not task.cancelled():

@@ -24,6 +24,7 @@ from typing import (
     Literal,
     ParamSpec,
     TypeVar,
+    cast,
     overload,
 )
 
@@ -46,7 +47,7 @@ class CachedMethod(Generic[T, P, R]):
     def __init__(
         self,
         func: Callable[Concatenate[T, P], R],
-        make: Callable[[Callable[P, R]], CachedFunction[P, R]],
+        make: Callable[[Callable[..., Any]], CachedFunction[..., Any]],
     ) -> None:
         self.__wrapped__ = func
         self._make = make
@@ -55,7 +56,7 @@ class CachedMethod(Generic[T, P, R]):
         # Reentrant: a weak reference's callback may run on this thread while
         # it holds the lock (a collection triggered inside `_create`).
         self._lock = threading.RLock()
-        functools.update_wrapper(self, func)
+        functools.update_wrapper(cast(Any, self), func)
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
         self._name = name
@@ -72,7 +73,7 @@ class CachedMethod(Generic[T, P, R]):
             return entry[1]
         return self._create(obj)
 
-    def _create(self, obj: T) -> CachedFunction[P, R]:
+    def _create(self, obj: T) -> CachedFunction[..., Any]:
         """The cache of ``obj``, made once however many threads ask at once."""
         with self._lock:
             entry = self._caches.get(id(obj))

@@ -159,7 +159,7 @@ class CachedFunction:
         """Empties the cache and resets the statistics."""
     def cache_parameters(self) -> dict[str, Any]:
         """The decorator's arguments."""
-    def _store(self, key: MissKey, value: object, /) -> None:
+    def _store(self, key: MissKey, value: object) -> None:
         """Stores ``value`` under the key of an async miss."""
     @property
     def cache(self) -> Moka[Any, Any]:
@@ -174,7 +174,7 @@ class CachedFunction:
         """The function itself, as for ``functools.lru_cache``."""
     def __deepcopy__(self, memo: Any, /) -> Self:
         """The function itself, as for ``functools.lru_cache``."""
-    def __reduce__(self) -> str:  # type: ignore[override]
+    def __reduce__(self) -> str:
         """Its qualified name: it pickles as a reference, like a function."""
 
 @final
