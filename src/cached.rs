@@ -10,12 +10,12 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::cache::Moka;
 use crate::counter::Counter;
-use crate::key::Key;
+use crate::key::{Key, KeyRef};
 
 /// Builds the key of a call like `functools.lru_cache`: a single argument of
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
@@ -125,6 +125,7 @@ pub(crate) struct CachedFunction {
 
 impl CachedFunction {
     /// The cache key of a call.
+    #[inline]
     fn key_of<'py>(
         &self,
         py: Python<'py>,
@@ -152,6 +153,37 @@ impl CachedFunction {
     fn joined(&self) {
         self.misses.sub(1, Ordering::Relaxed);
         self.hits.add(1, Ordering::Relaxed);
+    }
+
+    /// A call whose key was not found (`hash` and `lookup` from
+    /// `key_ref_hashed`). Kept out of line, so that the hit path and PyO3's
+    /// argument parsing stay inlined in `__call__`'s trampoline.
+    #[inline(never)]
+    fn miss<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        hash: isize,
+        lookup: Option<&KeyRef>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.misses.add(1, Ordering::Relaxed);
+        let cache = self.cache.get();
+        if let Some(miss) = &self.miss {
+            let key = MissKey(cache.owned_hashed(key, hash, lookup)?);
+            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
+        }
+        if self.coalesce {
+            let owned = cache.owned_hashed(key, hash, lookup)?;
+            return self.coalesced(py, owned, args, kwargs);
+        }
+        let value = crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))?;
+        if self.keeps(py, &value)? {
+            let owned = cache.owned_hashed(key, hash, lookup)?;
+            cache.insert_key(py, owned, &value, None, None)?;
+        }
+        Ok(value.unbind())
     }
 
     /// The miss of a sync function with `wait_concurrent`: one computation
@@ -232,21 +264,7 @@ impl CachedFunction {
             self.hits.add(1, Ordering::Relaxed);
             return Ok(found);
         }
-        self.misses.add(1, Ordering::Relaxed);
-        if let Some(miss) = &self.miss {
-            let key = MissKey(cache.owned_hashed(&key, hash, lookup.as_ref())?);
-            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
-        }
-        if self.coalesce {
-            let owned = cache.owned_hashed(&key, hash, lookup.as_ref())?;
-            return self.coalesced(py, owned, args, kwargs);
-        }
-        let value = crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))?;
-        if self.keeps(py, &value)? {
-            let owned = cache.owned_hashed(&key, hash, lookup.as_ref())?;
-            cache.insert_key(py, owned, &value, None, None)?;
-        }
-        Ok(value.unbind())
+        self.miss(py, &key, hash, lookup.as_ref(), args, kwargs)
     }
 
     /// Binds to an instance like a function does.
@@ -307,36 +325,18 @@ impl CachedFunction {
         self.cache.clone_ref(py)
     }
 
-    /// Removes the entry of the call with these arguments; whether there
-    /// was one.
-    #[pyo3(signature = (*args, **kwargs))]
-    fn cache_invalidate<'py>(
+    /// The cache key of a call with these arguments, for
+    /// `cache_invalidate`/`cache_contains` (Python methods of the subclass:
+    /// a second `(*args, **kwargs)` method here would keep PyO3's argument
+    /// parsing from being inlined into `__call__`).
+    #[pyo3(signature = (args, kwargs=None))]
+    fn _key<'py>(
         &self,
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<bool> {
-        let key = self.key_of(py, args, kwargs)?;
-        // A new list is no stored value: it tells "absent" from any result.
-        let absent = PyList::empty(py);
-        let removed = self
-            .cache
-            .bind(py)
-            .call_method1(intern!(py, "remove"), (key, &absent))?;
-        Ok(!removed.is(&absent))
-    }
-
-    /// Whether the result of the call with these arguments is cached (not
-    /// counted as a call, not an access).
-    #[pyo3(signature = (*args, **kwargs))]
-    fn cache_contains<'py>(
-        &self,
-        py: Python<'py>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<bool> {
-        let key = self.key_of(py, args, kwargs)?;
-        self.cache.bind(py).contains(key)
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.key_of(py, args, kwargs)
     }
 
     /// Returns the function itself, as `functools.lru_cache` wrappers do.

@@ -58,6 +58,20 @@ class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
 
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Removes the cached result of the call with these arguments;
+        whether there was one."""
+        return self.cache.remove(self._key(args, kwargs), _ABSENT) is not _ABSENT
+
+    def cache_contains(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of the call with these arguments is cached (not
+        counted as a call, not an access)."""
+        return self._key(args, kwargs) in self.cache
+
+
+# What `cache_invalidate` passes to `Moka.remove` as the default: never a result.
+_ABSENT: Any = object()
+
 
 @overload
 def cached(

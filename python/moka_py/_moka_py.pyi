@@ -164,12 +164,8 @@ class CachedFunction:
     @property
     def cache(self) -> Moka[Any, Any]:
         """The underlying ``Moka`` cache."""
-    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
-        """Removes the cached result of the call with these arguments;
-        whether there was one."""
-    def cache_contains(self, *args: Any, **kwargs: Any) -> bool:
-        """Whether the result of the call with these arguments is cached
-        (not counted as a call)."""
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Hashable:
+        """The cache key of a call with these arguments."""
     def __copy__(self) -> Self:
         """The function itself, as for ``functools.lru_cache``."""
     def __deepcopy__(self, memo: Any, /) -> Self:
