@@ -499,6 +499,7 @@ impl Moka {
 
     /// [`Moka::key_ref`] with `obj`'s hash, for [`Moka::owned_hashed`]: a
     /// miss of `@cached` then runs the arguments' `__hash__` once, not twice.
+    #[inline]
     pub(crate) fn key_ref_hashed(
         &self,
         obj: &Bound<'_, PyAny>,
