@@ -387,3 +387,23 @@ def test_negative_maxsize_means_zero() -> None:
     assert calls == [1, 1]
     assert f.cache_info() == CacheInfo(hits=0, misses=2, maxsize=0, currsize=0)
     assert f.cache_parameters()["maxsize"] == 0
+
+
+def test_async_coalescing_joins_equal_keys_compared_by_python() -> None:
+    calls: list[int] = []
+
+    @cached(wait_concurrent=True)
+    async def f(x: CountingKey) -> object:
+        calls.append(x.n)
+        await asyncio.sleep(0.01)
+        return object()
+
+    async def main() -> list[object]:
+        # Equal, distinct objects (one key); then another key of the same hash.
+        return await asyncio.gather(f(CountingKey(1)), f(CountingKey(1)), f(CountingKey(2**61)))
+
+    first, second, other = asyncio.run(main())
+    assert first is second and other is not first
+    assert hash(2**61) == hash(1)
+    assert sorted(calls) == [1, 2**61]
+    assert f.cache_info() == CacheInfo(hits=1, misses=2, maxsize=128, currsize=2)
