@@ -21,6 +21,13 @@ except ImportError as error:  # an interpreter installed without its test packag
     test_functools = None
     MISSING = f"CPython's test package is not installed for {sys.executable} ({error})"
 
+# Not run 4 at once by pytest-run-parallel (ci/test.sh's last pass on 3.13t):
+# TestLRU changes process-wide state (the recursion limit in
+# test_lru_recursion, the switch interval in the threaded tests) and expects
+# its own gc.collect() to free what it dropped (test_lru_cache_weakrefable),
+# which a collection already running in another thread does not do.
+pytestmark = pytest.mark.thread_unsafe
+
 # The tests of TestLRU that fail by design, and why.
 DIFFERENCES = {
     "test_lru_cache_parameters": "cache_parameters() also reports moka_py's options "
