@@ -739,18 +739,47 @@ impl Moka {
     /// The lookup key of `obj`; `None` for a key compared by Python that is
     /// not interned, which therefore is in no entry and no load.
     pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<KeyRef>> {
+        Ok(self.key_ref_hashed(obj)?.1)
+    }
+
+    /// [`Moka::key_ref`] with `obj`'s hash, for [`Moka::owned_hashed`]: a
+    /// miss of `@cached` then runs the arguments' `__hash__` once, not twice.
+    #[inline]
+    pub(crate) fn key_ref_hashed(
+        &self,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<(isize, Option<KeyRef>)> {
         let (hash, repr) = key::describe(obj)?;
         let repr = match repr {
             Repr::Python => match self.interner.get() {
                 Some(interner) => match interner.lookup(obj, hash)? {
                     Some(id) => Repr::CanonId(id),
-                    None => return Ok(None),
+                    None => return Ok((hash, None)),
                 },
-                None => return Ok(None),
+                None => return Ok((hash, None)),
             },
             native => native,
         };
-        Ok(Some(KeyRef::new(hash, repr)))
+        Ok((hash, Some(KeyRef::new(hash, repr))))
+    }
+
+    /// [`Moka::owned`] for a key whose hash [`Moka::key_ref_hashed`] gave:
+    /// a key without an owned lookup form is one compared by Python, and is
+    /// interned with that hash (no second `describe`, so no second `__hash__`).
+    pub(crate) fn owned_hashed(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        hash: isize,
+        lookup: Option<&KeyRef>,
+    ) -> PyResult<Key> {
+        match lookup.and_then(|k| k.to_owned(obj)) {
+            Some(key) => Ok(key),
+            None => Ok(Key::new(
+                hash,
+                Repr::Canon(self.interner().intern(obj, hash)?),
+                obj,
+            )),
+        }
     }
 
     /// The owned key of `obj`, from its lookup key when that has one.
@@ -777,6 +806,31 @@ impl Moka {
             |key| self.lookup(py, key),
             || self.compute(init),
             |key, value| self.insert_key(py, key, value, ttl, tti),
+        )
+    }
+
+    /// [`Moka::load`] for `@cached(cache_if=...)`: the leader stores the
+    /// value only when `keep(value)` is true (run attached, holding no lock,
+    /// like the weigher); every waiter receives the value either way.
+    pub(crate) fn load_if<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        keep: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        self.loads.load(
+            py,
+            key,
+            |key| self.lookup(py, key),
+            init,
+            |key, value| {
+                if keep(value)? {
+                    self.insert_key(py, key, value, None, None)
+                } else {
+                    Ok(())
+                }
+            },
         )
     }
 

@@ -1,18 +1,21 @@
-//! The sync wrapper behind `moka_py.cached`, and the key of a call's arguments.
+//! The wrapper behind `moka_py.cached` (the whole of a sync function, the hit
+//! of an `async` one), and the key of a call's arguments.
 //!
 //! The hit path of a decorated function is the hot path: the key is built and
 //! looked up in Rust, without Python-level frames. Hits and misses are counted
 //! in striped atomic counters, exact and free of contention between threads.
 //! Locks: none of its own; the cache's rules apply (`cache.rs`).
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{ffi, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::cache::Moka;
 use crate::counter::Counter;
+use crate::key::{Key, KeyRef};
 
 /// Builds the key of a call like `functools.lru_cache`: a single argument of
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
@@ -84,9 +87,16 @@ extern "C" {
     fn PyMethod_New(func: *mut ffi::PyObject, slf: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// A function decorated with `@cached` (sync). Behaves as a function: it
-/// binds as a method. `moka_py.cached` instantiates a Python subclass, whose
-/// `__dict__` (filled by `functools.update_wrapper`) the GC then traverses.
+/// A function decorated with `@cached`. Behaves as a function: it binds as a
+/// method. `moka_py.cached` instantiates a Python subclass, whose `__dict__`
+/// (filled by `functools.update_wrapper`) the GC then traverses.
+///
+/// Counting follows `functools.lru_cache`: every call counts once, as a miss
+/// if it computed the result and as a hit otherwise. A call that does not
+/// find its key is counted a miss when it starts; one that then joins another
+/// call's computation (`wait_concurrent=True`, a thread or an `async`
+/// awaiter) becomes a hit through [`CachedFunction::joined`], the one place
+/// that re-counts, so sync and async functions count alike.
 #[pyclass(
     frozen,
     subclass,
@@ -102,6 +112,10 @@ pub(crate) struct CachedFunction {
     /// For an `async def` function: `miss(key, args, kwargs)` returns the
     /// awaitable of a miss (a hit returns the stored `Ready`).
     miss: Option<Py<PyAny>>,
+    /// `key(*args, **kwargs)`: the cache key of a call, instead of [`make_key`].
+    key: Option<Py<PyAny>>,
+    /// `cache_if(result)`: whether a computed result is stored.
+    cache_if: Option<Py<PyAny>>,
     info: Py<PyAny>,
     maxsize: Py<PyAny>,
     parameters: Py<PyDict>,
@@ -109,12 +123,103 @@ pub(crate) struct CachedFunction {
     misses: Counter,
 }
 
+impl CachedFunction {
+    /// The cache key of a call.
+    #[inline]
+    fn key_of<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match &self.key {
+            Some(key) => crate::call::call_python(py, || key.bind(py).call(args, kwargs)),
+            None => make_key(py, args, kwargs, self.typed),
+        }
+    }
+
+    /// Whether `value`, just computed, is stored (`cache_if`).
+    fn keeps(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match &self.cache_if {
+            Some(keep) => {
+                crate::call::call_python(py, || keep.bind(py).call1((value,)))?.is_truthy()
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Re-counts a call counted as a miss as a hit: it received the result
+    /// of another call's computation.
+    fn joined(&self) {
+        self.misses.sub(1, Ordering::Relaxed);
+        self.hits.add(1, Ordering::Relaxed);
+    }
+
+    /// A call whose key was not found (`hash` and `lookup` from
+    /// `key_ref_hashed`). Kept out of line, so that the hit path and PyO3's
+    /// argument parsing stay inlined in `__call__`'s trampoline.
+    #[inline(never)]
+    fn miss<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        hash: isize,
+        lookup: Option<&KeyRef>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.misses.add(1, Ordering::Relaxed);
+        let cache = self.cache.get();
+        if let Some(miss) = &self.miss {
+            let key = MissKey(cache.owned_hashed(key, hash, lookup)?);
+            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
+        }
+        if self.coalesce {
+            let owned = cache.owned_hashed(key, hash, lookup)?;
+            return self.coalesced(py, owned, args, kwargs);
+        }
+        let value = crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))?;
+        if self.keeps(py, &value)? {
+            let owned = cache.owned_hashed(key, hash, lookup)?;
+            cache.insert_key(py, owned, &value, None, None)?;
+        }
+        Ok(value.unbind())
+    }
+
+    /// The miss of a sync function with `wait_concurrent`: one computation
+    /// per key at a time, shared by every thread that asks meanwhile.
+    fn coalesced<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let computed = Cell::new(false);
+        let call = || {
+            computed.set(true);
+            crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))
+        };
+        let cache = self.cache.get();
+        let result = if self.cache_if.is_some() {
+            cache.load_if(py, key, call, |value| self.keeps(py, value))
+        } else {
+            cache.load(py, key, call, None, None)
+        };
+        if !computed.get() {
+            self.joined();
+        }
+        result
+    }
+}
+
 #[pymethods]
 impl CachedFunction {
     /// `CachedFunction(func, cache, typed, wait_concurrent, cache_info_type,
-    /// maxsize, parameters, miss=None)`: built by `moka_py.cached`.
+    /// maxsize, parameters, miss=None, key=None, cache_if=None)`: built by
+    /// `moka_py.cached`.
     #[new]
-    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None))]
+    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None, key=None, cache_if=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Py<PyAny>,
@@ -125,6 +230,8 @@ impl CachedFunction {
         maxsize: Py<PyAny>,
         parameters: Py<PyDict>,
         miss: Option<Py<PyAny>>,
+        key: Option<Py<PyAny>>,
+        cache_if: Option<Py<PyAny>>,
     ) -> Self {
         CachedFunction {
             func,
@@ -132,6 +239,8 @@ impl CachedFunction {
             typed,
             coalesce: wait_concurrent,
             miss,
+            key,
+            cache_if,
             info: cache_info_type,
             maxsize,
             parameters,
@@ -147,28 +256,15 @@ impl CachedFunction {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let key = make_key(py, args, kwargs, self.typed)?;
+        let key = self.key_of(py, args, kwargs)?;
         let cache = self.cache.get();
-        let lookup = cache.key_ref(&key)?;
+        // The key's hash is kept for the miss: `__hash__` runs once per call.
+        let (hash, lookup) = cache.key_ref_hashed(&key)?;
         if let Some(found) = lookup.as_ref().and_then(|k| cache.lookup(py, k)) {
             self.hits.add(1, Ordering::Relaxed);
             return Ok(found);
         }
-        if let Some(miss) = &self.miss {
-            self.misses.add(1, Ordering::Relaxed);
-            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
-        }
-        let call = || {
-            self.misses.add(1, Ordering::Relaxed);
-            crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))
-        };
-        if self.coalesce {
-            let owned = cache.owned(&key, lookup.as_ref())?;
-            return cache.load(py, owned, call, None, None);
-        }
-        let value = call()?;
-        cache.insert_key(py, cache.owned(&key, lookup.as_ref())?, &value, None, None)?;
-        Ok(value.unbind())
+        self.miss(py, &key, hash, lookup.as_ref(), args, kwargs)
     }
 
     /// Binds to an instance like a function does.
@@ -205,11 +301,57 @@ impl CachedFunction {
         )
     }
 
-    /// Counts a call that was counted as a miss as a hit instead (an `async`
-    /// caller that joined a computation in flight).
+    /// [`CachedFunction::joined`], for the `async` miss path: an awaiter
+    /// that joined a computation in flight.
     fn _joined(&self) {
-        self.misses.sub(1, Ordering::Relaxed);
-        self.hits.add(1, Ordering::Relaxed);
+        self.joined();
+    }
+
+    /// Stores `value` under the key of an `async` miss (the `Ready` of its
+    /// result), without hashing the arguments again.
+    fn _store(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, MissKey>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let key = key.get().0.clone_ref(py);
+        self.cache.get().insert_key(py, key, value, None, None)
+    }
+
+    /// The underlying `Moka` cache.
+    #[getter]
+    fn cache(&self, py: Python<'_>) -> Py<Moka> {
+        self.cache.clone_ref(py)
+    }
+
+    /// The cache key of a call with these arguments, for
+    /// `cache_invalidate`/`cache_contains` (Python methods of the subclass:
+    /// a second `(*args, **kwargs)` method here would keep PyO3's argument
+    /// parsing from being inlined into `__call__`).
+    #[pyo3(signature = (args, kwargs=None))]
+    fn _key<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.key_of(py, args, kwargs)
+    }
+
+    /// Returns the function itself, as `functools.lru_cache` wrappers do.
+    fn __copy__<'py>(slf: &Bound<'py, Self>) -> Bound<'py, Self> {
+        slf.clone()
+    }
+
+    /// Returns the function itself, as `functools.lru_cache` wrappers do.
+    fn __deepcopy__<'py>(slf: &Bound<'py, Self>, _memo: &Bound<'py, PyAny>) -> Bound<'py, Self> {
+        slf.clone()
+    }
+
+    /// Pickles by qualified name, like a function: unpickling imports it.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.getattr(intern!(slf.py(), "__qualname__"))
     }
 
     /// Empties the cache and resets the statistics.
@@ -231,9 +373,44 @@ impl CachedFunction {
         visit.call(&self.info)?;
         visit.call(&self.maxsize)?;
         visit.call(&self.parameters)?;
-        if let Some(miss) = &self.miss {
-            visit.call(miss)?;
+        for f in [&self.miss, &self.key, &self.cache_if]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(f)?;
         }
         Ok(())
+    }
+}
+
+/// The key of an `async` call that missed, resolved once by the call: the
+/// miss path stores its result under it (`CachedFunction._store`) and keys
+/// its table of computations in flight by it. Its hash and `==` are the
+/// resolved key's, computed in Rust: the arguments' `__hash__` and `__eq__`
+/// do not run again.
+#[pyclass(frozen, module = "moka_py._moka_py", name = "MissKey")]
+pub(crate) struct MissKey(Key);
+
+#[pymethods]
+impl MissKey {
+    fn __hash__(&self) -> isize {
+        self.0.hash()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<MissKey>()
+            .is_ok_and(|other| other.get().0 == self.0)
+    }
+
+    /// The key object: the decorated function's `key(...)`, or the one built
+    /// from the arguments.
+    #[getter]
+    fn key(&self, py: Python<'_>) -> Py<PyAny> {
+        self.0.obj().clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(self.0.obj())
     }
 }

@@ -473,6 +473,11 @@ impl Key {
         &self.obj
     }
 
+    /// The Python hash of the key object, computed when the key was made.
+    pub(crate) fn hash(&self) -> isize {
+        self.hash
+    }
+
     /// Another owned key for the same object.
     pub(crate) fn clone_ref(&self, py: Python<'_>) -> Key {
         Key {

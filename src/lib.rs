@@ -51,6 +51,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::Moka>()?;
     m.add_class::<cached::CachedFunction>()?;
+    m.add_class::<cached::MissKey>()?;
     m.add_class::<ready::Ready>()?;
     m.add_class::<stats::CacheStats>()?;
     ready::add_send_slot(m.py());

@@ -50,6 +50,8 @@ def test_functools_surface() -> None:
         "tti": 2.0,
         "wait_concurrent": False,
         "policy": "tiny_lfu",
+        "key": None,
+        "cache_if": None,
     }
     info = wrapped.cache_info()
     assert info._fields == functools.lru_cache(lambda: 0).cache_info()._fields

@@ -8,7 +8,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached
+from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached, cached_method
 
 Cause = Literal["expired", "explicit", "replaced", "size"]
 
@@ -78,16 +78,56 @@ def use_moka_features() -> None:
     del got, gone, after, figures, more, rates, three
 
 
+@cached(key=lambda user, lang="en": user, cache_if=lambda result: result != "")
+def greet(user: int, lang: str = "en") -> str:
+    return f"{lang}:{user}"
+
+
+class Account:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    @cached_method(maxsize=8, ttl=60.0)
+    def balance(self, currency: str) -> str:
+        return f"{self.owner}:{currency}"
+
+    @cached_method
+    def name(self) -> str:
+        return self.owner
+
+    @cached_method(wait_concurrent=True)
+    async def remote(self, path: str) -> bytes:
+        await asyncio.sleep(0)
+        return path.encode()
+
+
 def use_cached() -> None:
     n: int = square(3) + bare(2)
     info: CacheInfo = square.cache_info()
     square.cache_clear()
     params = square.cache_parameters()
     text: str = asyncio.run(fetch(1))
-    del n, info, params, text
+    hello: str = greet(1, lang="fr")
+    removed: bool = greet.cache_invalidate(1)
+    present: bool = greet.cache_contains(1, "en")
+    cache: Moka[object, object] = greet.cache
+    del n, info, params, text, hello, removed, present, cache
+
+
+def use_cached_method() -> None:
+    account = Account("ann")
+    money: str = account.balance("eur")
+    own: str = account.name()
+    data: bytes = asyncio.run(account.remote("/x"))
+    info: CacheInfo = account.balance.cache_info()
+    account.balance.cache_clear()
+    gone: bool = account.balance.cache_invalidate("eur")
+    kept: bool = account.balance.cache_contains("eur")
+    del money, own, data, info, gone, kept
 
 
 def test_typed_usage() -> None:
     use_moka()
     use_moka_features()
     use_cached()
+    use_cached_method()

@@ -16,11 +16,11 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
-from moka_py._moka_py import Moka, Ready
+from moka_py._moka_py import MissKey, Moka, Ready
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,11 +48,29 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
     def cache_parameters(self) -> dict[str, Any]: ...
+    def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def cache_contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    @property
+    def cache(self) -> Moka[Any, Any]: ...
 
 
 class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
+
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Removes the cached result of the call with these arguments;
+        whether there was one."""
+        return self.cache.remove(self._key(args, kwargs), _ABSENT) is not _ABSENT
+
+    def cache_contains(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of the call with these arguments is cached (not
+        counted as a call, not an access)."""
+        return self._key(args, kwargs) in self.cache
+
+
+# What `cache_invalidate` passes to `Moka.remove` as the default: never a result.
+_ABSENT: Any = object()
 
 
 @overload
@@ -71,6 +89,8 @@ def cached(
     wait_concurrent: bool = False,
     policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
     weigher: Callable[[Any, Any], int] | None = None,
+    key: Callable[..., Hashable] | None = None,
+    cache_if: Callable[[Any], object] | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
@@ -83,6 +103,8 @@ def cached(
     wait_concurrent: bool = False,
     policy: Literal["tiny_lfu", "lru"] = "tiny_lfu",
     weigher: Callable[[Any, Any], int] | None = None,
+    key: Callable[..., Hashable] | None = None,
+    cache_if: Callable[[Any], object] | None = None,
 ) -> Any:
     """Caches a function's results: ``functools.lru_cache`` with TTL and TTI.
 
@@ -97,17 +119,27 @@ def cached(
     :param policy: ``"tiny_lfu"`` (default) or ``"lru"``.
     :param weigher: ``weigher(key, result) -> int``; ``maxsize`` then bounds
         the total weight.
+    :param key: ``key(*args, **kwargs)``, the cache key of a call (instead of
+        the arguments themselves; ``typed`` is then ignored).
+    :param cache_if: ``cache_if(result) -> bool``; a result for which it is
+        false is returned but not stored.
 
-    Works on plain functions, methods (the instance is part of the key),
-    static and class methods, and ``async def`` functions; may be used with or
-    without parentheses.
+    Works on plain functions, methods (the instance is part of the key; see
+    :func:`cached_method` for a cache per instance), static and class
+    methods, and ``async def`` functions; may be used with or without
+    parentheses.
     """
     if callable(maxsize) and not isinstance(maxsize, int):
         # Used as ``@cached`` without parentheses, like ``@functools.lru_cache``.
         return cached()(maxsize)
     if maxsize is not None and (isinstance(maxsize, bool) or not isinstance(maxsize, int)):
         raise TypeError(f"maxsize must be an int or None, not {type(maxsize).__name__}")
-    capacity = _UNBOUNDED if maxsize is None else max(maxsize, 0)
+    for name, option in (("key", key), ("cache_if", cache_if)):
+        if option is not None and not callable(option):
+            raise TypeError(f"{name} must be callable or None, not {type(option).__name__}")
+    if maxsize is not None and maxsize < 0:
+        maxsize = 0  # as in functools
+    capacity = _UNBOUNDED if maxsize is None else maxsize
     # Validates every option now, at decoration time.
     Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
 
@@ -127,16 +159,19 @@ def cached(
             "tti": tti,
             "wait_concurrent": wait_concurrent,
             "policy": policy,
+            "key": key,
+            "cache_if": cache_if,
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
-            return functools.update_wrapper(_Wrapper(*args), func)
+            return functools.update_wrapper(_Wrapper(*args, key=key, cache_if=cache_if), func)
         misses = _Misses()
-        wrapper = _Wrapper(*args, misses)
+        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if)
+        store = _store(wrapper._store, cache_if)
         if wait_concurrent:
-            misses.path = _async_coalescing(func, cache, wrapper._joined)
+            misses.path = _async_coalescing(func, store, wrapper._joined)
         else:
-            misses.path = _async_plain(func, cache)
+            misses.path = _async_plain(func, store)
         functools.update_wrapper(wrapper, func)
         _mark_coroutine_function(wrapper, func)
         return wrapper
@@ -149,9 +184,9 @@ class _Misses:
     coalescing path needs the wrapper itself, to count joins as hits)."""
 
     __slots__ = ("path",)
-    path: Callable[[Any, Any, Any], Any]
+    path: Callable[[MissKey, Any, Any], Any]
 
-    def __call__(self, key: Any, args: Any, kwargs: Any) -> Any:
+    def __call__(self, key: MissKey, args: Any, kwargs: Any) -> Any:
         return self.path(key, args, kwargs)
 
 
@@ -170,52 +205,70 @@ def _mark_coroutine_function(wrapper: Any, func: Callable[..., Any]) -> None:
     wrapper._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
-def _async_plain(func: Any, cache: Moka[Any, Any]) -> Callable[[Any, Any, Any], Any]:
-    """The miss of an async function: compute, store the result (finished)."""
-    put = cache.set
+def _store(
+    put: Callable[[MissKey, Any], None], cache_if: Callable[[Any], object] | None
+) -> Callable[[MissKey, Any], None]:
+    """``store(key, result)`` for an async function: the result, finished,
+    unless ``cache_if`` rejects it. TTL/TTI start then, when it is stored.
+    ``key`` is the ``MissKey`` of the call, ``put`` the wrapper's ``_store``."""
+    if cache_if is None:
 
-    async def miss(key: Any, args: Any, kwargs: Any) -> Any:
+        def store(key: MissKey, value: Any) -> None:
+            put(key, Ready(value))
+
+    else:
+
+        def store(key: MissKey, value: Any) -> None:
+            if cache_if(value):
+                put(key, Ready(value))
+
+    return store
+
+
+def _async_plain(
+    func: Any, store: Callable[[MissKey, Any], None]
+) -> Callable[[MissKey, Any, Any], Any]:
+    """The miss of an async function: compute, store the result."""
+
+    async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
         value = await (func(*args, **kwargs) if kwargs else func(*args))
-        # TTL/TTI start now, when the result is stored.
-        put(key, Ready(value))
+        store(key, value)
         return value
 
     return miss
 
 
 def _async_coalescing(
-    func: Any, cache: Moka[Any, Any], joined: Callable[[], None]
-) -> Callable[[Any, Any, Any], Any]:
+    func: Any, store: Callable[[MissKey, Any], None], joined: Callable[[], None]
+) -> Callable[[MissKey, Any, Any], Any]:
     """The miss of an async function with ``wait_concurrent``: one shared
     ``asyncio.Task`` per key and event loop; the cache holds only finished
     results, so a failed or cancelled computation is retried by the next call.
-    A caller that joins a computation in flight counts as a hit."""
-    put = cache.set
+    A caller that joins a computation in flight counts as a hit (``joined``)."""
     # Each event loop coalesces its own callers; a loop's table goes with it.
-    tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Task[Any]]]
+    tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[MissKey, asyncio.Task[Any]]]
     tables = weakref.WeakKeyDictionary()
     tables_lock = threading.Lock()
 
-    def table_of(loop: asyncio.AbstractEventLoop) -> dict[Any, asyncio.Task[Any]]:
+    def table_of(loop: asyncio.AbstractEventLoop) -> dict[MissKey, asyncio.Task[Any]]:
         table = tables.get(loop)
         if table is None:
             with tables_lock:
                 table = tables.setdefault(loop, {})
         return table
 
-    async def compute(key: Any, args: Any, kwargs: Any) -> Any:
-        value = await (func(*args, **kwargs) if kwargs else func(*args))
-        put(key, Ready(value))
-        return value
+    compute = _async_plain(func, store)
 
-    def forget(table: dict[Any, asyncio.Task[Any]], key: Any, task: asyncio.Task[Any]) -> None:
+    def forget(
+        table: dict[MissKey, asyncio.Task[Any]], key: MissKey, task: asyncio.Task[Any]
+    ) -> None:
         if table.get(key) is task:
             del table[key]
         if not task.cancelled():
             # Marks the exception as retrieved: the callers got it already.
             task.exception()
 
-    async def miss(key: Any, args: Any, kwargs: Any) -> Any:
+    async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
         table = table_of(asyncio.get_running_loop())
         task = table.get(key)
         if task is None:

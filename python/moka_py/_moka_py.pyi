@@ -23,6 +23,7 @@ __all__ = [
     "_KWARGS_MARK",
     "CacheStats",
     "CachedFunction",
+    "MissKey",
     "Moka",
     "Ready",
     "_write_unraisable",
@@ -209,7 +210,7 @@ class CachedFunction:
     """A function decorated with ``moka_py.cached`` (see ``moka_py.cached``).
 
     For an ``async def`` function (``miss`` given), a hit returns the stored
-    ``Ready`` and a miss returns ``miss(key, args, kwargs)``."""
+    ``Ready`` and a miss returns ``miss(MissKey, args, kwargs)``."""
 
     def __new__(
         cls,
@@ -220,12 +221,15 @@ class CachedFunction:
         cache_info_type: Callable[[int, int, int | None, int], Any],
         maxsize: int | None,
         parameters: dict[str, Any],
-        miss: Callable[[Hashable, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
+        miss: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
+        key: Callable[..., Hashable] | None = None,
+        cache_if: Callable[[Any], object] | None = None,
     ) -> Self: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, obj: object, owner: object = None, /) -> Any: ...
     def cache_info(self) -> Any:
-        """``CacheInfo(hits, misses, maxsize, currsize)``."""
+        """``CacheInfo(hits, misses, maxsize, currsize)``: each call counts
+        once, a miss if it computed the result, else a hit."""
     def _joined(self) -> None:
         """Counts a call first counted as a miss as a hit (an async caller
         that joined a computation in flight)."""
@@ -233,6 +237,30 @@ class CachedFunction:
         """Empties the cache and resets the statistics."""
     def cache_parameters(self) -> dict[str, Any]:
         """The decorator's arguments."""
+    def _store(self, key: MissKey, value: object) -> None:
+        """Stores ``value`` under the key of an async miss."""
+    @property
+    def cache(self) -> Moka[Any, Any]:
+        """The underlying ``Moka`` cache."""
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Hashable:
+        """The cache key of a call with these arguments."""
+    def __copy__(self) -> Self:
+        """The function itself, as for ``functools.lru_cache``."""
+    def __deepcopy__(self, memo: Any, /) -> Self:
+        """The function itself, as for ``functools.lru_cache``."""
+    def __reduce__(self) -> str:
+        """Its qualified name: it pickles as a reference, like a function."""
+
+@final
+class MissKey:
+    """The key of an ``async`` call that missed, resolved once: hashed and
+    compared in Rust, without running the arguments' ``__hash__``/``__eq__``."""
+
+    @property
+    def key(self) -> Hashable:
+        """The key object."""
+    def __hash__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class Ready(Generic[_V]):
