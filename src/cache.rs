@@ -276,19 +276,22 @@ impl Moka {
         let (this, py) = (slf.get(), slf.py());
         let ttl = options::duration(ttl, "ttl")?;
         let tti = options::duration(tti, "tti")?;
-        let lookup = this.key_ref(key)?;
+        // The key's hash is kept for the miss: `__hash__` runs once per call.
+        let (hash, lookup) = this.key_ref_hashed(key)?;
         if let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) {
             if let Some(seen) = stale {
                 let call = refresh::Call {
                     func: initializer.clone().unbind(),
                     args: PyTuple::empty(py).unbind(),
                     kwargs: None,
+                    keep: None,
                 };
-                this.refresh(slf, key, lookup.as_ref(), seen, call, ttl, tti);
+                let target = this.owned_hashed(key, hash, lookup.as_ref());
+                this.refresh(slf, target, seen, call, ttl, tti);
             }
             return Ok(found);
         }
-        let owned = this.owned(key, lookup.as_ref())?;
+        let owned = this.owned_hashed(key, hash, lookup.as_ref())?;
         this.load(py, owned, || initializer.call0(), ttl, tti)
     }
 
@@ -654,6 +657,7 @@ impl Moka {
 
     /// `read` for a caller that can reload: the value, and the entry when a
     /// read found it due for a refresh.
+    #[inline]
     pub(crate) fn read_for_load(
         &self,
         py: Python<'_>,
@@ -677,14 +681,13 @@ impl Moka {
         found
     }
 
-    /// Starts the reload of a stale entry (`refresh.rs`); errors go to
-    /// `sys.unraisablehook`, as the caller has its value.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the reload of a stale entry (`refresh.rs`) under `key` (its
+    /// resolution may have failed: errors go to `sys.unraisablehook`, as the
+    /// caller has its value).
     pub(crate) fn refresh(
         &self,
         slf: &Bound<'_, Self>,
-        key: &Bound<'_, PyAny>,
-        lookup: Option<&KeyRef>,
+        key: PyResult<Key>,
         seen: Arc<Entry>,
         call: refresh::Call,
         ttl: Option<Duration>,
@@ -693,7 +696,7 @@ impl Moka {
         let Some(refresher) = &self.refresh else {
             return;
         };
-        match self.owned(key, lookup) {
+        match key {
             Ok(key) => refresher.start(
                 slf,
                 call,
@@ -704,7 +707,7 @@ impl Moka {
                     tti,
                 },
             ),
-            Err(err) => err.write_unraisable(slf.py(), Some(key)),
+            Err(err) => err.write_unraisable(slf.py(), Some(call.func.bind(slf.py()))),
         }
     }
 
@@ -763,7 +766,7 @@ impl Moka {
         Ok((hash, Some(KeyRef::new(hash, repr))))
     }
 
-    /// [`Moka::owned`] for a key whose hash [`Moka::key_ref_hashed`] gave:
+    /// The owned key of `obj`, for a key whose hash [`Moka::key_ref_hashed`] gave:
     /// a key without an owned lookup form is one compared by Python, and is
     /// interned with that hash (no second `describe`, so no second `__hash__`).
     pub(crate) fn owned_hashed(
@@ -779,14 +782,6 @@ impl Moka {
                 Repr::Canon(self.interner().intern(obj, hash)?),
                 obj,
             )),
-        }
-    }
-
-    /// The owned key of `obj`, from its lookup key when that has one.
-    pub(crate) fn owned(&self, obj: &Bound<'_, PyAny>, lookup: Option<&KeyRef>) -> PyResult<Key> {
-        match lookup.and_then(|k| k.to_owned(obj)) {
-            Some(key) => Ok(key),
-            None => self.key(obj),
         }
     }
 
@@ -823,7 +818,7 @@ impl Moka {
             py,
             key,
             |key| self.lookup(py, key),
-            init,
+            || self.compute(init),
             |key, value| {
                 if keep(value)? {
                     self.insert_key(py, key, value, None, None)

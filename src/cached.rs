@@ -116,6 +116,11 @@ pub(crate) struct CachedFunction {
     key: Option<Py<PyAny>>,
     /// `cache_if(result)`: whether a computed result is stored.
     cache_if: Option<Py<PyAny>>,
+    /// For an `async def` function with `refresh_after`:
+    /// `refresh(key, args, kwargs)` starts the reload of a stale entry as a
+    /// task on the running loop (a sync function reloads on the cache's
+    /// executor, `refresh.rs`).
+    refresh: Option<Py<PyAny>>,
     info: Py<PyAny>,
     maxsize: Py<PyAny>,
     parameters: Py<PyDict>,
@@ -178,12 +183,47 @@ impl CachedFunction {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             return self.coalesced(py, owned, args, kwargs);
         }
-        let value = crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))?;
+        let value = cache
+            .compute(|| crate::call::call_python(py, || self.func.bind(py).call(args, kwargs)))?;
         if self.keeps(py, &value)? {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             cache.insert_key(py, owned, &value, None, None)?;
         }
         Ok(value.unbind())
+    }
+
+    /// A hit on an entry due for a refresh (`refresh_after`): starts its
+    /// reload. Out of line, as the miss.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn refresh<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        hash: isize,
+        lookup: Option<&KeyRef>,
+        seen: std::sync::Arc<crate::entry::Entry>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) {
+        let cache = self.cache.bind(py);
+        let owned = cache.get().owned_hashed(key, hash, lookup);
+        if let Some(refresh) = &self.refresh {
+            let started = owned.and_then(|key| {
+                crate::call::call_python(py, || refresh.call1(py, (MissKey(key), args, kwargs)))
+            });
+            if let Err(err) = started {
+                err.write_unraisable(py, Some(self.func.bind(py)));
+            }
+            return;
+        }
+        let call = crate::refresh::Call {
+            func: self.func.clone_ref(py),
+            args: args.clone().unbind(),
+            kwargs: kwargs.map(|k| k.clone().unbind()),
+            keep: self.cache_if.as_ref().map(|k| k.clone_ref(py)),
+        };
+        cache.get().refresh(cache, owned, seen, call, None, None);
     }
 
     /// The miss of a sync function with `wait_concurrent`: one computation
@@ -216,10 +256,10 @@ impl CachedFunction {
 #[pymethods]
 impl CachedFunction {
     /// `CachedFunction(func, cache, typed, wait_concurrent, cache_info_type,
-    /// maxsize, parameters, miss=None, key=None, cache_if=None)`: built by
-    /// `moka_py.cached`.
+    /// maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None)`:
+    /// built by `moka_py.cached`.
     #[new]
-    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None, key=None, cache_if=None))]
+    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Py<PyAny>,
@@ -232,6 +272,7 @@ impl CachedFunction {
         miss: Option<Py<PyAny>>,
         key: Option<Py<PyAny>>,
         cache_if: Option<Py<PyAny>>,
+        refresh: Option<Py<PyAny>>,
     ) -> Self {
         CachedFunction {
             func,
@@ -241,6 +282,7 @@ impl CachedFunction {
             miss,
             key,
             cache_if,
+            refresh,
             info: cache_info_type,
             maxsize,
             parameters,
@@ -260,8 +302,11 @@ impl CachedFunction {
         let cache = self.cache.get();
         // The key's hash is kept for the miss: `__hash__` runs once per call.
         let (hash, lookup) = cache.key_ref_hashed(&key)?;
-        if let Some(found) = lookup.as_ref().and_then(|k| cache.lookup(py, k)) {
+        if let Some((found, stale)) = cache.read_for_load(py, lookup.as_ref()) {
             self.hits.add(1, Ordering::Relaxed);
+            if let Some(seen) = stale {
+                self.refresh(py, &key, hash, lookup.as_ref(), seen, args, kwargs);
+            }
             return Ok(found);
         }
         self.miss(py, &key, hash, lookup.as_ref(), args, kwargs)
@@ -373,7 +418,7 @@ impl CachedFunction {
         visit.call(&self.info)?;
         visit.call(&self.maxsize)?;
         visit.call(&self.parameters)?;
-        for f in [&self.miss, &self.key, &self.cache_if]
+        for f in [&self.miss, &self.key, &self.cache_if, &self.refresh]
             .into_iter()
             .flatten()
         {

@@ -50,11 +50,13 @@ pub(crate) struct Refresher {
     own: PyOnceLock<Py<PyAny>>,
 }
 
-/// What a reload calls: `func(*args, **kwargs)`.
+/// What a reload calls: `func(*args, **kwargs)`, and whether its result is
+/// stored: `keep(result)` (`@cached(cache_if=)`), or always.
 pub(crate) struct Call {
     pub(crate) func: Py<PyAny>,
     pub(crate) args: Py<PyTuple>,
     pub(crate) kwargs: Option<Py<PyDict>>,
+    pub(crate) keep: Option<Py<PyAny>>,
 }
 
 /// How the reloaded value is stored.
@@ -179,7 +181,15 @@ impl Reload {
                 })
             })
             .and_then(|value| {
-                moka.replace(py, target.key, &target.seen, &value, target.ttl, target.tti)?;
+                let keep = match &call.keep {
+                    Some(keep) => {
+                        call::call_python(py, || keep.bind(py).call1((&value,)))?.is_truthy()?
+                    }
+                    None => true,
+                };
+                if keep {
+                    moka.replace(py, target.key, &target.seen, &value, target.ttl, target.tti)?;
+                }
                 Ok(value.unbind())
             });
         leader.publish(py, &result);

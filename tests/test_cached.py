@@ -52,6 +52,8 @@ def test_functools_surface() -> None:
         "policy": "tiny_lfu",
         "key": None,
         "cache_if": None,
+        "stats": False,
+        "refresh_after": None,
     }
     info = wrapped.cache_info()
     assert info._fields == functools.lru_cache(lambda: 0).cache_info()._fields

@@ -101,8 +101,14 @@ class Account:
         return path.encode()
 
 
+@cached(maxsize=16, ttl=60.0, stats=True, refresh_after=30.0, executor=None)
+def rate(pair: str) -> float:
+    return 1.0
+
+
 def use_cached() -> None:
-    n: int = square(3) + bare(2)
+    stats: CacheStats = (rate("EURUSD"), rate.cache.stats())[1]
+    n: int = square(3) + bare(2) + stats.hits
     info: CacheInfo = square.cache_info()
     square.cache_clear()
     params = square.cache_parameters()

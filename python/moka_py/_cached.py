@@ -6,7 +6,9 @@ building, lookup and counting run without Python-level frames. For an
 ``async def`` function the cache holds each result wrapped in an already
 finished awaitable (``Ready``), and a hit returns that object as it is: no
 coroutine is created. A miss returns the coroutine of one small Python
-function per path (plain, coalescing). :func:`cached` only picks one.
+function per path (plain, coalescing). :func:`cached` only picks one. The
+computations in flight of an async function (coalesced misses, refreshes)
+are kept per event loop by ``_aload.InFlight``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import threading
-import weakref
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
+from moka_py._aload import InFlight, timed
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
 from moka_py._moka_py import MissKey, Moka, Ready
 
@@ -91,6 +93,9 @@ def cached(
     weigher: Callable[[Any, Any], int] | None = None,
     key: Callable[..., Hashable] | None = None,
     cache_if: Callable[[Any], object] | None = None,
+    stats: bool = False,
+    refresh_after: float | None = None,
+    executor: Executor | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
@@ -105,6 +110,9 @@ def cached(
     weigher: Callable[[Any, Any], int] | None = None,
     key: Callable[..., Hashable] | None = None,
     cache_if: Callable[[Any], object] | None = None,
+    stats: bool = False,
+    refresh_after: float | None = None,
+    executor: Executor | None = None,
 ) -> Any:
     """Caches a function's results: ``functools.lru_cache`` with TTL and TTI.
 
@@ -123,6 +131,12 @@ def cached(
         the arguments themselves; ``typed`` is then ignored).
     :param cache_if: ``cache_if(result) -> bool``; a result for which it is
         false is returned but not stored.
+    :param stats: record statistics in the cache: ``f.cache.stats()``.
+    :param refresh_after: seconds after which a hit returns the stored result
+        and reloads it in the background (a sync function on the cache's
+        executor, an ``async def`` one as a task on the caller's event loop).
+    :param executor: the ``concurrent.futures.Executor`` of a sync function's
+        reloads (default: the cache's own thread pool).
 
     Works on plain functions, methods (the instance is part of the key; see
     :func:`cached_method` for a cache per instance), static and class
@@ -140,8 +154,16 @@ def cached(
     if maxsize is not None and maxsize < 0:
         maxsize = 0  # as in functools
     capacity = _UNBOUNDED if maxsize is None else maxsize
+    options: dict[str, Any] = {
+        "ttl": ttl,
+        "tti": tti,
+        "policy": policy,
+        "stats": stats,
+        "refresh_after": refresh_after,
+        "executor": executor,
+    }
     # Validates every option now, at decoration time.
-    Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigher)
+    Moka(capacity, weigher=weigher, **options)
 
     def decorator(func: Callable[..., Any]) -> Any:
         is_async = inspect.iscoroutinefunction(func)
@@ -151,7 +173,7 @@ def cached(
             def weigh(key: Any, ready: Any) -> int:
                 return weigher(key, ready.value)
 
-        cache: Moka[Any, Any] = Moka(capacity, ttl=ttl, tti=tti, policy=policy, weigher=weigh)
+        cache: Moka[Any, Any] = Moka(capacity, weigher=weigh, **options)
         parameters = {
             "maxsize": maxsize,
             "typed": typed,
@@ -161,17 +183,24 @@ def cached(
             "policy": policy,
             "key": key,
             "cache_if": cache_if,
+            "stats": stats,
+            "refresh_after": refresh_after,
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
             return functools.update_wrapper(_Wrapper(*args, key=key, cache_if=cache_if), func)
-        misses = _Misses()
-        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if)
+        misses = _Late()
+        refresh = _Late() if refresh_after is not None else None
+        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
         store = _store(wrapper._store, cache_if)
+        compute = _async_plain(func, store, cache if stats else None)
+        flights = InFlight()
         if wait_concurrent:
-            misses.path = _async_coalescing(func, store, wrapper._joined)
+            misses.path = _async_coalescing(flights, compute, wrapper._joined)
         else:
-            misses.path = _async_plain(func, store)
+            misses.path = compute
+        if refresh is not None:
+            refresh.path = _async_refresh(flights, compute)
         functools.update_wrapper(wrapper, func)
         _mark_coroutine_function(wrapper, func)
         return wrapper
@@ -179,9 +208,10 @@ def cached(
     return decorator
 
 
-class _Misses:
-    """The miss path of an async wrapper, set once the wrapper exists (the
-    coalescing path needs the wrapper itself, to count joins as hits)."""
+class _Late:
+    """The miss (or refresh) path of an async wrapper, set once the wrapper
+    exists: the paths store through the wrapper, and the coalescing path
+    counts joins as hits on it."""
 
     __slots__ = ("path",)
     path: Callable[[MissKey, Any, Any], Any]
@@ -226,12 +256,14 @@ def _store(
 
 
 def _async_plain(
-    func: Any, store: Callable[[MissKey, Any], None]
+    func: Any, store: Callable[[MissKey, Any], None], stats: Moka[Any, Any] | None
 ) -> Callable[[MissKey, Any, Any], Any]:
-    """The miss of an async function: compute, store the result."""
+    """The miss of an async function: compute, store the result (with
+    ``stats``, recorded as a load in that cache)."""
 
     async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
-        value = await (func(*args, **kwargs) if kwargs else func(*args))
+        call = func(*args, **kwargs) if kwargs else func(*args)
+        value = await (call if stats is None else timed(stats, call))
         store(key, value)
         return value
 
@@ -239,46 +271,31 @@ def _async_plain(
 
 
 def _async_coalescing(
-    func: Any, store: Callable[[MissKey, Any], None], joined: Callable[[], None]
+    flights: InFlight, compute: Callable[[MissKey, Any, Any], Any], joined: Callable[[], None]
 ) -> Callable[[MissKey, Any, Any], Any]:
     """The miss of an async function with ``wait_concurrent``: one shared
     ``asyncio.Task`` per key and event loop; the cache holds only finished
     results, so a failed or cancelled computation is retried by the next call.
     A caller that joins a computation in flight counts as a hit (``joined``)."""
-    # Each event loop coalesces its own callers; a loop's table goes with it.
-    tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[MissKey, asyncio.Task[Any]]]
-    tables = weakref.WeakKeyDictionary()
-    tables_lock = threading.Lock()
-
-    def table_of(loop: asyncio.AbstractEventLoop) -> dict[MissKey, asyncio.Task[Any]]:
-        table = tables.get(loop)
-        if table is None:
-            with tables_lock:
-                table = tables.setdefault(loop, {})
-        return table
-
-    compute = _async_plain(func, store)
-
-    def forget(
-        table: dict[MissKey, asyncio.Task[Any]], key: MissKey, task: asyncio.Task[Any]
-    ) -> None:
-        if table.get(key) is task:
-            del table[key]
-        if not task.cancelled():
-            # Marks the exception as retrieved: the callers got it already.
-            task.exception()
 
     async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
-        table = table_of(asyncio.get_running_loop())
-        task = table.get(key)
-        if task is None:
-            task = asyncio.ensure_future(compute(key, args, kwargs))
-            table[key] = task
-            task.add_done_callback(functools.partial(forget, table, key))
-        else:
+        task, running = flights.start(key, lambda: compute(key, args, kwargs))
+        if running:
             joined()
         # A caller that is cancelled (or times out) does not cancel the
         # computation the others are waiting for.
         return await asyncio.shield(task)
 
     return miss
+
+
+def _async_refresh(
+    flights: InFlight, compute: Callable[[MissKey, Any, Any], Any]
+) -> Callable[[MissKey, Any, Any], None]:
+    """A hit of an async function on an entry due for a refresh: the reload,
+    a task on the caller's loop, one per key (coalesced with the misses)."""
+
+    def refresh(key: MissKey, args: Any, kwargs: Any) -> None:
+        flights.refresh(key, lambda: compute(key, args, kwargs))
+
+    return refresh

@@ -16,6 +16,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -142,6 +143,9 @@ def cached_method(
     weigher: Callable[[Any, Any], int] | None = None,
     key: Callable[..., Hashable] | None = None,
     cache_if: Callable[[Any], object] | None = None,
+    stats: bool = False,
+    refresh_after: float | None = None,
+    executor: Executor | None = None,
 ) -> Callable[[Callable[Concatenate[T, P], R]], CachedMethod[T, P, R]]: ...
 
 
@@ -156,6 +160,9 @@ def cached_method(
     weigher: Callable[[Any, Any], int] | None = None,
     key: Callable[..., Hashable] | None = None,
     cache_if: Callable[[Any], object] | None = None,
+    stats: bool = False,
+    refresh_after: float | None = None,
+    executor: Executor | None = None,
 ) -> Any:
     """:func:`~moka_py.cached` for methods: each instance gets its own cache.
 
@@ -180,6 +187,9 @@ def cached_method(
         weigher=weigher,
         key=key,
         cache_if=cache_if,
+        stats=stats,
+        refresh_after=refresh_after,
+        executor=executor,
     )
 
     def decorator(func: Callable[Concatenate[T, P], R]) -> CachedMethod[T, P, R]:
