@@ -310,19 +310,26 @@ impl Moka {
         let (this, py) = (slf.get(), slf.py());
         options::duration(ttl, "ttl")?;
         options::duration(tti, "tti")?;
-        let lookup = this.key_ref(key)?;
         let none = py.None();
         let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
+        let (hash, lookup) = this.key_ref_hashed(key)?;
         let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) else {
             return aload(py, "load")?
                 .call1((slf, key, initializer, ttl, tti))
                 .map(Bound::unbind);
         };
-        if stale.is_some() {
-            if let Err(err) = aload(py, "refresh")
-                .and_then(|refresh| refresh.call1((slf, key, initializer, ttl, tti)))
-            {
-                err.write_unraisable(py, Some(slf.as_any()));
+        if let Some(seen) = stale {
+            let target = this.owned_hashed(key, hash, lookup.as_ref());
+            let (ttl, tti) = (
+                options::duration(Some(ttl), "ttl")?,
+                options::duration(Some(tti), "tti")?,
+            );
+            if let Some(claim) = this.claim_refresh(slf, target, seen, ttl, tti) {
+                if let Err(err) = aload(py, "refresh")
+                    .and_then(|refresh| refresh.call1((slf, key, initializer, claim)))
+                {
+                    err.write_unraisable(py, Some(initializer));
+                }
             }
         }
         Ok(Bound::new(py, Ready::new(found))?.into_any().unbind())
@@ -711,6 +718,37 @@ impl Moka {
         }
     }
 
+    /// Claims the reload of a stale entry for an async reload on this
+    /// thread's event loop (`refresh.rs`); `None` when a load of the key is
+    /// in flight, or its resolution failed (reported to `sys.unraisablehook`).
+    pub(crate) fn claim_refresh<'py>(
+        &self,
+        slf: &Bound<'py, Self>,
+        key: PyResult<Key>,
+        seen: Arc<Entry>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> Option<Bound<'py, refresh::Claim>> {
+        let refresher = self.refresh.as_ref()?;
+        let py = slf.py();
+        let claimed = key.and_then(|key| {
+            let target = refresh::Target {
+                key,
+                seen,
+                ttl,
+                tti,
+            };
+            refresher
+                .claim(slf, target)
+                .map(|claim| Bound::new(py, claim))
+                .transpose()
+        });
+        claimed.unwrap_or_else(|err| {
+            err.write_unraisable(py, Some(slf.as_any()));
+            None
+        })
+    }
+
     /// Runs an initializer (`init`), recording the call in the statistics.
     pub(crate) fn compute<'py>(
         &self,
@@ -1032,8 +1070,12 @@ impl Moka {
 /// imported on first use.
 fn aload<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    MODULE
-        .get_or_try_init(py, || py.import("moka_py._aload").map(Bound::unbind))?
-        .bind(py)
-        .getattr(name)
+    if let Some(module) = MODULE.get(py) {
+        return module.bind(py).getattr(name);
+    }
+    // Imported outside the cell's lock (an import runs Python code); a
+    // thread that loses the race keeps the module it imported, the same one.
+    let module = py.import("moka_py._aload")?;
+    let _ = MODULE.set(py, module.clone().unbind());
+    module.getattr(name)
 }

@@ -209,9 +209,15 @@ impl CachedFunction {
         let cache = self.cache.bind(py);
         let owned = cache.get().owned_hashed(key, hash, lookup);
         if let Some(refresh) = &self.refresh {
-            let started = owned.and_then(|key| {
-                crate::call::call_python(py, || refresh.call1(py, (MissKey(key), args, kwargs)))
-            });
+            // An async function: claimed here, reloaded by a task on this
+            // thread's loop, which finishes the claim.
+            let miss_key = owned.as_ref().ok().map(|key| MissKey(key.clone_ref(py)));
+            let claim = cache.get().claim_refresh(cache, owned, seen, None, None);
+            let (Some(key), Some(claim)) = (miss_key, claim) else {
+                return;
+            };
+            let started =
+                crate::call::call_python(py, || refresh.call1(py, (key, args, kwargs, claim)));
             if let Err(err) = started {
                 err.write_unraisable(py, Some(self.func.bind(py)));
             }

@@ -54,6 +54,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cached::MissKey>()?;
     m.add_class::<ready::Ready>()?;
     m.add_class::<stats::CacheStats>()?;
+    m.add_class::<refresh::Claim>()?;
     ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
     m.add_function(wrap_pyfunction!(refresh::_write_unraisable, m)?)?;

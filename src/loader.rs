@@ -24,7 +24,7 @@
 //! a `BaseException` that is not an `Exception` (`KeyboardInterrupt`,
 //! `SystemExit`) propagates in the leader only, and the waiters start over.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
@@ -46,6 +46,11 @@ use crate::key::{Key, PyHashBuilder};
 /// load from an older generation counts as abandoned and is replaced.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// The process's fork generation (see [`FORK_GENERATION`]).
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
 /// Registered with `os.register_at_fork(after_in_child=...)` at import.
 #[pyfunction]
 pub(crate) fn _after_fork_in_child() {
@@ -64,6 +69,9 @@ pub(crate) struct Load {
     /// The thread running the initializer: the leader from the start, or for
     /// a refresh the pool thread, once it starts (`refresh.rs`).
     owner: OnceLock<ThreadId>,
+    /// Whether a caller joined to wait for the outcome (a refresh then
+    /// stores its value even where the entry is gone, see `refresh.rs`).
+    waited: AtomicBool,
     generation: u64,
     state: Mutex<State>,
     done: Condvar,
@@ -192,7 +200,10 @@ impl Loads {
                     e.insert(Arc::clone(&load));
                     Joined::Leader(load)
                 }
-                MapEntry::Occupied(e) => Joined::Waiter(Arc::clone(e.get())),
+                MapEntry::Occupied(e) => {
+                    e.get().waited.store(true, Ordering::Relaxed);
+                    Joined::Waiter(Arc::clone(e.get()))
+                }
                 MapEntry::Vacant(e) => {
                     let load = new_load();
                     e.insert(Arc::clone(&load));
@@ -206,9 +217,16 @@ impl Loads {
 
 impl Loads {
     /// Claims the load of `key` for a refresh (`refresh.rs`): the new load,
-    /// or `None` when one is in flight already. Whoever runs the refresh
-    /// later calls [`Leader::start`], then publishes through the leader.
-    pub(crate) fn claim(&self, py: Python<'_>, key: &Key) -> Option<Arc<Load>> {
+    /// or `None` when one is in flight already. `owner` is the thread that
+    /// will run it, when known (an async reload, on this thread's loop);
+    /// otherwise whoever runs it calls [`Leader::start`]. It publishes
+    /// through the leader.
+    pub(crate) fn claim(
+        &self,
+        py: Python<'_>,
+        key: &Key,
+        owner: Option<ThreadId>,
+    ) -> Option<Arc<Load>> {
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
         let key = key.clone_ref(py);
         crate::call::enter(
@@ -217,12 +235,12 @@ impl Loads {
             || match self.map.entry(key) {
                 MapEntry::Occupied(e) if e.get().generation == generation => None,
                 MapEntry::Occupied(mut e) => {
-                    let load = Load::new(None, generation);
+                    let load = Load::new(owner, generation);
                     e.insert(Arc::clone(&load));
                     Some(load)
                 }
                 MapEntry::Vacant(e) => {
-                    let load = Load::new(None, generation);
+                    let load = Load::new(owner, generation);
                     e.insert(Arc::clone(&load));
                     Some(load)
                 }
@@ -242,6 +260,11 @@ impl Loads {
 }
 
 impl Load {
+    /// Whether a caller waits for this load's outcome.
+    fn waited(&self) -> bool {
+        self.waited.load(Ordering::Relaxed)
+    }
+
     fn new(owner: Option<ThreadId>, generation: u64) -> Arc<Self> {
         let cell = OnceLock::new();
         if let Some(owner) = owner {
@@ -249,6 +272,7 @@ impl Load {
         }
         Arc::new(Load {
             owner: cell,
+            waited: AtomicBool::new(false),
             generation,
             state: Mutex::new(State::Running),
             done: Condvar::new(),
@@ -307,6 +331,11 @@ impl Leader<'_> {
         }
     }
 
+    /// Whether a caller joined to wait for the outcome.
+    pub(crate) fn waited(&self) -> bool {
+        self.load.as_ref().is_some_and(|load| load.waited())
+    }
+
     /// Publishes the outcome of the initializer: `Ok(value)` or its error.
     pub(crate) fn publish(mut self, py: Python<'_>, result: &PyResult<Py<PyAny>>) {
         let state = match result {
@@ -360,12 +389,18 @@ impl Failure {
     fn fan_out(&self, py: Python<'_>) -> PyErr {
         static COPY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let exc = self.exc.bind(py);
-        let copy = COPY
-            .get_or_try_init(py, || {
-                py.import(intern!(py, "copy"))?
-                    .getattr(intern!(py, "copy"))
-                    .map(Bound::unbind)
-            })
+        // Imported outside the cell's lock (an import runs Python code).
+        let copy_fn = match COPY.get(py) {
+            Some(copy) => Ok(copy.clone_ref(py)),
+            None => py
+                .import(intern!(py, "copy"))
+                .and_then(|m| m.getattr(intern!(py, "copy")))
+                .map(|copy| {
+                    let _ = COPY.set(py, copy.clone().unbind());
+                    copy.unbind()
+                }),
+        };
+        let copy = copy_fn
             .and_then(|copy| copy.bind(py).call1((exc,)))
             .ok()
             .filter(|c| {

@@ -2,52 +2,58 @@
 //!
 //! moka's read hook marks an entry stale once it is older than
 //! `refresh_after` (`expiry.rs`). When `get_with` (or `@cached`) finds a stale
-//! entry it returns the value at once and calls [`Refresher::start`]:
+//! entry it returns the value at once and starts a reload:
 //!
 //! 1. the reload claims the key in the cache's in-flight loads (`loader.rs`),
 //!    so at most one load of a key runs at a time, and a `get_with` that
 //!    misses meanwhile waits for this reload instead of starting its own;
 //!    when a load is in flight already, nothing starts;
-//! 2. a [`Reload`] (a callable holding the claim) is submitted to the
-//!    executor: the `concurrent.futures.Executor` given as `executor=`, or
-//!    the cache's own `ThreadPoolExecutor`, made on first use;
-//! 3. on a pool thread, the reload runs the initializer (attached, holding no
-//!    lock), stores its result unless the entry was replaced by a newer write
-//!    meanwhile (a `set` wins over a reload that started before it), and
-//!    wakes the waiters. If the initializer raises, the old value stays until
-//!    it expires, the waiters get the exception, and it goes to
-//!    `sys.unraisablehook`. The entry stays stale, so a later read retries.
+//! 2. a sync reload, a [`Reload`] (a callable holding the claim), is
+//!    submitted to the executor: the `concurrent.futures.Executor` given as
+//!    `executor=`, or the default pool, a `ThreadPoolExecutor` shared by every
+//!    cache and made on first use (again after a `fork`, whose child has no
+//!    thread of the parent's pool). An async reload (`aget_with`, `@cached` on
+//!    `async def`) gets a [`Claim`] and runs as a task on the caller's loop;
+//! 3. the reload runs the initializer (attached, holding no lock) and stores
+//!    its result where the entry it found stale still is, or where the entry
+//!    is gone but a `get_with` waits for the reload; a newer write wins, and
+//!    a removal stays a removal. Then it wakes the waiters. If the
+//!    initializer raises, the old value stays until it expires, the waiters
+//!    get the exception, and it goes to `sys.unraisablehook`. The entry stays
+//!    stale, so a later read retries.
 //!
-//! A reload that never runs (the executor refused it, or dropped it at
-//! shutdown) abandons its claim when it is dropped: waiters start over.
+//! A claim that is never finished (the executor refused the job or dropped it
+//! at shutdown, the task never ran) is abandoned when dropped: waiters start
+//! over.
 //!
 //! Locks: the claim and the store take the in-flight map's shard lock and
-//! moka's key lock through `call::enter`, as any write; `Reload::job` is a
-//! mutex held only to take the job out, once.
+//! moka's key lock through `call::enter`, as any write; the job mutexes and
+//! the default pool's mutex are held only to take or swap a value out, never
+//! while Python code runs or a reference is released.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 use moka::ops::compute::Op;
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::cache::Moka;
 use crate::call;
+use crate::deferred::PyOwned;
 use crate::entry::Entry;
 use crate::key::Key;
-use crate::loader::Load;
+use crate::loader::{fork_generation, Load};
 use crate::slot::PySlot;
 
 /// The cache's refresh settings and executor.
 pub(crate) struct Refresher {
     pub(crate) after: Duration,
-    /// The executor given as `executor=`.
+    /// The executor given as `executor=`; without one, [`default_pool`].
     given: Option<PySlot>,
-    /// The cache's own pool, made on first use.
-    own: PyOnceLock<Py<PyAny>>,
 }
 
 /// What a reload calls: `func(*args, **kwargs)`, and whether its result is
@@ -62,11 +68,42 @@ pub(crate) struct Call {
 /// How the reloaded value is stored.
 pub(crate) struct Target {
     pub(crate) key: Key,
-    /// The entry found stale: the reload replaces it, or an absent one, but
-    /// not a newer write.
+    /// The entry found stale: the reload replaces it (see the module comment).
     pub(crate) seen: Arc<Entry>,
     pub(crate) ttl: Option<Duration>,
     pub(crate) tti: Option<Duration>,
+}
+
+/// The default pool of every cache without `executor=`, with the fork
+/// generation it was made in.
+static DEFAULT_POOL: Mutex<Option<(u64, PyOwned)>> = Mutex::new(None);
+
+/// The default pool, made on first use and again in a forked child.
+fn default_pool(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let generation = fork_generation();
+    let current = |slot: &Option<(u64, PyOwned)>| match slot {
+        Some((made, pool)) if *made == generation => Some(pool.clone_ref(py)),
+        _ => None,
+    };
+    if let Some(pool) = current(&DEFAULT_POOL.lock().unwrap_or_else(PoisonError::into_inner)) {
+        return Ok(pool);
+    }
+    // Made outside the lock; a thread that loses the race to install its
+    // pool drops it unused (no thread of it was started).
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "thread_name_prefix"), "moka_py-refresh")?;
+    let pool = py
+        .import(intern!(py, "concurrent.futures"))?
+        .getattr(intern!(py, "ThreadPoolExecutor"))?
+        .call((), Some(&kwargs))?
+        .unbind();
+    let mut slot = DEFAULT_POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(won) = current(&slot) {
+        return Ok(won);
+    }
+    // The parent's pool (after a fork) is a `PyOwned`: released after the call.
+    let _old = slot.replace((generation, PyOwned::new(pool.clone_ref(py))));
+    Ok(pool)
 }
 
 impl Refresher {
@@ -74,42 +111,24 @@ impl Refresher {
         Refresher {
             after,
             given: executor.map(|e| PySlot::new(e.clone().unbind())),
-            own: PyOnceLock::new(),
         }
     }
 
     fn executor(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(given) = &self.given {
-            return given.get(py).ok_or_else(|| {
+        match &self.given {
+            Some(given) => given.get(py).ok_or_else(|| {
                 pyo3::exceptions::PyRuntimeError::new_err("the cache's executor was cleared")
-            });
+            }),
+            None => default_pool(py),
         }
-        if let Some(own) = self.own.get(py) {
-            return Ok(own.clone_ref(py));
-        }
-        // Made outside any lock; a thread that loses the race to install its
-        // pool drops it unused (no thread of it was started).
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "thread_name_prefix"), "moka_py-refresh")?;
-        let pool = py
-            .import(intern!(py, "concurrent.futures"))?
-            .getattr(intern!(py, "ThreadPoolExecutor"))?
-            .call((), Some(&kwargs))?
-            .unbind();
-        let _ = self.own.set(py, pool);
-        Ok(self
-            .own
-            .get(py)
-            .expect("the pool was just set")
-            .clone_ref(py))
     }
 
-    /// Starts a reload of `target.key` unless a load of it is in flight.
-    /// Errors (the executor refused the job) go to `sys.unraisablehook`: the
-    /// caller has its value already.
+    /// Starts a sync reload of `target.key` on the executor unless a load of
+    /// it is in flight. Errors (the executor refused the job) go to
+    /// `sys.unraisablehook`: the caller has its value already.
     pub(crate) fn start(&self, cache: &Bound<'_, Moka>, call: Call, target: Target) {
         let py = cache.py();
-        let Some(load) = cache.get().loads().claim(py, &target.key) else {
+        let Some(load) = cache.get().loads().claim(py, &target.key, None) else {
             return;
         };
         let reload = Reload {
@@ -132,6 +151,18 @@ impl Refresher {
         call::after(py);
     }
 
+    /// Claims `target.key` for an async reload run by this thread's event
+    /// loop; `None` when a load of it is in flight.
+    pub(crate) fn claim(&self, cache: &Bound<'_, Moka>, target: Target) -> Option<Claim> {
+        let py = cache.py();
+        let owner = Some(thread::current().id());
+        let load = cache.get().loads().claim(py, &target.key, owner)?;
+        Some(Claim {
+            cache: cache.clone().unbind(),
+            job: Mutex::new(Some((load, target))),
+        })
+    }
+
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(given) = &self.given {
             given.traverse(visit)?;
@@ -152,7 +183,7 @@ struct Job {
     target: Target,
 }
 
-/// One reload, submitted to the executor (see the module comment).
+/// One sync reload, submitted to the executor (see the module comment).
 #[pyclass(frozen, module = "moka_py._moka_py", name = "_Reload")]
 pub(crate) struct Reload {
     cache: Py<Moka>,
@@ -162,11 +193,7 @@ pub(crate) struct Reload {
 #[pymethods]
 impl Reload {
     fn __call__(&self, py: Python<'_>) {
-        let job = self
-            .job
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let job = take(&self.job);
         let Some(Job { load, call, target }) = job else {
             return;
         };
@@ -188,7 +215,7 @@ impl Reload {
                     None => true,
                 };
                 if keep {
-                    moka.replace(py, target.key, &target.seen, &value, target.ttl, target.tti)?;
+                    moka.replace(py, &target, &value, leader.waited())?;
                 }
                 Ok(value.unbind())
             });
@@ -196,7 +223,7 @@ impl Reload {
         if let Err(err) = result {
             err.write_unraisable(py, Some(func));
         }
-        drop(target.seen);
+        drop(target);
         call::after(py);
     }
 }
@@ -204,12 +231,7 @@ impl Reload {
 impl Reload {
     /// Gives the claim up without running: waiters start over.
     fn abandon(&self) {
-        let job = self
-            .job
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(job) = job {
+        if let Some(job) = take(&self.job) {
             drop(self.cache.get().loads().leader(job.target.key, job.load));
         }
     }
@@ -224,23 +246,87 @@ impl Drop for Reload {
     }
 }
 
+/// An async reload's claim on its key (see the module comment): the task
+/// that reloads calls `finish` or `fail` once; dropped unfinished, it
+/// abandons the claim.
+#[pyclass(frozen, module = "moka_py._moka_py", name = "_Claim")]
+pub(crate) struct Claim {
+    cache: Py<Moka>,
+    job: Mutex<Option<(Arc<Load>, Target)>>,
+}
+
+#[pymethods]
+impl Claim {
+    /// Stores `value` (with `store`, unless a newer write won) and hands it to
+    /// the waiters.
+    #[pyo3(signature = (value, store=true))]
+    fn finish(&self, py: Python<'_>, value: &Bound<'_, PyAny>, store: bool) -> PyResult<()> {
+        let Some((load, target)) = take(&self.job) else {
+            return Ok(());
+        };
+        let moka = self.cache.get();
+        let leader = moka.loads().leader(target.key.clone_ref(py), load);
+        let stored = if store {
+            moka.replace(py, &target, value, leader.waited())
+        } else {
+            Ok(())
+        };
+        let result = stored.map(|()| value.clone().unbind());
+        leader.publish(py, &result);
+        drop(target);
+        call::after(py);
+        result.map(drop)
+    }
+
+    /// Hands `exc` to the waiters; the entry stays as it is.
+    fn fail(&self, py: Python<'_>, exc: &Bound<'_, PyBaseException>) {
+        let Some((load, target)) = take(&self.job) else {
+            return;
+        };
+        let leader = self
+            .cache
+            .get()
+            .loads()
+            .leader(target.key.clone_ref(py), load);
+        leader.publish(py, &Err(PyErr::from_value(exc.clone().into_any())));
+        drop(target);
+        call::after(py);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some((load, target)) = take(&self.job) {
+            drop(self.cache.get().loads().leader(target.key, load));
+        }
+    }
+}
+
+/// Takes a job out of its mutex (held for that alone).
+fn take<T>(job: &Mutex<Option<T>>) -> Option<T> {
+    job.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
 impl Moka {
-    /// Stores a reloaded `value` under `key` unless the entry there now is a
-    /// newer write than `seen` (see the module comment).
+    /// Stores a reloaded `value` under `target.key` where the entry found
+    /// stale still is, or, when the entry is gone, if a caller waits for the
+    /// reload (`waited`): not over a newer write, and not where a removal
+    /// without waiters left nothing.
     pub(crate) fn replace(
         &self,
         py: Python<'_>,
-        key: Key,
-        seen: &Arc<Entry>,
+        target: &Target,
         value: &Bound<'_, PyAny>,
-        ttl: Option<Duration>,
-        tti: Option<Duration>,
+        waited: bool,
     ) -> PyResult<()> {
-        let entry = self.entry(py, key.obj().bind(py), value, ttl, tti)?;
+        let key = target.key.clone_ref(py);
+        let entry = self.entry(py, key.obj().bind(py), value, target.ttl, target.tti)?;
+        let seen = &target.seen;
         self.write(py, entry.weight, move |store| {
             store.entry(key).and_compute_with(|current| match current {
-                Some(current) if !Arc::ptr_eq(current.value(), seen) => Op::Nop,
-                _ => Op::Put(entry),
+                Some(current) if Arc::ptr_eq(current.value(), seen) => Op::Put(entry),
+                None if waited => Op::Put(entry),
+                _ => Op::Nop,
             });
         });
         Ok(())
@@ -250,9 +336,6 @@ impl Moka {
 /// Sends `exc` to `sys.unraisablehook`, as a failed reload of a thread does
 /// (for the reloads of `aget_with`, run as asyncio tasks).
 #[pyfunction]
-pub(crate) fn _write_unraisable(
-    exc: &Bound<'_, pyo3::exceptions::PyBaseException>,
-    obj: &Bound<'_, PyAny>,
-) {
+pub(crate) fn _write_unraisable(exc: &Bound<'_, PyBaseException>, obj: &Bound<'_, PyAny>) {
     PyErr::from_value(exc.clone().into_any()).write_unraisable(exc.py(), Some(obj));
 }

@@ -257,3 +257,17 @@ def test_ttl_applies_to_the_loaded_value() -> None:
         assert cache.get("k") is None
 
     asyncio.run(main())
+
+
+def test_initializer_raising_on_call_counts_as_a_failed_load() -> None:
+    cache: Moka[str, int] = Moka(100, stats=True)
+
+    def not_async() -> Any:
+        raise RuntimeError("raised before any await")
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            await cache.aget_with("k", not_async)
+
+    asyncio.run(main())
+    assert cache.stats().load_failures == 1

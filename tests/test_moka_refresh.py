@@ -260,7 +260,169 @@ def test_stats_count_reloads() -> None:
     cache.get_with("k", lambda: 1)
     time.sleep(AFTER * 2)
     cache.get_with("k", lambda: 2)
-    wait_for(lambda: cache.get("k") == 2)
+    wait_for(lambda: dict(cache.items()).get("k") == 2)  # items() is not counted
     s = cache.stats()
     assert s.loads == 2
-    assert (s.misses, s.hits) == (1, 2)
+    assert (s.misses, s.hits) == (1, 1)
+
+
+def test_removal_during_a_reload_stays_a_removal() -> None:
+    cache: Moka[str, str] = Moka(10, refresh_after=AFTER)
+    started = threading.Event()
+    release = threading.Event()
+
+    def reload() -> str:
+        started.set()
+        assert release.wait(10)
+        return "reloaded"
+
+    cache.get_with("k", lambda: "old")
+    time.sleep(AFTER * 2)
+    assert cache.get_with("k", reload) == "old"
+    assert started.wait(10)
+    assert cache.remove("k") == "old"
+    release.set()
+    time.sleep(0.1)
+    assert "k" not in cache
+    # clear() too.
+    cache.get_with("j", lambda: "old")
+    time.sleep(AFTER * 2)
+    started.clear()
+    release.clear()
+    cache.get_with("j", reload)
+    assert started.wait(10)
+    cache.clear()
+    release.set()
+    time.sleep(0.1)
+    assert len(cache) == 0
+
+
+def test_async_and_sync_reloads_of_one_key_never_overlap() -> None:
+    import asyncio
+
+    cache: Moka[str, int] = Moka(10, refresh_after=AFTER)
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def enter() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    def sync_init() -> int:
+        enter()
+        time.sleep(0.05)
+        leave()
+        return 1
+
+    async def async_init() -> int:
+        enter()
+        await asyncio.sleep(0.05)
+        leave()
+        return 2
+
+    cache.get_with("k", sync_init)
+    end = time.monotonic() + 0.6
+
+    def reader() -> None:
+        while time.monotonic() < end:
+            cache.get_with("k", sync_init)
+            time.sleep(0.002)
+
+    def loop_reader() -> None:
+        async def main() -> None:
+            while time.monotonic() < end:
+                await cache.aget_with("k", async_init)
+                await asyncio.sleep(0.002)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=f) for f in (reader, loop_reader, loop_reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert most == 1
+
+
+def test_async_reload_loses_to_a_newer_write() -> None:
+    import asyncio
+
+    cache: Moka[str, str] = Moka(10, refresh_after=AFTER)
+
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        return "reloaded"
+
+    async def first() -> str:
+        return "old"
+
+    async def main() -> None:
+        await cache.aget_with("k", first)
+        await asyncio.sleep(AFTER * 2)
+        assert await cache.aget_with("k", slow) == "old"
+        cache["k"] = "newer"
+        await asyncio.sleep(0.1)
+        assert cache["k"] == "newer"
+
+    asyncio.run(main())
+
+
+def test_caches_share_one_default_pool() -> None:
+    caches = [Moka(10, refresh_after=0.01) for _ in range(30)]
+    for c in caches:
+        c.get_with("k", lambda: 1)
+    time.sleep(0.05)
+    for c in caches:
+        c.get_with("k", lambda: 2)
+    wait_for(lambda: all(c.get("k") == 2 for c in caches))
+    pools = {t.name.rsplit("_", 1)[0] for t in threading.enumerate() if "moka_py-refresh" in t.name}
+    workers = [t for t in threading.enumerate() if t.name.startswith("moka_py-refresh")]
+    assert pools == {"moka_py-refresh"}
+    # One pool: at most its max_workers threads (min(32, cpus + 4)), not one per cache.
+    assert len(workers) <= 32
+
+
+def reload_in_forked_child() -> None:
+    """Run in a child interpreter by run_isolated: the default pool made in
+    the parent has no thread in a forked child; the child's reloads still run."""
+    import os
+    import warnings
+
+    cache: Moka[str, str] = Moka(10, refresh_after=AFTER)
+    cache.get_with("k", lambda: "parent")
+    time.sleep(AFTER * 2)
+    cache.get_with("k", lambda: "parent-reload")  # makes the pool in the parent
+    wait_for(lambda: cache.get("k") == "parent-reload")
+    with warnings.catch_warnings():
+        # 3.12+ warns that the process has threads (the pool's): that is the point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            time.sleep(AFTER * 2)
+            assert cache.get_with("k", lambda: "child-reload") == "parent-reload"
+            wait_for(lambda: cache.get("k") == "child-reload", timeout=5)
+            del cache["k"]
+            assert cache.get_with("k", lambda: "child-load") == "child-load"
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_reloads_run_in_a_forked_child() -> None:
+    from support import run_isolated
+
+    run_isolated(reload_in_forked_child)

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any
 
-from moka_py._moka_py import Moka, _write_unraisable
+from moka_py._moka_py import Moka, _Claim, _write_unraisable
 
 _Table = dict[Hashable, "asyncio.Task[Any]"]
 _Compute = Callable[[], Coroutine[Any, Any, Any]]
@@ -53,7 +53,9 @@ class InFlight:
         loop = asyncio.get_running_loop()
         table = self.table(loop)
         task = table.get(key)
-        if task is not None:
+        # A task that is done leaves the table at the loop's next step: a
+        # caller that comes before then starts anew.
+        if task is not None and not task.done():
             return task, True
         task = loop.create_task(compute())
         table[key] = task
@@ -94,11 +96,12 @@ def _report(task: asyncio.Task[Any]) -> None:
         _write_unraisable(exc, task)
 
 
-async def timed(cache: Moka[Any, Any], value: Awaitable[Any]) -> Any:
-    """``await value``, recorded as a load in the cache's statistics."""
+async def timed(cache: Moka[Any, Any], call: Callable[[], Awaitable[Any]]) -> Any:
+    """``await call()``, recorded as a load in the cache's statistics (a
+    failure too, if ``call()`` itself raises)."""
     start = time.perf_counter()
     try:
-        result = await value
+        result = await call()
     except BaseException:
         cache._record_load(time.perf_counter() - start, False)
         raise
@@ -116,7 +119,7 @@ async def _compute(
     ttl: float | None,
     tti: float | None,
 ) -> Any:
-    value = await timed(cache, initializer())
+    value = await timed(cache, initializer)
     # The ttl/tti start now, when the value is stored.
     cache.set(key, value, ttl, tti)
     return value
@@ -137,8 +140,33 @@ def refresh(
     cache: Moka[Any, Any],
     key: Hashable,
     initializer: Callable[[], Awaitable[Any]],
-    ttl: float | None,
-    tti: float | None,
+    claim: _Claim,
 ) -> None:
-    """A read of ``aget_with`` found ``key`` due for a refresh: reloads it."""
-    _LOADS.refresh((cache, key), lambda: _compute(cache, key, initializer, ttl, tti))
+    """A read of ``aget_with`` found ``key`` due for a refresh, and claimed its
+    reload (so no other load of it runs): reloads it under the claim."""
+    _LOADS.refresh((cache, key), lambda: reload(claim, lambda: timed(cache, initializer)))
+
+
+# What a reload's ``stored`` returns for a result that is not stored.
+SKIP: Any = object()
+
+
+async def reload(
+    claim: _Claim,
+    compute: Callable[[], Awaitable[Any]],
+    stored: Callable[[Any], Any] = lambda value: value,
+) -> Any:
+    """A reload under ``claim``: ``await compute()``, then ``stored(value)``
+    goes into the cache (unless it is ``SKIP``, or a newer write won, see
+    ``refresh.rs``) and to the callers waiting for the key."""
+    try:
+        value = await compute()
+    except BaseException as exc:
+        claim.fail(exc)
+        raise
+    kept = stored(value)
+    if kept is SKIP:
+        claim.finish(value, store=False)
+    else:
+        claim.finish(kept)
+    return value

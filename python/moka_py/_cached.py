@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-from moka_py._aload import InFlight, timed
+from moka_py._aload import SKIP, InFlight, reload, timed
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
 from moka_py._moka_py import MissKey, Moka, Ready
 
@@ -189,18 +189,17 @@ def cached(
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
             return functools.update_wrapper(_Wrapper(*args, key=key, cache_if=cache_if), func)
-        misses = _Late()
-        refresh = _Late() if refresh_after is not None else None
-        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
-        store = _store(wrapper._store, cache_if)
-        compute = _async_plain(func, store, cache if stats else None)
+        invoke = _invoke(func, cache if stats else None)
+        # Each event loop's computations in flight: coalesced misses, reloads.
         flights = InFlight()
+        refresh = None if refresh_after is None else _async_refresh(flights, invoke, cache_if)
+        misses = _Late()
+        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
+        compute = _async_plain(invoke, _store(wrapper._store, cache_if))
         if wait_concurrent:
             misses.path = _async_coalescing(flights, compute, wrapper._joined)
         else:
             misses.path = compute
-        if refresh is not None:
-            refresh.path = _async_refresh(flights, compute)
         functools.update_wrapper(wrapper, func)
         _mark_coroutine_function(wrapper, func)
         return wrapper
@@ -209,9 +208,9 @@ def cached(
 
 
 class _Late:
-    """The miss (or refresh) path of an async wrapper, set once the wrapper
-    exists: the paths store through the wrapper, and the coalescing path
-    counts joins as hits on it."""
+    """The miss path of an async wrapper, set once the wrapper exists: it
+    stores through the wrapper, and the coalescing path counts joins as hits
+    on it."""
 
     __slots__ = ("path",)
     path: Callable[[MissKey, Any, Any], Any]
@@ -255,15 +254,23 @@ def _store(
     return store
 
 
+def _invoke(func: Any, stats: Moka[Any, Any] | None) -> Callable[[Any, Any], Awaitable[Any]]:
+    """``invoke(args, kwargs)``: the awaitable of a call of an async function
+    (with ``stats``, recorded as a load in that cache)."""
+    if stats is None:
+        return lambda args, kwargs: func(*args, **kwargs) if kwargs else func(*args)
+    return lambda args, kwargs: timed(
+        stats, lambda: func(*args, **kwargs) if kwargs else func(*args)
+    )
+
+
 def _async_plain(
-    func: Any, store: Callable[[MissKey, Any], None], stats: Moka[Any, Any] | None
+    invoke: Callable[[Any, Any], Awaitable[Any]], store: Callable[[MissKey, Any], None]
 ) -> Callable[[MissKey, Any, Any], Any]:
-    """The miss of an async function: compute, store the result (with
-    ``stats``, recorded as a load in that cache)."""
+    """The miss of an async function: compute, store the result."""
 
     async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
-        call = func(*args, **kwargs) if kwargs else func(*args)
-        value = await (call if stats is None else timed(stats, call))
+        value = await invoke(args, kwargs)
         store(key, value)
         return value
 
@@ -290,12 +297,18 @@ def _async_coalescing(
 
 
 def _async_refresh(
-    flights: InFlight, compute: Callable[[MissKey, Any, Any], Any]
-) -> Callable[[MissKey, Any, Any], None]:
-    """A hit of an async function on an entry due for a refresh: the reload,
-    a task on the caller's loop, one per key (coalesced with the misses)."""
+    flights: InFlight,
+    invoke: Callable[[Any, Any], Awaitable[Any]],
+    cache_if: Callable[[Any], object] | None,
+) -> Callable[[MissKey, Any, Any, Any], None]:
+    """A hit of an async function on an entry due for a refresh, whose reload
+    the Rust wrapper claimed: the reload, a task on the caller's loop, in the
+    function's table of computations (coalesced with the misses)."""
 
-    def refresh(key: MissKey, args: Any, kwargs: Any) -> None:
-        flights.refresh(key, lambda: compute(key, args, kwargs))
+    def stored(value: Any) -> Any:
+        return Ready(value) if cache_if is None or cache_if(value) else SKIP
+
+    def refresh(key: MissKey, args: Any, kwargs: Any, claim: Any) -> None:
+        flights.refresh(key, lambda: reload(claim, lambda: invoke(args, kwargs), stored))
 
     return refresh

@@ -26,6 +26,7 @@ __all__ = [
     "MissKey",
     "Moka",
     "Ready",
+    "_Claim",
     "_write_unraisable",
     "make_key",
 ]
@@ -324,6 +325,17 @@ class CacheStats:
     @property
     def miss_rate(self) -> float:
         """``misses / requests``; 0.0 without requests."""
+
+@final
+class _Claim:
+    """An async reload's claim on its key (``refresh_after``): finished once,
+    with the value or the exception; dropped unfinished, it is given up."""
+
+    def finish(self, value: object, store: bool = True) -> None:
+        """Stores ``value`` (with ``store``, unless a newer write won) and
+        hands it to the callers waiting for the key."""
+    def fail(self, exc: BaseException) -> None:
+        """Hands ``exc`` to the callers waiting for the key."""
 
 def _write_unraisable(exc: BaseException, obj: object) -> None:
     """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""
