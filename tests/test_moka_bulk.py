@@ -7,11 +7,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import PyKey
 
 from moka_py import Moka
 
 keys = st.one_of(
-    st.integers(-5, 20), st.sampled_from(["a", "b", "c"]), st.tuples(st.integers(0, 3))
+    st.integers(-5, 20),
+    st.sampled_from(["a", "b", "c"]),
+    st.tuples(st.integers(0, 3)),
+    st.builds(PyKey, st.integers(0, 6)),  # compared by Python's ==, colliding hashes
 )
 values = st.integers()
 ops = st.lists(
