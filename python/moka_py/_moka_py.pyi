@@ -225,7 +225,8 @@ class CachedFunction:
         miss: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None], Any] | None = None,
         key: Callable[..., Hashable] | None = None,
         cache_if: Callable[[Any], object] | None = None,
-        refresh: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None], None] | None = None,
+        refresh: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None, _Claim], None]
+        | None = None,
     ) -> Self: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, obj: object, owner: object = None, /) -> Any: ...
