@@ -308,8 +308,12 @@ impl Moka {
         tti: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let (this, py) = (slf.get(), slf.py());
-        options::duration(ttl, "ttl")?;
-        options::duration(tti, "tti")?;
+        // Checked now (a bad value raises at the call); the miss passes the
+        // objects on to `cache.set`, the reload the parsed durations.
+        let durations = (
+            options::duration(ttl, "ttl")?,
+            options::duration(tti, "tti")?,
+        );
         let none = py.None();
         let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
         let (hash, lookup) = this.key_ref_hashed(key)?;
@@ -320,10 +324,7 @@ impl Moka {
         };
         if let Some(seen) = stale {
             let target = this.owned_hashed(key, hash, lookup.as_ref());
-            let (ttl, tti) = (
-                options::duration(Some(ttl), "ttl")?,
-                options::duration(Some(tti), "tti")?,
-            );
+            let (ttl, tti) = durations;
             if let Some(claim) = this.claim_refresh(slf, target, seen, ttl, tti) {
                 if let Err(err) = aload(py, "refresh")
                     .and_then(|refresh| refresh.call1((slf, key, initializer, claim)))

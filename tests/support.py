@@ -101,6 +101,16 @@ def run_threads(
     return results
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Polls `predicate()` until it is true (for work another thread or a
+    background reload finishes); fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
 def param_id(value: object) -> str:
     """A test id for a parameter that is the same in every process (pytest-xdist
     compares them): its repr, or its type's name when the repr shows an address."""

@@ -9,18 +9,11 @@ import time
 from typing import Any
 
 import pytest
+from support import wait_for
 
 from moka_py import cached, cached_method
 
 AFTER = 0.05
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("wait_concurrent", [False, True])
