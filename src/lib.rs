@@ -25,6 +25,7 @@ mod ready;
 mod refresh;
 mod slot;
 mod stats;
+mod tier;
 
 use pyo3::exceptions::PyImportError;
 
@@ -55,6 +56,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ready::Ready>()?;
     m.add_class::<stats::CacheStats>()?;
     m.add_class::<refresh::Claim>()?;
+    m.add_class::<tier::Tier>()?;
     ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
     m.add_function(wrap_pyfunction!(refresh::_write_unraisable, m)?)?;

@@ -1,0 +1,568 @@
+"""``AsyncTieredCache``: the asyncio shell of the tiered cache
+(redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster).
+
+It mirrors ``TieredCache`` method for method, with the same decisions
+(``_core``, ``_shared``); its Redis calls are bounded with
+``asyncio.wait_for`` as well as the client's socket timeouts, so that the
+event loop is never blocked and no call outlives ``timeout``. The invalidation
+feed is the same thread as the sync cache's: it touches only the local tier,
+and wakes waiting coroutines with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._moka_py import Moka
+from . import _core
+from ._connect import Kind, bounded_async, kind_of
+from ._shared import RELEASE_SCRIPT, RENEW_SCRIPT, Tier, ms, new_token
+from ._sync import POLL_SECONDS, call_key
+
+__all__ = ["AsyncTieredCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R")
+
+_MISS: Any = object()
+
+
+class AsyncTieredCache(Generic[K, V]):
+    """The asyncio form of :class:`moka_py.redis.TieredCache` (same options,
+    same methods as coroutines). A sync and an async cache of one namespace
+    are one cache."""
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        capacity: int = 10_000,
+        ttl: float | None = 300.0,
+        local_ttl: float | None = None,
+        serializer: _core.Serializer | None = None,
+        lock_timeout: float = 30.0,
+        timeout: float = 1.0,
+        stats: bool = False,
+    ) -> None:
+        kind = kind_of(client, asynchronous=True)
+        ns, capacity, ttl_s, local_s, ser, lock_s, timeout_s = _core.check_options(
+            namespace, capacity, ttl, local_ttl, serializer, lock_timeout, timeout
+        )
+        self._names = _core.Names(ns)
+        self._kind = kind
+        self._ttl = ttl_s
+        self._local_ttl = _core.local_bound(local_s, ttl_s)
+        self._serializer = ser
+        self._lock_timeout = lock_s
+        self._timeout = timeout_s
+        self._own = bounded_async(client, kind, timeout_s)
+        self._feed_connects = 0
+        self._tier = Tier(
+            names=self._names,
+            capacity=capacity,
+            local_ttl=self._local_ttl,
+            stats=stats,
+            client=client,
+            kind=kind,
+            timeout=timeout_s,
+            channel_node=self._slot_master if kind == Kind.CLUSTER else None,
+            slow_get=self._no_get,
+            slow_aget=self._slow_get,
+            label="AsyncTieredCache",
+        )
+        # (event loop, encoded key) -> the future of this process's load.
+        self._flights: dict[tuple[int, bytes], asyncio.Future[Any]] = {}
+        # The hot path: `await cache.get(k)` of a local hit awaits a finished
+        # `Ready` returned by Rust; a miss returns the slow path's coroutine.
+        self.get = self._tier.rust.aget
+        self._tier.start(wait=0)
+
+    def _slot_master(self, slot: int) -> tuple[str, int]:
+        # The async client's slot map (read from the feed's thread; refreshed
+        # by the client itself when a command is redirected).
+        node = self._own.nodes_manager.get_node_from_slot(slot)
+        return node.host, node.port
+
+    def _no_get(self, key: Any, default: Any) -> Any:
+        raise TypeError("AsyncTieredCache is the asyncio cache: use TieredCache without asyncio")
+
+    def _ensure(self) -> None:
+        self._tier.ensure()
+
+    # ------------------------------------------------------------ Redis calls
+
+    async def _call(self, awaitable: Awaitable[R]) -> R:
+        """One Redis call, bounded by ``timeout`` whatever the client does."""
+        try:
+            self._tier.available()
+        except RedisError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        try:
+            return await asyncio.wait_for(awaitable, self._timeout)
+        except asyncio.TimeoutError as err:
+            timeout = RedisTimeoutError(f"Redis did not answer within {self._timeout} s")
+            self._tier.failed(timeout)
+            raise timeout from err
+        except RedisError as err:
+            self._tier.failed(err)
+            raise
+
+    async def _publish(self, message: bytes) -> None:
+        if self._kind == Kind.CLUSTER:
+            await self._call(
+                self._own.execute_command("SPUBLISH", self._names.channel, message)
+            )
+        else:
+            await self._call(self._own.publish(self._names.channel, message))
+
+    async def _write(self, commands: Callable[[Any], None], message: bytes) -> list[Any]:
+        if self._kind == Kind.CLUSTER:
+            pipe = self._own.pipeline(transaction=False)
+            commands(pipe)
+            results = await self._call(pipe.execute())
+            await self._publish(message)
+            return list(results)
+        pipe = self._own.pipeline(transaction=True)
+        commands(pipe)
+        pipe.publish(self._names.channel, message)
+        return list(await self._call(pipe.execute()))[:-1]
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, key: K, default: Any = None) -> V | Any:
+        """The value of ``key``, or ``default``. (Replaced per instance by the
+        Rust hot path, which returns this slow path's coroutine on a miss.)"""
+        return await self._slow_get(key, default)
+
+    async def _slow_get(self, key: Any, default: Any) -> Any:
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        if tier.rust.trusted and not tier.rust.is_plain(key):
+            found = tier.local.get(k, _MISS)
+            if found is not _MISS:
+                return found
+        ok, value = await self._fetch(enc, k)
+        return value if ok else default
+
+    async def _fetch(self, enc: bytes, k: Any) -> tuple[bool, Any]:
+        tier = self._tier
+        token = tier.rust.token(k)
+        try:
+            payload = await self._call(self._own.get(self._names.value(enc)))
+        except RedisError:
+            found = tier.rust.peek(k, _MISS)
+            if found is _MISS:
+                tier.counts.add("misses")
+                return False, None
+            tier.counts.add("stale_served")
+            return True, found
+        if payload is None:
+            tier.counts.add("misses")
+            return False, None
+        ok, value, left = tier.decode(self._serializer, enc, payload)
+        if not ok:
+            tier.counts.add("misses")
+            return False, None
+        tier.counts.add("remote_hits")
+        tier.rust.fill(k, value, tier.local_bound(left), token)
+        return True, value
+
+    async def get_many(self, keys: Iterable[K]) -> dict[K, V]:
+        self._ensure()
+        tier = self._tier
+        found: dict[Any, Any] = {}
+        wanted: list[tuple[Any, bytes, Any]] = []
+        for key in keys:
+            enc = _core.encode_key(key)
+            k = _core.plain_key(key)
+            if tier.rust.trusted:
+                v = tier.local.get(k, _MISS)
+                if v is not _MISS:
+                    found[key] = v
+                    continue
+            wanted.append((key, enc, k))
+        if not wanted:
+            return found
+        tokens = [tier.rust.token(k) for _, _, k in wanted]
+        names = [self._names.value(enc) for _, enc, _ in wanted]
+        try:
+            if self._kind == Kind.CLUSTER:
+                payloads = await self._call(self._own.mget_nonatomic(names))
+            else:
+                payloads = await self._call(self._own.mget(names))
+        except RedisError:
+            for key, _, k in wanted:
+                v = tier.rust.peek(k, _MISS)
+                if v is not _MISS:
+                    tier.counts.add("stale_served")
+                    found[key] = v
+            return found
+        for (key, enc, k), token, payload in zip(wanted, tokens, payloads):
+            if payload is None:
+                tier.counts.add("misses")
+                continue
+            ok, value, left = tier.decode(self._serializer, enc, payload)
+            if not ok:
+                tier.counts.add("misses")
+                continue
+            tier.counts.add("remote_hits")
+            tier.rust.fill(k, value, tier.local_bound(left), token)
+            found[key] = value
+        return found
+
+    # ------------------------------------------------------------ writes
+
+    def _ttl_of(self, ttl: float | None) -> float | None:
+        return self._ttl if ttl is None else _core.check_seconds(ttl, "ttl")
+
+    async def set(self, key: K, value: V, ttl: float | None = None) -> None:
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        data = self._serializer.dumps(value)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        token = tier.rust.token(k)
+        name = self._names.value(enc)
+        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        try:
+            await self._write(
+                lambda p: p.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s)), msg
+            )
+        except (RedisError, asyncio.CancelledError):
+            tier.rust.invalidate(k)
+            raise
+        tier.rust.put(k, value, self._local_ttl if ttl is None else tier.local_bound(ttl_s), token)
+
+    async def set_many(
+        self, items: Mapping[K, V] | Iterable[tuple[K, V]], ttl: float | None = None
+    ) -> None:
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        ttl_s = self._ttl_of(ttl)
+        prepared = []
+        for key, value in pairs:
+            enc = _core.encode_key(key)
+            prepared.append((enc, _core.plain_key(key), value, self._serializer.dumps(value)))
+        if not prepared:
+            return
+        self._ensure()
+        tier = self._tier
+        tokens = [tier.rust.token(k) for _, k, _, _ in prepared]
+        px = ms(ttl_s)
+        msg = _core.message(_core.INVALIDATE, tier.origin, [enc for enc, _, _, _ in prepared])
+
+        def commands(pipe: Any) -> None:
+            for enc, _, _, data in prepared:
+                pipe.set(self._names.value(enc), _core.pack_value(data, ttl_s), px=px)
+
+        try:
+            await self._write(commands, msg)
+        except (RedisError, asyncio.CancelledError):
+            for _, k, _, _ in prepared:
+                tier.rust.invalidate(k)
+            raise
+        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        for (_, k, value, _), token in zip(prepared, tokens):
+            tier.rust.put(k, value, bound, token)
+
+    async def remove(self, key: K, default: Any = None) -> V | Any:
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        try:
+            (old,) = await self._write(lambda p: p.getdel(name), msg)
+        finally:
+            tier.rust.invalidate(k)
+        if old is None:
+            return default
+        ok, value, _ = tier.decode(self._serializer, enc, old)
+        return value if ok else default
+
+    async def clear(self) -> None:
+        self._ensure()
+        tier = self._tier
+        try:
+            if self._kind == Kind.CLUSTER:
+                for node in self._own.get_primaries():
+                    await self._unlink_on(node)
+            else:
+                await self._unlink_on(None)
+            await self._publish(_core.message(_core.CLEAR, tier.origin))
+        finally:
+            tier.rust.invalidate_all()
+
+    async def _unlink_on(self, node: Any) -> None:
+        target = {} if node is None else {"target_nodes": node}
+        cursor: Any = 0
+        while True:
+            cursor, found = await self._call(
+                self._own.execute_command(
+                    "SCAN", cursor, "MATCH", self._names.pattern, "COUNT", 1000, **target
+                )
+            )
+            for k in found:
+                if self._names.owns(k):
+                    await self._call(self._own.unlink(k))
+            if int(cursor) == 0:
+                return
+
+    # ------------------------------------------------------------ loads
+
+    async def get_with(
+        self,
+        key: K,
+        initializer: Callable[[], Awaitable[V]],
+        ttl: float | None = None,
+    ) -> V:
+        """The value of ``key``; on a miss, ``await initializer()`` runs once
+        per key across every task of every process."""
+        found = self._tier.rust.lookup(key, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[no-any-return]
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        loop = asyncio.get_running_loop()
+        slot = (id(loop), enc)
+        flight = self._flights.get(slot)
+        if flight is not None:
+            self._tier.counts.add("waits")
+            return await asyncio.shield(flight)  # type: ignore[no-any-return]
+        flight = loop.create_future()
+        self._flights[slot] = flight
+        try:
+            value = await self._load_fleet(enc, _core.plain_key(key), initializer, ttl, ttl_s)
+        except BaseException as err:
+            if not flight.done():
+                if isinstance(err, asyncio.CancelledError):
+                    flight.cancel()
+                else:
+                    flight.set_exception(err)
+                    # Awaited or not, the exception is the callers' to see.
+                    flight.exception()
+            raise
+        else:
+            flight.set_result(value)
+            return value  # type: ignore[no-any-return]
+        finally:
+            if self._flights.get(slot) is flight:
+                del self._flights[slot]
+
+    async def _load_fleet(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        ttl_s: float | None,
+    ) -> Any:
+        tier = self._tier
+        name = self._names.value(enc)
+        lock_key = self._names.lock(enc)
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(woken.set)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        tier.add_waiter(enc, wake)
+        try:
+            while True:
+                token = tier.rust.token(k)
+                try:
+                    payload = await self._call(self._own.get(name))
+                    if payload is not None:
+                        ok, value, left = tier.decode(self._serializer, enc, payload)
+                        if ok:
+                            tier.counts.add("remote_hits")
+                            tier.rust.fill(k, value, tier.local_bound(left), token)
+                            return value
+                    claim = new_token()
+                    claimed = await self._call(
+                        self._own.set(lock_key, claim, nx=True, px=ms(self._lock_timeout))
+                    )
+                except RedisError:
+                    value = await self._compute(initializer)
+                    bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+                    tier.rust.fill(k, value, bound, token)
+                    return value
+                if claimed:
+                    return await self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, payload is None
+                    )
+                tier.counts.add("waits")
+                try:
+                    await asyncio.wait_for(woken.wait(), POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+                woken.clear()
+        finally:
+            tier.remove_waiter(enc, wake)
+
+    async def _compute(self, initializer: Callable[[], Awaitable[Any]]) -> Any:
+        self._tier.counts.add("loads")
+        try:
+            result = initializer()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except BaseException:
+            self._tier.counts.add("load_failures")
+            raise
+
+    async def _renew(self, lock_key: bytes, claim: bytes) -> None:
+        period = self._lock_timeout / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._call(
+                    self._own.eval(RENEW_SCRIPT, 1, lock_key, claim, ms(self._lock_timeout))
+                )
+            except RedisError:
+                pass
+
+    async def _lead(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        ttl_s: float | None,
+        claim: bytes,
+        absent: bool,
+    ) -> Any:
+        tier = self._tier
+        name = self._names.value(enc)
+        lock_key = self._names.lock(enc)
+        stored = False
+        renewer = asyncio.ensure_future(self._renew(lock_key, claim))
+        try:
+            token = tier.rust.token(k)
+            value = await self._compute(initializer)
+            data = self._serializer.dumps(value)
+            try:
+                stored = bool(
+                    await self._call(
+                        self._own.set(
+                            name, _core.pack_value(data, ttl_s), px=ms(ttl_s), nx=absent
+                        )
+                    )
+                )
+            except RedisError:
+                stored = False
+            if stored:
+                bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+                tier.rust.put(k, value, bound, token)
+            return value
+        finally:
+            renewer.cancel()
+            kind = _core.FILLED if stored else _core.RELEASED
+            try:
+                await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim))
+                await self._publish(_core.message(kind, tier.origin, (enc,)))
+            except (RedisError, asyncio.CancelledError):
+                pass
+
+    # ------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        key: Callable[..., Any] | None = None,
+        typed: bool = False,
+    ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+        """Caches an ``async def`` function's results in this cache (one call
+        per arguments across every process); ``f.cache_invalidate(*args,
+        **kwargs)`` is a coroutine that removes one result everywhere."""
+        if ttl is not None:
+            _core.check_seconds(ttl, "ttl")
+
+        def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    "AsyncTieredCache.cached decorates async def functions: use "
+                    f"TieredCache for {getattr(fn, '__qualname__', fn)!r}"
+                )
+            make_key = call_key(fn, key, typed)
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> R:
+                return await self.get_with(
+                    make_key(args, kwargs), lambda: fn(*args, **kwargs), ttl
+                )
+
+            async def cache_invalidate(*args: Any, **kwargs: Any) -> None:
+                await self.remove(make_key(args, kwargs))
+
+            wrapper.cache_invalidate = cache_invalidate  # type: ignore[attr-defined]
+            wrapper.cache = self  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate
+
+    # ------------------------------------------------------------ the rest
+
+    @property
+    def local(self) -> Moka[Any, Any]:
+        return self._tier.local
+
+    @property
+    def namespace(self) -> str:
+        return self._names.namespace
+
+    @property
+    def feed_up(self) -> bool:
+        return bool(self._tier.rust.trusted)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Waits (without blocking the loop) until the feed is subscribed."""
+        self._ensure()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout if timeout is None else timeout)
+        while not self._tier.rust.trusted and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return bool(self._tier.rust.trusted)
+
+    def stats(self) -> _core.TierStats:
+        return self._tier.stats()
+
+    def reset_stats(self) -> None:
+        self._tier.reset_stats()
+
+    async def aclose(self) -> None:
+        """Stops the feed and closes the cache's own connections (the client
+        given stays open)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._tier.close)
+        try:
+            await self._own.aclose()
+            if self._kind != Kind.CLUSTER:
+                await self._own.connection_pool.disconnect()
+        except Exception:
+            pass
+
+    async def __aenter__(self) -> AsyncTieredCache[K, V]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncTieredCache(namespace={self._names.namespace!r}, feed_up={self.feed_up})"

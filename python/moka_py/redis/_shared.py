@@ -1,0 +1,318 @@
+"""What the sync and the async tiered caches share besides ``_core``: the
+local tier with its feed, the breaker, the waiters of loads and the claims.
+
+A :class:`Tier` is one process's view of one namespace: the local ``Moka``
+behind the Rust ``_Tier`` (the hot path and the sequence numbers), the feed
+thread that keeps it coherent, and the bookkeeping both shells need. The
+shells own the Redis client they send commands through (sync or asyncio).
+
+Locks here (``threading.Lock``) are held for a few dict operations on bytes
+keys: no user code runs under them and nothing waits on Redis under them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._moka_py import Moka, _Tier
+from . import _core
+from ._connect import Kind, feed_settings
+from ._feed import Feed
+
+__all__ = ["Tier", "Unavailable"]
+
+# How long Redis counts as down after a connection error or a timeout: calls
+# meanwhile do not wait for it (reads serve the local tier or the default,
+# writes raise at once). The feed coming back closes the breaker early.
+BREAK_SECONDS = 1.0
+
+
+class Unavailable(RedisConnectionError):
+    """Redis failed a moment ago; the cache does not wait for it again yet."""
+
+
+_TIERS: weakref.WeakSet[Tier] = weakref.WeakSet()
+_FORK_HOOK = False
+_FORK_HOOK_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    for tier in list(_TIERS):
+        tier.forked()
+
+
+def _install_fork_hook() -> None:
+    global _FORK_HOOK
+    with _FORK_HOOK_LOCK:
+        if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _FORK_HOOK = True
+
+
+class Tier:
+    """The local tier of one cache, its feed and its bookkeeping."""
+
+    def __init__(
+        self,
+        *,
+        names: _core.Names,
+        capacity: int,
+        local_ttl: float | None,
+        stats: bool,
+        client: Any,
+        kind: str,
+        timeout: float,
+        channel_node: Callable[[int], tuple[str, int]] | None,
+        slow_get: Callable[[Any, Any], Any],
+        slow_aget: Callable[[Any, Any], Any],
+        label: str,
+    ) -> None:
+        self.names = names
+        self.kind = kind
+        self.timeout = timeout
+        self.local_ttl = local_ttl
+        self.local = Moka(capacity, stats=stats)
+        self.rust = _Tier(self.local, slow_get, slow_aget, uuid.UUID)
+        self.counts: _core.LoadStats | _core.NoStats = (
+            _core.LoadStats() if stats else _core.NoStats()
+        )
+        self.stats_enabled = stats
+        self._feed_cls, self._feed_kw = feed_settings(client, kind, timeout)
+        # For a cluster: the (host, port) of the master of a slot, from the
+        # cache's own client's slot map.
+        self._channel_node = channel_node
+        self._label = label
+        self.closed = False
+        self._run_id: bytes | None = None
+        self.restarts = 0
+        self._reset()
+        _TIERS.add(self)
+        _install_fork_hook()
+
+    def _reset(self) -> None:
+        """The per-process state (made again in a child after a fork)."""
+        self.origin = _core.new_origin()
+        self.pid = os.getpid()
+        self.down_until = 0.0
+        self._lock = threading.Lock()
+        self._waiters: dict[bytes, set[Callable[[], None]]] = {}
+        self.rust.trusted = False
+        self.feed: Feed | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, wait: float) -> None:
+        """Starts the feed (once per process) and waits up to ``wait`` seconds
+        for it to subscribe."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"{self._label} is closed")
+            if self.feed is not None:
+                return
+            self.feed = Feed(
+                self._feed_connect,
+                self.names.channel,
+                self.kind == Kind.CLUSTER,
+                self._on_message,
+                self._on_up,
+                self._on_down,
+                name=f"moka_py.redis feed {self.names.namespace}",
+            )
+            feed = self.feed
+        feed.start()
+        if wait > 0:
+            feed.wait_up(wait)
+
+    def ensure(self) -> None:
+        """Called on every slow path: a closed cache raises, and a forked child
+        starts its own feed."""
+        if self.closed:
+            raise RuntimeError(f"{self._label} is closed")
+        if self.feed is None:
+            self.start(0)
+
+    def forked(self) -> None:
+        """In a child after ``os.fork()``: nothing of the parent's threads or
+        state is used; the feed starts again on first use."""
+        self._reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            feed, self.feed = self.feed, None
+        self.rust.trusted = False
+        if feed is not None:
+            feed.stop()
+        _TIERS.discard(self)
+
+    # ------------------------------------------------------------ the feed
+
+    def _feed_connect(self) -> tuple[Any, bytes | None]:
+        kw = dict(self._feed_kw)
+        if self.kind == Kind.CLUSTER:
+            assert self._channel_node is not None
+            host, port = self._channel_node(key_slot(self.names.channel))
+            kw.update(host=host, port=port)
+        conn = self._feed_cls(**kw)
+        conn.connect()
+        conn.send_command("INFO", "server")
+        info = conn.read_response()
+        run_id = None
+        if isinstance(info, (bytes, str)):
+            text = info.decode() if isinstance(info, bytes) else info
+            for line in text.splitlines():
+                if line.startswith("run_id:"):
+                    run_id = line.split(":", 1)[1].strip().encode()
+        return conn, run_id
+
+    def _on_up(self, run_id: bytes | None) -> None:
+        if self._run_id is not None and run_id is not None and run_id != self._run_id:
+            self.restarts += 1
+        self._run_id = run_id
+        # Whatever was sent while the feed was away is unknown: drop every
+        # local copy (and refuse fills that started before), then trust.
+        self.rust.invalidate_all()
+        self.down_until = 0.0
+        self.rust.trusted = True
+        self._wake_all()
+
+    def _on_down(self) -> None:
+        self.rust.trusted = False
+        self.counts.add("feed_losses")
+
+    def _on_message(self, data: bytes) -> None:
+        parsed = _core.parse_message(data)
+        if parsed is None:
+            return
+        kind, origin, keys = parsed
+        if origin == self.origin:
+            return
+        if kind == _core.CLEAR:
+            self.rust.invalidate_all()
+            self.counts.add("invalidations")
+            self._wake_all()
+            return
+        for enc in keys:
+            if kind in (_core.INVALIDATE, _core.FILLED):
+                try:
+                    key = _core.decode_key(enc)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                self.rust.invalidate(key)
+                self.counts.add("invalidations")
+            if kind in (_core.FILLED, _core.RELEASED):
+                self.wake(enc)
+
+    # ------------------------------------------------------------ waiters
+
+    def add_waiter(self, enc: bytes, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._waiters.setdefault(enc, set()).add(wake)
+
+    def remove_waiter(self, enc: bytes, wake: Callable[[], None]) -> None:
+        with self._lock:
+            waiters = self._waiters.get(enc)
+            if waiters is not None:
+                waiters.discard(wake)
+                if not waiters:
+                    del self._waiters[enc]
+
+    def wake(self, enc: bytes) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(enc, ()))
+        for w in waiters:
+            w()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for w in waiters:
+            w()
+
+    # ------------------------------------------------------------ the breaker
+
+    def available(self) -> None:
+        """Raises :class:`Unavailable` while the breaker is open."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise Unavailable(
+                f"Redis failed less than {BREAK_SECONDS} s ago; not waiting for it again yet"
+            )
+
+    def failed(self, err: RedisError) -> None:
+        """Counts a failed Redis call; a connection error or a timeout opens
+        the breaker."""
+        self.counts.add("redis_errors")
+        if isinstance(err, (RedisConnectionError, RedisTimeoutError)) and not isinstance(
+            err, Unavailable
+        ):
+            self.down_until = time.monotonic() + BREAK_SECONDS
+
+    # ------------------------------------------------------------ reads
+
+    def local_bound(self, left: float | None) -> float | None:
+        return _core.local_bound(self.local_ttl, left)
+
+    def decode(self, serializer: _core.Serializer, enc: bytes, payload: bytes) -> tuple[bool, Any, float | None]:
+        """``(ok, value, seconds left)`` of a payload read from Redis; a
+        payload that cannot be read is reported with a warning, not raised."""
+        unpacked = _core.unpack_value(payload)
+        if unpacked is None:
+            _core.warn_undecodable(self.names.namespace, enc, None)
+            return False, None, None
+        data, left = unpacked
+        if left is not None and left <= 0:
+            return False, None, None
+        try:
+            value = serializer.loads(data)
+        except Exception as err:
+            _core.warn_undecodable(self.names.namespace, enc, err)
+            return False, None, None
+        return True, value, left
+
+    def stats(self) -> _core.TierStats:
+        if not isinstance(self.counts, _core.LoadStats):
+            raise ValueError("statistics are off: create the cache with stats=True")
+        return self.counts.snapshot(self.local.stats().hits)
+
+    def reset_stats(self) -> None:
+        if not isinstance(self.counts, _core.LoadStats):
+            raise ValueError("statistics are off: create the cache with stats=True")
+        self.counts.reset()
+        self.local.reset_stats()
+
+
+def ms(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, int(seconds * 1000))
+
+
+RENEW_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def new_token() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
+__all__ += ["RELEASE_SCRIPT", "RENEW_SCRIPT", "RedisError", "ms", "new_token"]

@@ -1,0 +1,671 @@
+"""``TieredCache``: the sync shell of the tiered cache (redis.Redis, RedisCluster)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+from redis.exceptions import RedisError
+
+from .._moka_py import Moka
+from . import _core
+from ._connect import Kind, bounded_sync, kind_of
+from ._shared import (
+    RELEASE_SCRIPT,
+    RENEW_SCRIPT,
+    Tier,
+    ms,
+    new_token,
+)
+
+__all__ = ["TieredCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R")
+
+_MISS: Any = object()
+# The longest a process's leader waits between two looks at Redis while
+# another process loads the key (a notice on the feed usually ends it sooner).
+POLL_SECONDS = 0.2
+
+
+class _Flight:
+    """One load of a key in this process: the leader's result for the callers
+    that joined it."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Renewer:
+    """Extends the claims this process holds while their loaders run: one
+    thread, started on first use, stopped by ``close``."""
+
+    def __init__(self, cache: TieredCache[Any, Any], lock_timeout: float) -> None:
+        self._cache = cache
+        self._lock_ms = ms(lock_timeout)
+        self._period = lock_timeout / 3
+        self._claims: dict[bytes, bytes] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def hold(self, lock_key: bytes, token: bytes) -> None:
+        with self._cond:
+            self._claims[lock_key] = token
+            if self._thread is None and not self._stop:
+                self._thread = threading.Thread(
+                    target=self._run, name="moka_py.redis claims", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, lock_key: bytes) -> None:
+        with self._cond:
+            self._claims.pop(lock_key, None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait(self._period)
+                if self._stop:
+                    return
+                claims = list(self._claims.items())
+            for lock_key, token in claims:
+                try:
+                    self._cache._call(
+                        self._cache._own.eval, RENEW_SCRIPT, 1, lock_key, token, self._lock_ms
+                    )
+                except RedisError:
+                    pass
+
+
+class TieredCache(Generic[K, V]):
+    """A local moka tier in every process in front of Redis (see the README).
+
+    ``get`` of a key held locally is answered in Rust without a Redis round
+    trip while the invalidation feed is up; every write reaches Redis first
+    and then tells the other processes, which drop their copies.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        capacity: int = 10_000,
+        ttl: float | None = 300.0,
+        local_ttl: float | None = None,
+        serializer: _core.Serializer | None = None,
+        lock_timeout: float = 30.0,
+        timeout: float = 1.0,
+        stats: bool = False,
+    ) -> None:
+        kind = kind_of(client, asynchronous=False)
+        ns, capacity, ttl_s, local_s, ser, lock_s, timeout_s = _core.check_options(
+            namespace, capacity, ttl, local_ttl, serializer, lock_timeout, timeout
+        )
+        self._names = _core.Names(ns)
+        self._kind = kind
+        self._ttl = ttl_s
+        self._local_ttl = _core.local_bound(local_s, ttl_s)
+        self._serializer = ser
+        self._lock_timeout = lock_s
+        self._timeout = timeout_s
+        self._own = bounded_sync(client, kind, timeout_s)
+        self._feed_connects = 0
+        self._tier = Tier(
+            names=self._names,
+            capacity=capacity,
+            local_ttl=self._local_ttl,
+            stats=stats,
+            client=client,
+            kind=kind,
+            timeout=timeout_s,
+            channel_node=self._slot_master if kind == Kind.CLUSTER else None,
+            slow_get=self._slow_get,
+            slow_aget=self._no_aget,
+            label="TieredCache",
+        )
+        self._forked()
+        # The hot path: `cache.get` is the Rust method itself (no Python frame).
+        self.get = self._tier.rust.get
+        self._tier.start(wait=timeout_s)
+
+    def _forked(self) -> None:
+        self._flights: dict[bytes, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._renewer = _Renewer(self, self._lock_timeout)
+        self._pid = self._tier.pid
+
+    def _slot_master(self, slot: int) -> tuple[str, int]:
+        manager = self._own.nodes_manager
+        if self._feed_connects:
+            # A reconnection: the slot may have moved (a failover, a reshard).
+            manager.initialize()
+        self._feed_connects += 1
+        node = manager.get_node_from_slot(slot)
+        return node.host, node.port
+
+    def _ensure(self) -> None:
+        tier = self._tier
+        if tier.pid != self._pid or tier.feed is None:
+            if tier.pid != self._pid:
+                self._forked()
+            tier.ensure()
+        elif tier.closed:
+            raise RuntimeError("TieredCache is closed")
+
+    # ------------------------------------------------------------ Redis calls
+
+    def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """One bounded Redis call; failures are counted (and open the breaker)."""
+        self._tier.available()
+        try:
+            return fn(*args, **kwargs)
+        except RedisError as err:
+            self._tier.failed(err)
+            raise
+
+    def _write(self, commands: Callable[[Any], None], message: bytes) -> list[Any]:
+        """Sends a write and its invalidation message: in one MULTI/EXEC on a
+        single server (so no process can see one without the other), or the
+        commands then an ``SPUBLISH`` on a cluster."""
+        if self._kind == Kind.CLUSTER:
+            pipe = self._own.pipeline(transaction=False)
+            commands(pipe)
+            results = self._call(pipe.execute)
+            self._call(self._own.execute_command, "SPUBLISH", self._names.channel, message)
+            return list(results)
+        pipe = self._own.pipeline(transaction=True)
+        commands(pipe)
+        pipe.publish(self._names.channel, message)
+        return list(self._call(pipe.execute))[:-1]
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, key: K, default: Any = None) -> V | Any:
+        """The value of ``key``, or ``default``. (Replaced per instance by the
+        Rust hot path, which calls the slow path below on a local miss.)"""
+        return self._slow_get(key, default)
+
+    def _no_aget(self, key: Any, default: Any) -> Any:
+        raise TypeError("TieredCache is the sync cache: use AsyncTieredCache with asyncio")
+
+    def _slow_get(self, key: Any, default: Any) -> Any:
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        if tier.rust.trusted and not tier.rust.is_plain(key):
+            found = tier.local.get(k, _MISS)
+            if found is not _MISS:
+                return found
+        ok, value = self._fetch(enc, k)
+        return value if ok else default
+
+    def _fetch(self, enc: bytes, k: Any) -> tuple[bool, Any]:
+        """Reads ``k`` from Redis into the local tier; on a Redis failure, the
+        local copy if there is one (fail-safe)."""
+        tier = self._tier
+        token = tier.rust.token(k)
+        try:
+            payload = self._call(self._own.get, self._names.value(enc))
+        except RedisError:
+            found = tier.rust.peek(k, _MISS)
+            if found is _MISS:
+                tier.counts.add("misses")
+                return False, None
+            tier.counts.add("stale_served")
+            return True, found
+        if payload is None:
+            tier.counts.add("misses")
+            return False, None
+        ok, value, left = tier.decode(self._serializer, enc, payload)
+        if not ok:
+            tier.counts.add("misses")
+            return False, None
+        tier.counts.add("remote_hits")
+        tier.rust.fill(k, value, tier.local_bound(left), token)
+        return True, value
+
+    def get_many(self, keys: Iterable[K]) -> dict[K, V]:
+        """The values of those of ``keys`` that are present (local or in Redis)."""
+        self._ensure()
+        tier = self._tier
+        found: dict[Any, Any] = {}
+        wanted: list[tuple[Any, bytes, Any]] = []
+        for key in keys:
+            enc = _core.encode_key(key)
+            k = _core.plain_key(key)
+            if tier.rust.trusted:
+                v = tier.local.get(k, _MISS)
+                if v is not _MISS:
+                    found[key] = v
+                    continue
+            wanted.append((key, enc, k))
+        if not wanted:
+            return found
+        tokens = [tier.rust.token(k) for _, _, k in wanted]
+        names = [self._names.value(enc) for _, enc, _ in wanted]
+        try:
+            if self._kind == Kind.CLUSTER:
+                payloads = self._call(self._own.mget_nonatomic, names)
+            else:
+                payloads = self._call(self._own.mget, names)
+        except RedisError:
+            for key, _, k in wanted:
+                v = tier.rust.peek(k, _MISS)
+                if v is not _MISS:
+                    tier.counts.add("stale_served")
+                    found[key] = v
+            return found
+        for (key, enc, k), token, payload in zip(wanted, tokens, payloads):
+            if payload is None:
+                tier.counts.add("misses")
+                continue
+            ok, value, left = tier.decode(self._serializer, enc, payload)
+            if not ok:
+                tier.counts.add("misses")
+                continue
+            tier.counts.add("remote_hits")
+            tier.rust.fill(k, value, tier.local_bound(left), token)
+            found[key] = value
+        return found
+
+    # ------------------------------------------------------------ writes
+
+    def _ttl_of(self, ttl: float | None) -> float | None:
+        return self._ttl if ttl is None else _core.check_seconds(ttl, "ttl")
+
+    def set(self, key: K, value: V, ttl: float | None = None) -> None:
+        """Stores ``value`` in Redis and locally; every other process drops its
+        copy. Raises ``redis.RedisError`` (and keeps no local copy) when Redis
+        cannot be written."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        data = self._serializer.dumps(value)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        token = tier.rust.token(k)
+        name = self._names.value(enc)
+        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        try:
+            self._write(lambda p: p.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s)), msg)
+        except RedisError:
+            tier.rust.invalidate(k)
+            raise
+        tier.rust.put(k, value, self._local_ttl if ttl is None else tier.local_bound(ttl_s), token)
+
+    def set_many(
+        self, items: Mapping[K, V] | Iterable[tuple[K, V]], ttl: float | None = None
+    ) -> None:
+        """``set`` of every pair, in one round trip and one message. Every
+        value is serialized first: one that cannot be leaves nothing stored."""
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        ttl_s = self._ttl_of(ttl)
+        prepared = []
+        for key, value in pairs:
+            enc = _core.encode_key(key)
+            prepared.append((enc, _core.plain_key(key), value, self._serializer.dumps(value)))
+        if not prepared:
+            return
+        self._ensure()
+        tier = self._tier
+        tokens = [tier.rust.token(k) for _, k, _, _ in prepared]
+        px = ms(ttl_s)
+        msg = _core.message(_core.INVALIDATE, tier.origin, [enc for enc, _, _, _ in prepared])
+
+        def commands(pipe: Any) -> None:
+            for enc, _, _, data in prepared:
+                pipe.set(self._names.value(enc), _core.pack_value(data, ttl_s), px=px)
+
+        try:
+            self._write(commands, msg)
+        except RedisError:
+            for _, k, _, _ in prepared:
+                tier.rust.invalidate(k)
+            raise
+        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        for (_, k, value, _), token in zip(prepared, tokens):
+            tier.rust.put(k, value, bound, token)
+
+    def remove(self, key: K, default: Any = None) -> V | Any:
+        """Removes ``key`` everywhere; the value that was stored, or ``default``."""
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        try:
+            (old,) = self._write(lambda p: p.getdel(name), msg)
+        except RedisError:
+            tier.rust.invalidate(k)
+            raise
+        tier.rust.invalidate(k)
+        if old is None:
+            return default
+        ok, value, _ = tier.decode(self._serializer, enc, old)
+        return value if ok else default
+
+    def clear(self) -> None:
+        """Deletes every entry of this namespace from Redis (every master of a
+        cluster) and from every process's local tier."""
+        self._ensure()
+        tier = self._tier
+        try:
+            self._unlink_namespace()
+            msg = _core.message(_core.CLEAR, tier.origin)
+            if self._kind == Kind.CLUSTER:
+                self._call(self._own.execute_command, "SPUBLISH", self._names.channel, msg)
+            else:
+                self._call(self._own.publish, self._names.channel, msg)
+        finally:
+            tier.rust.invalidate_all()
+
+    def _unlink_namespace(self) -> None:
+        if self._kind == Kind.CLUSTER:
+            for node in self._call(self._own.get_primaries):
+                client = self._own.get_redis_connection(node)
+                self._unlink_on(client)
+        else:
+            self._unlink_on(self._own)
+
+    def _unlink_on(self, client: Any) -> None:
+        cursor: int | bytes = 0
+        while True:
+            cursor, found = self._call(
+                client.scan, cursor=cursor, match=self._names.pattern, count=1000
+            )
+            mine = [k for k in found if self._names.owns(k)]
+            # One key per UNLINK on a cluster node's connection would be slow;
+            # keys of one SCAN batch live on this node but not in one slot.
+            for k in mine:
+                self._call(client.unlink, k)
+            if int(cursor) == 0:
+                return
+
+    # ------------------------------------------------------------ loads
+
+    def get_with(self, key: K, initializer: Callable[[], V], ttl: float | None = None) -> V:
+        """The value of ``key``; on a miss, ``initializer()`` runs once per key
+        across every thread of every process, and its result is stored."""
+        found = self._tier.rust.lookup(key, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[no-any-return]
+        return self._load(key, initializer, ttl)
+
+    def _load(self, key: Any, initializer: Callable[[], Any], ttl: float | None) -> Any:
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        with self._flights_lock:
+            flight = self._flights.get(enc)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[enc] = _Flight()
+        if not leader:
+            self._tier.counts.add("waits")
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        try:
+            flight.value = self._load_fleet(enc, _core.plain_key(key), initializer, ttl, ttl_s)
+            return flight.value
+        except BaseException as err:
+            flight.error = err
+            raise
+        finally:
+            with self._flights_lock:
+                self._flights.pop(enc, None)
+            flight.done.set()
+
+    def _load_fleet(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        ttl_s: float | None,
+    ) -> Any:
+        tier = self._tier
+        name = self._names.value(enc)
+        lock_key = self._names.lock(enc)
+        woken = threading.Event()
+        tier.add_waiter(enc, woken.set)
+        try:
+            while True:
+                token = tier.rust.token(k)
+                try:
+                    payload = self._call(self._own.get, name)
+                    if payload is not None:
+                        ok, value, left = tier.decode(self._serializer, enc, payload)
+                        if ok:
+                            tier.counts.add("remote_hits")
+                            tier.rust.fill(k, value, tier.local_bound(left), token)
+                            return value
+                    claim = new_token()
+                    lock_ms = ms(self._lock_timeout)
+                    claimed = self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms)
+                except RedisError:
+                    return self._load_alone(k, initializer, ttl, ttl_s, token)
+                if claimed:
+                    return self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
+                tier.counts.add("waits")
+                woken.wait(POLL_SECONDS)
+                woken.clear()
+        finally:
+            tier.remove_waiter(enc, woken.set)
+
+    def _compute(self, initializer: Callable[[], Any]) -> Any:
+        self._tier.counts.add("loads")
+        try:
+            return initializer()
+        except BaseException:
+            self._tier.counts.add("load_failures")
+            raise
+
+    def _load_alone(
+        self,
+        k: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        ttl_s: float | None,
+        token: int,
+    ) -> Any:
+        """Redis is unreachable: load in this process, keep the value locally
+        (for at most the entry's bounds), store nothing in Redis."""
+        value = self._compute(initializer)
+        bound = self._local_ttl if ttl is None else self._tier.local_bound(ttl_s)
+        self._tier.rust.fill(k, value, bound, token)
+        return value
+
+    def _lead(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        ttl_s: float | None,
+        claim: bytes,
+        absent: bool,
+    ) -> Any:
+        """This process holds the claim: load, store, release, tell the waiters."""
+        tier = self._tier
+        name = self._names.value(enc)
+        lock_key = self._names.lock(enc)
+        stored = False
+        self._renewer.hold(lock_key, claim)
+        try:
+            token = tier.rust.token(k)
+            value = self._compute(initializer)
+            data = self._serializer.dumps(value)
+            try:
+                # NX: a `set` of this key made meanwhile wins over the load.
+                # A value that could not be read (absent is False) is replaced.
+                stored = bool(
+                    self._call(
+                        self._own.set,
+                        name,
+                        _core.pack_value(data, ttl_s),
+                        px=ms(ttl_s),
+                        nx=absent,
+                    )
+                )
+            except RedisError:
+                stored = False
+            if stored:
+                bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+                tier.rust.put(k, value, bound, token)
+            return value
+        finally:
+            self._renewer.drop(lock_key)
+            kind = _core.FILLED if stored else _core.RELEASED
+            msg = _core.message(kind, tier.origin, (enc,))
+            try:
+                self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim)
+                if self._kind == Kind.CLUSTER:
+                    self._call(self._own.execute_command, "SPUBLISH", self._names.channel, msg)
+                else:
+                    self._call(self._own.publish, self._names.channel, msg)
+            except RedisError:
+                pass  # the claim lapses after lock_timeout; waiters poll
+
+    # ------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        key: Callable[..., Any] | None = None,
+        typed: bool = False,
+    ) -> Callable[[Callable[..., R]], Callable[..., R]]:
+        """Caches a sync function's results in this cache: one call per
+        arguments across every process (``get_with``). The key is the
+        function's module and qualified name plus the arguments (or what
+        ``key(*args, **kwargs)`` returns); ``f.cache_invalidate(*args, **kwargs)``
+        removes one result everywhere."""
+        if ttl is not None:
+            _core.check_seconds(ttl, "ttl")
+
+        def decorate(fn: Callable[..., R]) -> Callable[..., R]:
+            if inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    "TieredCache.cached decorates sync functions: use AsyncTieredCache "
+                    f"for async def {fn.__qualname__}"
+                )
+            make_key = call_key(fn, key, typed)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> R:
+                k = make_key(args, kwargs)
+                return self.get_with(k, lambda: fn(*args, **kwargs), ttl)
+
+            def cache_invalidate(*args: Any, **kwargs: Any) -> None:
+                self.remove(make_key(args, kwargs))
+
+            wrapper.cache_invalidate = cache_invalidate  # type: ignore[attr-defined]
+            wrapper.cache = self  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate
+
+    # ------------------------------------------------------------ the rest
+
+    @property
+    def local(self) -> Moka[Any, Any]:
+        """The local tier (a ``Moka``): read it, but write through the cache."""
+        return self._tier.local
+
+    @property
+    def namespace(self) -> str:
+        return self._names.namespace
+
+    @property
+    def feed_up(self) -> bool:
+        """Whether the invalidation feed is subscribed (local copies trusted)."""
+        return bool(self._tier.rust.trusted)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Waits until the invalidation feed is subscribed; whether it is."""
+        self._ensure()
+        feed = self._tier.feed
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        while feed is not None and time.monotonic() < deadline:
+            if feed.wait_up(min(0.05, max(0.0, deadline - time.monotonic()))):
+                return bool(self._tier.rust.trusted)
+        return bool(self._tier.rust.trusted)
+
+    def stats(self) -> _core.TierStats:
+        """What the cache recorded (``stats=True``; else ``ValueError``)."""
+        return self._tier.stats()
+
+    def reset_stats(self) -> None:
+        self._tier.reset_stats()
+
+    def close(self) -> None:
+        """Stops the feed and the claims' thread and closes the cache's own
+        connections (the client given stays open: it is the caller's)."""
+        self._renewer.stop()
+        self._tier.close()
+        try:
+            self._own.close()
+            if self._kind != Kind.CLUSTER:
+                self._own.connection_pool.disconnect()
+        except Exception:
+            pass
+
+    def __enter__(self) -> TieredCache[K, V]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TieredCache(namespace={self._names.namespace!r}, feed_up={self.feed_up})"
+
+
+def call_key(
+    fn: Callable[..., Any], key: Callable[..., Any] | None, typed: bool
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    """How a decorated function's call becomes a cache key: the function's
+    module and qualified name, then the arguments (keyword arguments sorted
+    by name), or ``key(*args, **kwargs)``; ``typed`` adds the types' names."""
+    prefix = f"{fn.__module__}.{fn.__qualname__}"
+    if key is not None:
+        custom = key
+
+        def make(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return (prefix, custom(*args, **kwargs))
+
+        return make
+
+    def make_default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        parts: tuple[Any, ...] = (prefix, args)
+        if kwargs:
+            parts += (tuple(sorted(kwargs.items())),)
+        if typed:
+            parts += (
+                tuple(type(a).__qualname__ for a in args),
+                tuple(type(v).__qualname__ for _, v in sorted(kwargs.items())),
+            )
+        return parts
+
+    return make_default
