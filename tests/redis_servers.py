@@ -400,8 +400,8 @@ class RedisServer:
                 if "Address already in use" in log:
                     return False
                 raise RedisServerError(f"redis-server exited at start:\n{log[-3000:]}")
-            # +PONG, or -NOAUTH with --requirepass: it answers (and a server of
-            # another program on the port would have made ours exit above).
+            # +PONG, or -NOAUTH with --requirepass: something answers (ours, as
+            # the process_id check below confirms).
             if reply and not reply.startswith(b"-LOADING"):
                 break
             if time.monotonic() > deadline:
@@ -417,6 +417,13 @@ class RedisServer:
             socket_connect_timeout=STOP_TIMEOUT,
             decode_responses=True,
         )
+        try:
+            ours = int(self._admin.info("server")["process_id"]) == self._proc.pid
+        except redis.RedisError:
+            ours = False
+        if not ours:  # another program's server answered on the port
+            self._end(signal.SIGKILL)
+            return False
         return True
 
     def _end(self, sig: signal.Signals) -> None:

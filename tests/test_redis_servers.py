@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+import redis_servers
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis_servers import HOST, RedisCluster3, RedisServer
@@ -184,6 +186,28 @@ def test_servers_in_parallel_get_their_own_ports() -> None:
     finally:
         for s in servers:
             s.close()
+
+
+@pytest.mark.thread_unsafe  # patches redis_servers.free_port
+def test_start_moves_on_when_the_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = redis_servers.free_port()
+    squatter = socket.create_server((HOST, taken.port))  # a program outside our port locks
+    handed_out = []
+
+    def first_the_taken_port(cluster_bus: bool = False) -> redis_servers.PortClaim:
+        claim = taken if not handed_out else real_free_port(cluster_bus)
+        handed_out.append(claim.port)
+        return claim
+
+    real_free_port = redis_servers.free_port
+    monkeypatch.setattr(redis_servers, "free_port", first_the_taken_port)
+    try:
+        with RedisServer() as s:
+            assert handed_out[0] == taken.port and s.port == handed_out[1] != taken.port
+            assert s.client().ping()
+    finally:
+        squatter.close()
+        taken.release()
 
 
 def crash_with_a_server() -> None:
