@@ -33,6 +33,26 @@ need_cc() {
     command -v cc >/dev/null || apt_install build-essential
 }
 
+# need_redis: redis-server and redis-cli, which the tests of moka_py.redis start themselves
+# (tests/redis_servers.py: their own servers on free loopback ports, never 6379). Installing
+# Debian's redis-server package starts the system service on 127.0.0.1:6379 where an init
+# system lets it (docker images refuse through policy-rc.d); that service is stopped and
+# disabled again here, so no test can reach a server that outlives the run.
+need_redis() {
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+    apt_install redis-server redis-tools
+    if [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+    elif [ -s /run/redis/redis-server.pid ]; then
+        as_root /etc/init.d/redis-server stop >/dev/null 2>&1 \
+            || as_root kill "$(cat /run/redis/redis-server.pid)" 2>/dev/null || true
+        as_root update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        echo "warning: a redis server still answers on 127.0.0.1:6379 (the tests never use it)" >&2
+    fi
+}
+
 # need_venv PYTHON: PYTHON can create a venv with pip. Debian's own python3 needs the
 # python3-venv package for that (its venv module lacks ensurepip); other interpreters
 # (pyenv, a source build) carry both and are left alone.

@@ -13,6 +13,8 @@ case "$which" in
     *) echo "usage: $0 [gil|gil313|ft] [pytest arguments...]" >&2; exit 2 ;;
 esac
 dev_venv
+# The moka_py.redis tests start their own redis-server processes.
+need_redis
 
 run_suite() {
     local venv="$1"

@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from support import WATCHDOG_SECONDS, Unraisable, run_threads
 
+# redis_server, redis_db, own_redis_server, redis_cluster, own_redis_cluster:
+# real redis-server processes for the moka_py.redis tests.
+pytest_plugins = ["redis_fixtures"]
+
 
 @pytest.fixture(name="run_threads")
 def run_threads_fixture() -> Callable[..., list[Any]]:
