@@ -255,6 +255,8 @@ def parse_message(data: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
         if i + 4 > len(body):
             return None
         (n,) = _LEN.unpack_from(body, i)
+        if i + 4 + n > len(body):
+            return None
         keys.append(bytes(body[i + 4 : i + 4 + n]))
         i += 4 + n
     return kind, origin, keys

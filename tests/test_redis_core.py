@@ -1,0 +1,169 @@
+"""moka_py.redis without a server: key encoding, names, payloads, messages and
+option checks (the decisions the sync and async caches share, _core.py)."""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from collections import namedtuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moka_py.redis import _core
+from moka_py.redis._core import decode_key, encode_key, plain_key
+
+scalars = st.one_of(
+    st.text(),
+    st.binary(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.uuids(),
+)
+keys = st.recursive(scalars, lambda inner: st.tuples(inner) | st.tuples(inner, inner), max_leaves=6)
+
+
+@given(keys)
+def test_decode_inverts_encode_up_to_equality(key: object) -> None:
+    decoded = decode_key(encode_key(key))
+    assert decoded == key
+    assert encode_key(decoded) == encode_key(key)
+
+
+@given(keys, keys)
+def test_keys_encode_alike_exactly_when_python_says_equal(a: object, b: object) -> None:
+    # Equal keys are one entry in every process; unequal ones never share one.
+    assert (encode_key(a) == encode_key(b)) == (a == b and hash(a) == hash(b))
+
+
+def test_equal_numbers_are_one_key_and_strings_are_not_numbers() -> None:
+    assert encode_key(1) == encode_key(1.0) == encode_key(True)
+    assert encode_key(0) == encode_key(-0.0) == encode_key(False)
+    assert encode_key(("a", 2)) == encode_key(("a", 2.0))
+    assert encode_key("1") != encode_key(1)
+    assert encode_key(b"a") != encode_key("a")
+    assert encode_key(()) != encode_key(None) != encode_key(b"")
+    assert encode_key(1.5) != encode_key(1)
+    assert encode_key(2**100) == encode_key(float(2**100))
+
+
+def test_subclasses_encode_as_their_value() -> None:
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class Name(str, enum.Enum):
+        ADA = "ada"
+
+    Point = namedtuple("Point", "x y")
+    assert encode_key(Color.RED) == encode_key(1)
+    assert encode_key(Name.ADA) == encode_key("ada")
+    assert encode_key(Point(1, "a")) == encode_key((1, "a"))
+    assert type(plain_key(Color.RED)) is int
+    assert type(plain_key(Name.ADA)) is str
+    assert type(plain_key(Point(1, 2))) is tuple
+
+
+@pytest.mark.parametrize(
+    "bad", [[1], {"a": 1}, {1}, object(), 1j, bytearray(b"x"), ("ok", [1])]
+)
+def test_other_keys_raise_type_error_naming_the_type(bad: object) -> None:
+    inner = bad[1] if isinstance(bad, tuple) else bad
+    with pytest.raises(TypeError, match=type(inner).__name__):
+        encode_key(bad)
+
+
+def test_nan_is_refused() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        encode_key(math.nan)
+
+
+def test_uuid_keys() -> None:
+    u = uuid.uuid4()
+    assert decode_key(encode_key(u)) == u
+    assert encode_key(u) != encode_key(u.hex)
+
+
+def test_names_begin_with_the_namespace_and_escape_glob_characters() -> None:
+    names = _core.Names("app*[x]")
+    enc = encode_key("k")
+    for name in (names.value(enc), names.lock(enc), names.channel):
+        assert name.startswith(b"app*[x]")
+    assert names.pattern == b"app\\*\\[x\\]:[vl]:*"
+    assert names.owns(names.value(enc)) and names.owns(names.lock(enc))
+    assert not names.owns(b"app*[x]2:v:sk")
+
+
+def test_namespaces_cannot_look_like_each_other() -> None:
+    # "users:v:..." is the value space of "users": no namespace may contain
+    # a ':'-separated part "v" or "l".
+    for bad in ("users:v", "v", "a:l:b"):
+        with pytest.raises(ValueError, match="namespace"):
+            _core.check_namespace(bad)
+    assert _core.check_namespace("app:users") == "app:users"
+    for bad_type in (None, b"users", 1):
+        with pytest.raises(TypeError, match="namespace"):
+            _core.check_namespace(bad_type)
+    with pytest.raises(ValueError, match="namespace"):
+        _core.check_namespace("")
+
+
+def test_payload_carries_the_deadline() -> None:
+    payload = _core.pack_value(b"data", 10.0)
+    unpacked = _core.unpack_value(payload)
+    assert unpacked is not None
+    data, left = unpacked
+    assert data == b"data" and left is not None and 9.0 < left <= 10.0
+    assert _core.unpack_value(_core.pack_value(b"x", None)) == (b"x", None)
+    # Bytes some other program wrote are not ours.
+    assert _core.unpack_value(b"\x80\x05junk") is None
+    assert _core.unpack_value(b"") is None
+
+
+def test_messages_round_trip() -> None:
+    origin = _core.new_origin()
+    encs = [encode_key(k) for k in ("a", 1, (1, "b"), b"\x00\xff")]
+    msg = _core.message(_core.INVALIDATE, origin, encs)
+    assert _core.parse_message(msg) == (_core.INVALIDATE, origin, encs)
+    assert _core.parse_message(_core.message(_core.CLEAR, origin)) == (_core.CLEAR, origin, [])
+    assert _core.parse_message(b"short") is None
+    assert _core.parse_message(_core.INVALIDATE + origin + b"\x00\x00\x00\x09ab") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"capacity": -1}, ValueError, "capacity"),
+        ({"capacity": 1.5}, TypeError, "capacity"),
+        ({"ttl": -1}, ValueError, "ttl"),
+        ({"ttl": "1"}, TypeError, "ttl"),
+        ({"local_ttl": 0}, ValueError, "local_ttl"),
+        ({"timeout": 0}, ValueError, "timeout"),
+        ({"timeout": None}, TypeError, "timeout"),
+        ({"lock_timeout": math.inf}, ValueError, "lock_timeout"),
+        ({"serializer": object()}, TypeError, "serializer"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    options: dict[str, object] = {
+        "namespace": "ns",
+        "capacity": 10,
+        "ttl": 1.0,
+        "local_ttl": None,
+        "serializer": None,
+        "lock_timeout": 1.0,
+        "timeout": 1.0,
+    }
+    options.update(kwargs)
+    with pytest.raises(error, match=match):
+        _core.check_options(**options)  # type: ignore[arg-type]
+
+
+def test_local_bound_is_the_shorter() -> None:
+    assert _core.local_bound(None, None) is None
+    assert _core.local_bound(5.0, None) == 5.0
+    assert _core.local_bound(None, 3.0) == 3.0
+    assert _core.local_bound(5.0, 3.0) == 3.0
