@@ -1,0 +1,143 @@
+"""Functions that run in real child processes for the moka_py.redis tests
+(started with multiprocessing's "spawn" context, or "fork" where the test is
+about a fork). Each builds its own client and cache from plain arguments,
+reports through a multiprocessing queue, and ends by itself."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import redis
+
+from moka_py.redis import TieredCache
+
+NS = "users"
+
+
+def _cache(port: int, **options: Any) -> TieredCache[Any, Any]:
+    client = redis.Redis(port=port, socket_timeout=None)
+    cache: TieredCache[Any, Any] = TieredCache(client, namespace=NS, **options)
+    if not cache.wait_ready(10):
+        raise RuntimeError("the feed did not come up")
+    return cache
+
+
+def get_one(port: int, key: Any, out: Any) -> None:
+    with _cache(port) as cache:
+        out.put(cache.get(key))
+
+
+def set_one(port: int, key: Any, value: Any) -> None:
+    with _cache(port) as cache:
+        cache.set(key, value)
+
+
+def reader(port: int, keys: int, ready: Any, stop: Any, settle: Any, out: Any) -> None:
+    """Reads random keys through the local tier until `stop`, then (once the
+    writer is done and `settle` is set) reports what it sees of every key."""
+    with _cache(port) as cache:
+        ready.set()
+        rng = random.Random(os.getpid())
+        reads = 0
+        while not stop.is_set():
+            cache.get(rng.randrange(keys))
+            reads += 1
+        settle.wait(30)
+        # The invalidations of the last writes are a few milliseconds away;
+        # a copy left stale by a race would stay stale for the whole ttl.
+        time.sleep(0.5)
+        seen = {k: cache.get(k) for k in range(keys)}
+        out.put((reads, seen))
+
+
+def writer(port: int, keys: int, writes: int, go: Any, out: Any) -> None:
+    """Writes `writes` versions of random keys (with set, set_many and remove),
+    then reports the last value written to each key."""
+    with _cache(port) as cache:
+        go.wait(30)
+        rng = random.Random(7)
+        last: dict[int, Any] = {}
+        for version in range(writes):
+            op = rng.random()
+            k = rng.randrange(keys)
+            if op < 0.7:
+                cache.set(k, ("v", version))
+                last[k] = ("v", version)
+            elif op < 0.9:
+                k2 = (k + 1) % keys
+                cache.set_many({k: ("m", version), k2: ("m", version)})
+                last[k] = last[k2] = ("m", version)
+            else:
+                cache.remove(k)
+                last[k] = None
+        out.put(last)
+
+
+def load(
+    port: int,
+    key: str,
+    threads: int,
+    sleep: float,
+    counter: str,
+    out: Any,
+    outcome: str = "value",
+    lock_timeout: float = 30.0,
+    start: Any = None,
+) -> None:
+    """`threads` threads of this process call get_with(key) at once; the
+    loader counts itself in Redis (INCR `counter`), sleeps, then returns a
+    value naming this process, raises, or ends the process (`outcome`)."""
+    plain = redis.Redis(port=port)
+    with _cache(port, lock_timeout=lock_timeout) as cache:
+
+        def loader() -> str:
+            plain.incr(counter)
+            time.sleep(sleep)
+            if outcome == "raise":
+                raise LookupError(f"loader of {os.getpid()} failed")
+            if outcome == "exit":
+                os._exit(3)
+            return f"value of {os.getpid()}"
+
+        results: list[Any] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            try:
+                r: Any = cache.get_with(key, loader)
+            except LookupError as e:
+                r = ("raised", str(e))
+            with lock:
+                results.append(r)
+
+        if start is not None:
+            start.wait(30)
+        pool = [threading.Thread(target=call) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        out.put((os.getpid(), results))
+
+
+def forked_child(cache: TieredCache[Any, Any], key: Any, seen_from_parent: Any, out: Any) -> None:
+    """Runs in a child made by os.fork() from a process whose `cache` was
+    created before the fork: the child uses it as it is."""
+    try:
+        first = cache.get(key)
+        cache.set(("child", os.getpid()), "hello")
+        # The parent's next write must reach this child's local tier.
+        deadline = time.monotonic() + 10
+        value = cache.get(key)
+        while value == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+            value = cache.get(key)
+        seen_from_parent.put((first, value, cache.feed_up))
+        out.put("ok")
+    except BaseException as e:  # report, then let the process end
+        out.put(repr(e))
+        raise
