@@ -51,7 +51,8 @@ def test_sharing_invalidation_and_clear_on_every_master(cluster: RedisCluster3) 
         b.clear()
         assert sum(_per_master(cluster).values()) == 0
         wait_for(lambda: a.get(1) is None, timeout=5)
-        assert b.stats().invalidations >= 1 and a.stats().invalidations >= 2
+        assert b.stats().invalidations >= 2
+        wait_for(lambda: a.stats().invalidations >= 1, timeout=5)
 
 
 def test_the_feed_is_sharded_on_the_channel_master(cluster: RedisCluster3) -> None:

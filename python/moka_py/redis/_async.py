@@ -64,7 +64,6 @@ class AsyncTieredCache(Generic[K, V]):
         self._lock_timeout = lock_s
         self._timeout = timeout_s
         self._own = bounded_async(client, kind, timeout_s)
-        self._feed_connects = 0
         self._tier = Tier(
             names=self._names,
             capacity=capacity,
@@ -73,7 +72,7 @@ class AsyncTieredCache(Generic[K, V]):
             client=client,
             kind=kind,
             timeout=timeout_s,
-            channel_node=self._slot_master if kind == Kind.CLUSTER else None,
+            seeds=[(n.host, n.port) for n in (client.get_nodes() or client.nodes_manager.startup_nodes.values())] if kind == Kind.CLUSTER else None,
             slow_get=self._no_get,
             slow_aget=self._slow_get,
             label="AsyncTieredCache",
@@ -84,12 +83,6 @@ class AsyncTieredCache(Generic[K, V]):
         # `Ready` returned by Rust; a miss returns the slow path's coroutine.
         self.get = self._tier.rust.aget
         self._tier.start(wait=0)
-
-    def _slot_master(self, slot: int) -> tuple[str, int]:
-        # The async client's slot map (read from the feed's thread; refreshed
-        # by the client itself when a command is redirected).
-        node = self._own.nodes_manager.get_node_from_slot(slot)
-        return node.host, node.port
 
     def _no_get(self, key: Any, default: Any) -> Any:
         raise TypeError("AsyncTieredCache is the asyncio cache: use TieredCache without asyncio")
@@ -310,11 +303,14 @@ class AsyncTieredCache(Generic[K, V]):
         target = {} if node is None else {"target_nodes": node}
         cursor: Any = 0
         while True:
-            cursor, found = await self._call(
+            reply = await self._call(
                 self._own.execute_command(
                     "SCAN", cursor, "MATCH", self._names.pattern, "COUNT", 1000, **target
                 )
             )
+            cursor, found = reply
+            if isinstance(cursor, dict):  # a cluster client names the node
+                (cursor,) = cursor.values()
             for k in found:
                 if self._names.owns(k):
                     await self._call(self._own.unlink(k))

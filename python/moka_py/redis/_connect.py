@@ -25,7 +25,17 @@ from redis.retry import Retry
 __all__ = ["Kind", "bounded_async", "bounded_sync", "feed_settings", "kind_of"]
 
 # What the cache's own connections change of the user's settings.
-_DROP = ("cache", "cache_config", "maint_notifications_config", "retry_on_timeout")
+_DROP = (
+    "cache",
+    "cache_config",
+    "maint_notifications_config",
+    "oss_cluster_maint_notifications_handler",
+    "retry_on_timeout",
+    # A cluster client's hook for its own connections (READONLY and such).
+    "redis_connect_func",
+    "response_callbacks",
+    "himport_registry",
+)
 
 
 class Kind:
@@ -84,7 +94,6 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
         nodes = [redis.cluster.ClusterNode(n.host, n.port) for n in client.get_nodes()]
         return redis.cluster.RedisCluster(
             startup_nodes=nodes,
-            cluster_error_retry_attempts=0,
             require_full_coverage=False,
             **kw,
         )
@@ -106,12 +115,13 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
 def bounded_async(client: Any, kind: str, timeout: float) -> Any:
     """An asyncio client of the same settings as ``client`` (asyncio), bounded."""
     if kind == Kind.CLUSTER:
-        kw = _bounded(dict(client.connection_kwargs), timeout)
-        for k in ("host", "port", "retry_on_error", "connection_class"):
-            kw.pop(k, None)
-        nodes = [
-            redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in client.get_nodes()
-        ]
+        raw = dict(client.connection_kwargs)
+        kw = _bounded({k: v for k, v in raw.items() if k in _ASYNC_CLUSTER_KEYS}, timeout)
+        kw.pop("retry_on_error", None)
+        # An asyncio cluster client knows only its startup nodes until its
+        # first command.
+        known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+        nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in known]
         return redis.asyncio.cluster.RedisCluster(
             startup_nodes=nodes, require_full_coverage=False, **kw
         )
@@ -120,6 +130,31 @@ def bounded_async(client: Any, kind: str, timeout: float) -> Any:
     new_pool = redis.asyncio.ConnectionPool(connection_class=pool.connection_class, **kw)
     return redis.asyncio.Redis(connection_pool=new_pool)
 
+
+# The settings an asyncio cluster client of the cache's own takes from the user's.
+_ASYNC_CLUSTER_KEYS = frozenset(
+    {
+        "client_name",
+        "credential_provider",
+        "username",
+        "password",
+        "encoding",
+        "encoding_errors",
+        "max_connections",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_read_size",
+        "ssl",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
 
 # The settings a sync connection of the feed takes from an asyncio client.
 _FEED_KEYS = (

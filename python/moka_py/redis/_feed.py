@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = ["Feed"]
 
@@ -107,7 +107,7 @@ class Feed:
             try:
                 self._session()
                 backoff = RETRY_MIN
-            except (RedisError, OSError, _Lost, ValueError):
+            except (RedisError, RedisClusterException, OSError, _Lost, ValueError):
                 pass
             except Exception:  # a bug of ours: report it, keep the feed alive
                 import sys

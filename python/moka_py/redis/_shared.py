@@ -73,7 +73,7 @@ class Tier:
         client: Any,
         kind: str,
         timeout: float,
-        channel_node: Callable[[int], tuple[str, int]] | None,
+        seeds: list[tuple[str, int]] | None,
         slow_get: Callable[[Any, Any], Any],
         slow_aget: Callable[[Any, Any], Any],
         label: str,
@@ -89,9 +89,9 @@ class Tier:
         )
         self.stats_enabled = stats
         self._feed_cls, self._feed_kw = feed_settings(client, kind, timeout)
-        # For a cluster: the (host, port) of the master of a slot, from the
-        # cache's own client's slot map.
-        self._channel_node = channel_node
+        # For a cluster: nodes to ask which master serves the channel's slot
+        # (the client's nodes; every master seen since is added).
+        self._seeds = list(seeds or [])
         self._label = label
         self.closed = False
         self._run_id: bytes | None = None
@@ -161,8 +161,7 @@ class Tier:
     def _feed_connect(self) -> tuple[Any, bytes | None]:
         kw = dict(self._feed_kw)
         if self.kind == Kind.CLUSTER:
-            assert self._channel_node is not None
-            host, port = self._channel_node(key_slot(self.names.channel))
+            host, port = self._channel_master(kw)
             kw.update(host=host, port=port)
         conn = self._feed_cls(**kw)
         conn.connect()
@@ -175,6 +174,34 @@ class Tier:
                 if line.startswith("run_id:"):
                     run_id = line.split(":", 1)[1].strip().encode()
         return conn, run_id
+
+    def _channel_master(self, kw: dict[str, Any]) -> tuple[str, int]:
+        """Asks the known nodes (CLUSTER SLOTS) which master serves the
+        channel's slot: sharded pub/sub must subscribe there."""
+        slot = key_slot(self.names.channel)
+        last: Exception | None = None
+        for host, port in list(self._seeds):
+            conn = self._feed_cls(**{**kw, "host": host, "port": port})
+            try:
+                conn.connect()
+                conn.send_command("CLUSTER", "SLOTS")
+                ranges = conn.read_response()
+            except (RedisError, OSError) as err:
+                last = err
+                continue
+            finally:
+                conn.disconnect()
+            found = None
+            for entry in ranges:
+                start, end, master = int(entry[0]), int(entry[1]), entry[2]
+                node = (_text(master[0]) or host, int(master[1]))
+                if node not in self._seeds:
+                    self._seeds.append(node)
+                if start <= slot <= end:
+                    found = node
+            if found is not None:
+                return found
+        raise RedisConnectionError(f"no known cluster node serves slot {slot}: {last}")
 
     def _on_up(self, run_id: bytes | None) -> None:
         if self._run_id is not None and run_id is not None and run_id != self._run_id:
@@ -290,6 +317,10 @@ class Tier:
             raise ValueError("statistics are off: create the cache with stats=True")
         self.counts.reset()
         self.local.reset_stats()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def ms(seconds: float | None) -> int | None:

@@ -128,7 +128,6 @@ class TieredCache(Generic[K, V]):
         self._lock_timeout = lock_s
         self._timeout = timeout_s
         self._own = bounded_sync(client, kind, timeout_s)
-        self._feed_connects = 0
         self._tier = Tier(
             names=self._names,
             capacity=capacity,
@@ -137,7 +136,7 @@ class TieredCache(Generic[K, V]):
             client=client,
             kind=kind,
             timeout=timeout_s,
-            channel_node=self._slot_master if kind == Kind.CLUSTER else None,
+            seeds=[(n.host, n.port) for n in client.get_nodes()] if kind == Kind.CLUSTER else None,
             slow_get=self._slow_get,
             slow_aget=self._no_aget,
             label="TieredCache",
@@ -152,15 +151,6 @@ class TieredCache(Generic[K, V]):
         self._flights_lock = threading.Lock()
         self._renewer = _Renewer(self, self._lock_timeout)
         self._pid = self._tier.pid
-
-    def _slot_master(self, slot: int) -> tuple[str, int]:
-        manager = self._own.nodes_manager
-        if self._feed_connects:
-            # A reconnection: the slot may have moved (a failover, a reshard).
-            manager.initialize()
-        self._feed_connects += 1
-        node = manager.get_node_from_slot(slot)
-        return node.host, node.port
 
     def _ensure(self) -> None:
         tier = self._tier
