@@ -147,9 +147,7 @@ def test_the_loop_runs_while_another_process_loads(redis_db: RedisServer) -> Non
 def test_the_loop_runs_while_redis_hangs(own_redis_server: RedisServer) -> None:
     async def main() -> None:
         client = own_redis_server.async_client(socket_timeout=None)
-        cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(
-            client, namespace=NS, timeout=0.5
-        )
+        cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(client, namespace=NS, timeout=0.5)
         assert await cache.wait_ready(5)
         await cache.set("k", "v")
         assert await cache.get("k") == "v"

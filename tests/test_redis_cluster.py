@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -36,9 +35,10 @@ def _per_master(cluster: RedisCluster3) -> dict[tuple[str, int], int]:
 
 def test_sharing_invalidation_and_clear_on_every_master(cluster: RedisCluster3) -> None:
     client = cluster.client()
-    with TieredCache(client, namespace=NS, stats=True) as a, TieredCache(
-        client, namespace=NS, stats=True
-    ) as b:
+    with (
+        TieredCache(client, namespace=NS, stats=True) as a,
+        TieredCache(client, namespace=NS, stats=True) as b,
+    ):
         assert a.wait_ready(10) and b.wait_ready(10)
         a.set_many({i: f"v{i}" for i in range(60)})
         assert b.get_many(range(60)) == {i: f"v{i}" for i in range(60)}
@@ -128,9 +128,10 @@ def test_async_over_a_cluster(cluster: RedisCluster3) -> None:
 
 def test_the_feed_survives_its_master_restarting(own_redis_cluster: RedisCluster3) -> None:
     client = own_redis_cluster.client()
-    with TieredCache(client, namespace=NS, stats=True) as a, TieredCache(
-        client, namespace=NS, stats=True
-    ) as b:
+    with (
+        TieredCache(client, namespace=NS, stats=True) as a,
+        TieredCache(client, namespace=NS, stats=True) as b,
+    ):
         assert a.wait_ready(10) and b.wait_ready(10)
         a.set("k", 1)
         wait_for(lambda: b.get("k") == 1 and b.local.get("k") == 1, timeout=5)

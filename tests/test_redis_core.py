@@ -67,9 +67,7 @@ def test_subclasses_encode_as_their_value() -> None:
     assert type(plain_key(Point(1, 2))) is tuple
 
 
-@pytest.mark.parametrize(
-    "bad", [[1], {"a": 1}, {1}, object(), 1j, bytearray(b"x"), ("ok", [1])]
-)
+@pytest.mark.parametrize("bad", [[1], {"a": 1}, {1}, object(), 1j, bytearray(b"x"), ("ok", [1])])
 def test_other_keys_raise_type_error_naming_the_type(bad: object) -> None:
     inner = bad[1] if isinstance(bad, tuple) else bad
     with pytest.raises(TypeError, match=type(inner).__name__):

@@ -39,9 +39,7 @@ def bounded(call: Callable[[], T]) -> T:
 def cache_on(server: RedisServer, **kwargs: Any) -> TieredCache[Any, Any]:
     # The user's client: no socket timeout, redis-py's default retries.
     client = server.client(socket_timeout=None, socket_connect_timeout=None, **kwargs)
-    c: TieredCache[Any, Any] = TieredCache(
-        client, namespace="users", timeout=TIMEOUT, stats=True
-    )
+    c: TieredCache[Any, Any] = TieredCache(client, namespace="users", timeout=TIMEOUT, stats=True)
     assert c.wait_ready(5)
     return c
 

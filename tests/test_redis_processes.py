@@ -121,9 +121,7 @@ def test_a_loader_that_raises_hands_over_to_a_waiter(redis_db: RedisServer) -> N
 
 def test_a_loader_that_dies_hands_over_after_lock_timeout(redis_db: RedisServer) -> None:
     out = SPAWN.Queue()
-    dying = _run(
-        redis_workers.load, redis_db.port, "k", 2, 0.3, "calls", out, "exit", 1.0
-    )
+    dying = _run(redis_workers.load, redis_db.port, "k", 2, 0.3, "calls", out, "exit", 1.0)
     wait_for(lambda: redis_db.admin.exists("users:l:sk"), timeout=30)
     waiting = _run(redis_workers.load, redis_db.port, "k", 2, 0.1, "calls", out, "value", 1.0)
     pid, results = out.get(timeout=60)

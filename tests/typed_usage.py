@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Any, Literal
+
+import redis
+import redis.asyncio
 
 from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached, cached_method
+from moka_py.redis import AsyncTieredCache, TieredCache, TierStats
 
 Cause = Literal["expired", "explicit", "replaced", "size"]
 
@@ -137,3 +141,44 @@ def test_typed_usage() -> None:
     use_moka_features()
     use_cached()
     use_cached_method()
+
+
+def use_tier(client: redis.Redis) -> None:
+    with TieredCache[str, list[int]](client, namespace="typed", ttl=60.0, stats=True) as c:
+        c.set("a", [1], ttl=5.0)
+        maybe: list[int] | None = c.get("a")
+        loaded: list[int] = c.get_with("b", lambda: [2])
+        many: dict[str, list[int]] = c.get_many(["a", "b"])
+        c.set_many({"c": [3]})
+        removed: list[int] | None = c.remove("a")
+        local: Moka[Any, Any] = c.local
+        stats: TierStats = c.stats()
+
+        @c.cached(ttl=10.0)
+        def twice(x: int) -> int:
+            return 2 * x
+
+        doubled: int = twice(2)
+        c.clear()
+        assert maybe == [1] and loaded == [2] and many == {"a": [1], "b": [2]}
+        assert removed == [1] and local.get("c") is None and doubled == 4
+        assert stats.hits >= 1
+
+
+async def use_async_tier(client: redis.asyncio.Redis) -> None:
+    async with AsyncTieredCache[str, int](client, namespace="typed-async") as c:
+        await c.set("a", 1)
+        got: int | None = await c.get("a")
+
+        async def load() -> int:
+            return 2
+
+        loaded: int = await c.get_with("b", load)
+        assert got == 1 and loaded == 2
+        await c.clear()
+    await client.aclose()
+
+
+def test_typed_tier(redis_db: Any) -> None:
+    use_tier(redis_db.client())
+    asyncio.run(use_async_tier(redis_db.async_client()))

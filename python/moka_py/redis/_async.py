@@ -72,7 +72,12 @@ class AsyncTieredCache(Generic[K, V]):
             client=client,
             kind=kind,
             timeout=timeout_s,
-            seeds=[(n.host, n.port) for n in (client.get_nodes() or client.nodes_manager.startup_nodes.values())] if kind == Kind.CLUSTER else None,
+            seeds=[
+                (n.host, n.port)
+                for n in (client.get_nodes() or client.nodes_manager.startup_nodes.values())
+            ]
+            if kind == Kind.CLUSTER
+            else None,
             slow_get=self._no_get,
             slow_aget=self._slow_get,
             label="AsyncTieredCache",
@@ -81,7 +86,7 @@ class AsyncTieredCache(Generic[K, V]):
         self._flights: dict[tuple[int, bytes], asyncio.Future[Any]] = {}
         # The hot path: `await cache.get(k)` of a local hit awaits a finished
         # `Ready` returned by Rust; a miss returns the slow path's coroutine.
-        self.get = self._tier.rust.aget
+        self.get = self._tier.rust.aget  # type: ignore[method-assign]
         self._tier.start(wait=0)
 
     def _no_get(self, key: Any, default: Any) -> Any:
@@ -112,9 +117,7 @@ class AsyncTieredCache(Generic[K, V]):
 
     async def _publish(self, message: bytes) -> None:
         if self._kind == Kind.CLUSTER:
-            await self._call(
-                self._own.execute_command("SPUBLISH", self._names.channel, message)
-            )
+            await self._call(self._own.execute_command("SPUBLISH", self._names.channel, message))
         else:
             await self._call(self._own.publish(self._names.channel, message))
 
@@ -202,7 +205,7 @@ class AsyncTieredCache(Generic[K, V]):
                     tier.counts.add("stale_served")
                     found[key] = v
             return found
-        for (key, enc, k), token, payload in zip(wanted, tokens, payloads):
+        for (key, enc, k), token, payload in zip(wanted, tokens, payloads, strict=True):
             if payload is None:
                 tier.counts.add("misses")
                 continue
@@ -267,7 +270,7 @@ class AsyncTieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             raise
         bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
-        for (_, k, value, _), token in zip(prepared, tokens):
+        for (_, k, value, _), token in zip(prepared, tokens, strict=True):
             tier.rust.put(k, value, bound, token)
 
     async def remove(self, key: K, default: Any = None) -> V | Any:
@@ -338,7 +341,7 @@ class AsyncTieredCache(Generic[K, V]):
         flight = self._flights.get(slot)
         if flight is not None:
             self._tier.counts.add("waits")
-            return await asyncio.shield(flight)  # type: ignore[no-any-return]
+            return await asyncio.shield(flight)
         flight = loop.create_future()
         self._flights[slot] = flight
         try:
@@ -401,9 +404,7 @@ class AsyncTieredCache(Generic[K, V]):
                     tier.rust.fill(k, value, bound, token)
                     return value
                 if claimed:
-                    return await self._lead(
-                        enc, k, initializer, ttl, ttl_s, claim, payload is None
-                    )
+                    return await self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
                 tier.counts.add("waits")
                 try:
                     await asyncio.wait_for(woken.wait(), POLL_SECONDS)
@@ -457,9 +458,7 @@ class AsyncTieredCache(Generic[K, V]):
             try:
                 stored = bool(
                     await self._call(
-                        self._own.set(
-                            name, _core.pack_value(data, ttl_s), px=ms(ttl_s), nx=absent
-                        )
+                        self._own.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s), nx=absent)
                     )
                 )
             except RedisError:
@@ -501,9 +500,9 @@ class AsyncTieredCache(Generic[K, V]):
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> R:
-                return await self.get_with(
-                    make_key(args, kwargs), lambda: fn(*args, **kwargs), ttl
-                )
+                cache: Any = self
+                k = make_key(args, kwargs)
+                return await cache.get_with(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
 
             async def cache_invalidate(*args: Any, **kwargs: Any) -> None:
                 await self.remove(make_key(args, kwargs))

@@ -91,7 +91,10 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
         kw = _bounded(dict(client.nodes_manager.connection_kwargs), timeout)
         for k in ("host", "port", "retry_on_error"):
             kw.pop(k, None)
-        nodes = [redis.cluster.ClusterNode(n.host, n.port) for n in client.get_nodes()]
+        nodes = [
+            redis.cluster.ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
+            for n in client.get_nodes()
+        ]
         return redis.cluster.RedisCluster(
             startup_nodes=nodes,
             require_full_coverage=False,
@@ -99,14 +102,13 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
         )
     pool = client.connection_pool
     kw = _bounded(_pool_kwargs(client), timeout)
-    try:
-        from redis.sentinel import SentinelConnectionPool
-    except ImportError:  # pragma: no cover - redis-py always has it
-        SentinelConnectionPool = None  # type: ignore[assignment,misc]  # noqa: N806
-    if SentinelConnectionPool is not None and isinstance(pool, SentinelConnectionPool):
-        new_pool: Any = SentinelConnectionPool(
-            pool.service_name, pool.sentinel_manager, **kw
-        )
+    from redis.sentinel import SentinelConnectionPool
+
+    new_pool: Any
+    if isinstance(pool, SentinelConnectionPool):
+        # The same Sentinel service: failovers are followed as the user's are.
+        make: Any = SentinelConnectionPool
+        new_pool = make(pool.service_name, pool.sentinel_manager, **kw)
     else:
         new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kw)
     return redis.Redis(connection_pool=new_pool)

@@ -65,7 +65,7 @@ def encode_key(key: object) -> bytes:
     """
     t = type(key)
     if t is str:
-        return b"s" + key.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
+        return b"s" + str.encode(key, "utf-8", "surrogatepass")  # type: ignore[arg-type]
     if t is int:
         return b"i%d" % key  # type: ignore[str-format]
     return _encode_other(key)
@@ -93,9 +93,7 @@ def _encode_other(key: object) -> bytes:
     if isinstance(key, tuple):
         parts = [encode_key(item) for item in key]
         return b"t" + b"".join(b"%d:" % len(p) + p for p in parts)
-    raise TypeError(
-        f"a key of moka_py.redis must be {_KEY_TYPES}, not {type(key).__name__}"
-    )
+    raise TypeError(f"a key of moka_py.redis must be {_KEY_TYPES}, not {type(key).__name__}")
 
 
 def decode_key(data: bytes) -> object:

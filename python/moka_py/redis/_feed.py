@@ -110,9 +110,7 @@ class Feed:
             except (RedisError, RedisClusterException, OSError, _Lost, ValueError):
                 pass
             except Exception:  # a bug of ours: report it, keep the feed alive
-                import sys
-
-                sys.unraisablehook(_unraisable("moka_py.redis feed"))
+                _report("moka_py.redis feed")
             finally:
                 self._close()
             if self._up.is_set():
@@ -178,10 +176,16 @@ def _kind(reply: Any) -> bytes | None:
     return None
 
 
-class _unraisable:  # noqa: N801 - shaped like sys.UnraisableHookArgs
-    def __init__(self, what: str) -> None:
-        import sys
+def _report(what: str) -> None:
+    """Hands the exception being handled to ``sys.unraisablehook``."""
+    import sys
 
-        self.exc_type, self.exc_value, self.exc_traceback = sys.exc_info()
-        self.err_msg = f"Exception in {what}"
-        self.object = None
+    exc_type, exc_value, tb = sys.exc_info()
+
+    class Args:
+        pass
+
+    args: Any = Args()
+    args.exc_type, args.exc_value, args.exc_traceback = exc_type, exc_value, tb
+    args.err_msg, args.object = f"Exception in {what}", None
+    sys.unraisablehook(args)

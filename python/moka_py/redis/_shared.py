@@ -82,7 +82,7 @@ class Tier:
         self.kind = kind
         self.timeout = timeout
         self.local_ttl = local_ttl
-        self.local = Moka(capacity, stats=stats)
+        self.local: Moka[Any, Any] = Moka(capacity, stats=stats)
         self.rust = _Tier(self.local, slow_get, slow_aget, uuid.UUID)
         self.counts: _core.LoadStats | _core.NoStats = (
             _core.LoadStats() if stats else _core.NoStats()
@@ -290,7 +290,9 @@ class Tier:
     def local_bound(self, left: float | None) -> float | None:
         return _core.local_bound(self.local_ttl, left)
 
-    def decode(self, serializer: _core.Serializer, enc: bytes, payload: bytes) -> tuple[bool, Any, float | None]:
+    def decode(
+        self, serializer: _core.Serializer, enc: bytes, payload: bytes
+    ) -> tuple[bool, Any, float | None]:
         """``(ok, value, seconds left)`` of a payload read from Redis; a
         payload that cannot be read is reported with a warning, not raised."""
         unpacked = _core.unpack_value(payload)

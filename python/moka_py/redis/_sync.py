@@ -143,7 +143,7 @@ class TieredCache(Generic[K, V]):
         )
         self._forked()
         # The hot path: `cache.get` is the Rust method itself (no Python frame).
-        self.get = self._tier.rust.get
+        self.get = self._tier.rust.get  # type: ignore[method-assign]
         self._tier.start(wait=timeout_s)
 
     def _forked(self) -> None:
@@ -265,7 +265,7 @@ class TieredCache(Generic[K, V]):
                     tier.counts.add("stale_served")
                     found[key] = v
             return found
-        for (key, enc, k), token, payload in zip(wanted, tokens, payloads):
+        for (key, enc, k), token, payload in zip(wanted, tokens, payloads, strict=True):
             if payload is None:
                 tier.counts.add("misses")
                 continue
@@ -333,7 +333,7 @@ class TieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             raise
         bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
-        for (_, k, value, _), token in zip(prepared, tokens):
+        for (_, k, value, _), token in zip(prepared, tokens, strict=True):
             tier.rust.put(k, value, bound, token)
 
     def remove(self, key: K, default: Any = None) -> V | Any:
@@ -400,7 +400,7 @@ class TieredCache(Generic[K, V]):
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
-        return self._load(key, initializer, ttl)
+        return self._load(key, initializer, ttl)  # type: ignore[no-any-return]
 
     def _load(self, key: Any, initializer: Callable[[], Any], ttl: float | None) -> Any:
         enc = _core.encode_key(key)
@@ -566,7 +566,8 @@ class TieredCache(Generic[K, V]):
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> R:
                 k = make_key(args, kwargs)
-                return self.get_with(k, lambda: fn(*args, **kwargs), ttl)
+                cache: Any = self
+                return cache.get_with(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
 
             def cache_invalidate(*args: Any, **kwargs: Any) -> None:
                 self.remove(make_key(args, kwargs))
