@@ -19,14 +19,21 @@ def test_readme_has_examples() -> None:
     [
         # A block that configures Django's settings (once per process) runs alone
         # under pytest-run-parallel.
+        # So does a block of moka_py.redis (it runs against its own server).
         pytest.param(code, marks=pytest.mark.thread_unsafe)
-        if "settings.configure(" in code
+        if "settings.configure(" in code or "moka_py.redis" in code
         else code
         for code in BLOCKS
     ],
     ids=[f"block{i}" for i in range(len(BLOCKS))],
 )
-def test_readme_block(code: str) -> None:
+def test_readme_block(
+    code: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "moka_py.redis" in code:
+        # The examples read REDIS_URL (else localhost:6379): a real server of the test's.
+        server = request.getfixturevalue("redis_db")
+        monkeypatch.setenv("REDIS_URL", server.url)
     exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
 
 
