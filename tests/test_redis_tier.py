@@ -43,6 +43,9 @@ def pair(client: redis.Redis) -> Iterator[tuple[TieredCache[Any, Any], TieredCac
 def test_set_in_one_is_read_in_the_other(pair: tuple[TieredCache[Any, Any], ...]) -> None:
     a, b = pair
     a.set("k", [1, 2])
+    # (Once a's invalidation has arrived, b's first read keeps its copy: one
+    # arriving during the read's round trip would make b refuse the copy.)
+    wait_for(lambda: b.stats().invalidations == 1, timeout=5)
     assert b.get("k") == [1, 2]
     # Deserialized once: the local tier holds the object itself.
     assert b.get("k") is b.get("k")

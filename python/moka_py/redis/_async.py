@@ -33,6 +33,8 @@ V = TypeVar("V")
 R = TypeVar("R")
 
 _MISS: Any = object()
+# asyncio.timeout (3.11+); 3.10 has only wait_for.
+_timeout: Any = getattr(asyncio, "timeout", None)
 
 
 class AsyncTieredCache(Generic[K, V]):
@@ -106,6 +108,10 @@ class AsyncTieredCache(Generic[K, V]):
                 awaitable.close()
             raise
         try:
+            if _timeout is not None:
+                # (Cheaper than wait_for, which wraps the call in a task.)
+                async with _timeout(self._timeout):
+                    return await awaitable
             return await asyncio.wait_for(awaitable, self._timeout)
         except asyncio.TimeoutError as err:
             timeout = RedisTimeoutError(f"Redis did not answer within {self._timeout} s")
@@ -453,6 +459,18 @@ class AsyncTieredCache(Generic[K, V]):
         renewer = asyncio.ensure_future(self._renew(lock_key, claim))
         try:
             token = tier.rust.token(k)
+            # Another process may have stored the value and released its claim
+            # between this process's GET and its claim: read once more.
+            try:
+                again = await self._call(self._own.get(name))
+            except RedisError:
+                again = None
+            if again is not None:
+                ok, value, left = tier.decode(self._serializer, enc, again)
+                if ok:
+                    tier.counts.add("remote_hits")
+                    tier.rust.fill(k, value, tier.local_bound(left), token)
+                    return value
             value = await self._compute(initializer)
             data = self._serializer.dumps(value)
             try:

@@ -506,6 +506,18 @@ class TieredCache(Generic[K, V]):
         self._renewer.hold(lock_key, claim)
         try:
             token = tier.rust.token(k)
+            # Another process may have stored the value and released its claim
+            # between this process's GET and its claim: read once more.
+            try:
+                again = self._call(self._own.get, name)
+            except RedisError:
+                again = None
+            if again is not None:
+                ok, value, left = tier.decode(self._serializer, enc, again)
+                if ok:
+                    tier.counts.add("remote_hits")
+                    tier.rust.fill(k, value, tier.local_bound(left), token)
+                    return value
             value = self._compute(initializer)
             data = self._serializer.dumps(value)
             try:
