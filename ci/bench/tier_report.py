@@ -63,7 +63,7 @@ def verdict(value: float | None, limit: float) -> tuple[str, str]:
         return "not measured", "-"
     if value <= limit:
         return f"{value:.2f}x", "met"
-    return f"{value:.2f}x", f"missed: {value / limit:.1f}x the limit"
+    return f"{value:.2f}x", f"missed: {value / limit:.2f}x the limit"
 
 
 def targets_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
