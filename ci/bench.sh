@@ -2,18 +2,47 @@
 # Builds moka_py in release mode, installs the peers in their own virtual
 # environments, runs every case of the benchmark side by side, prints the
 # Markdown tables and writes them with the charts to bench-out/.
-#   bash ci/bench.sh [--quick] [--out DIR] [--only latency|scaling|scaling_gil|hit_ratio|memory]
+#   bash ci/bench.sh [--quick] [--out DIR]
+#       [--only latency|scaling|scaling_gil|hit_ratio|memory|tier]
 # Environments (under .venvs/): bench (GIL: moka_py, the peers, matplotlib),
 # bench-moka-py-0.5.0 (GIL), bench-ft (free-threaded 3.13t: moka_py and each peer
-# that installs there from a wheel).
+# that installs there from a wheel). The tier family (moka_py.redis against Redis and
+# its peers) runs in bench alone, on redis-server servers of its own.
 source "$(dirname "$0")/env.sh"
 dev_venv
 req="$ROOT/ci/requirements-bench.txt"
+
+# The families asked for: all of them unless --only says otherwise.
+only=()
+prev=
+for arg in "$@"; do
+    [ "$prev" = --only ] && only+=("$arg")
+    case "$arg" in --only=*) only+=("${arg#--only=}") ;; esac
+    prev=$arg
+done
+tier=yes
+gil_only=no
+if [ "${#only[@]}" -gt 0 ]; then
+    [[ " ${only[*]} " == *" tier "* ]] || tier=no
+    [ -z "$(printf '%s\n' "${only[@]}" | grep -vx tier)" ] && gil_only=yes
+fi
+if [ "$tier" = yes ]; then
+    command -v redis-server >/dev/null || apt_install redis-server
+fi
 
 bench=$(new_venv bench "$PY_GIL")
 log "peers (current PyPI versions) and matplotlib in bench"
 "$bench/bin/python" -m pip install -q --upgrade -r "$req" >&2
 install_wheel "$bench"
+
+# The package ci/bench/ runs as ci.bench with the repository on PYTHONPATH; its
+# worker processes, in the other venvs, inherit that.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$gil_only" = yes ]; then
+    # The tier family needs neither moka-py 0.5.0 nor 3.13t.
+    log "benchmark (progress on stderr)"
+    PYTHONHASHSEED=0 exec "$bench/bin/python" -m ci.bench "$@"
+fi
 
 peer=$(new_venv bench-moka-py-0.5.0 "$PY_GIL")
 "$peer/bin/python" -m pip install -q "moka-py==0.5.0" >&2
@@ -58,8 +87,5 @@ else
 fi
 
 log "benchmark (progress on stderr)"
-# The package ci/bench/ runs as ci.bench with the repository on PYTHONPATH; its
-# worker processes, in the other venvs, inherit that.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PYTHONHASHSEED=0 "$bench/bin/python" -m ci.bench --peer-python "$peer/bin/python" \
     --ft-python "$ft/bin/python" "${ft_peer_args[@]}" --ft-status "$status" "$@"

@@ -6,7 +6,8 @@
 The block between the README's two ``<!-- results -->`` markers is made from
 ci/results/results.md (written by ``bash ci/bench.sh --out ci/results``) with
 each section's chart from ci/results/, followed by ci/results/profile.md
-(written by ``bash ci/profile.sh --out ci/results``). tests/test_readme.py
+(written by ``bash ci/profile.sh --out ci/results``) and ci/results/tier.md
+(``bash ci/bench.sh --only tier --out ci/results``, the Redis tier's section). tests/test_readme.py
 checks that the README holds exactly that block, so its figures are the
 committed run's.
 """
@@ -28,6 +29,7 @@ CHARTS = {
     "### 2a. ": "scaling_gil.png",
     "### 3. ": "hit_ratio.png",
     "### 4. ": "memory.png",
+    "### 5. ": "tier.png",
 }
 PROFILE_INTRO = (
     "#### Where the time goes (instructions per operation)\n\n"
@@ -42,19 +44,29 @@ PROFILE_INTRO = (
 )
 
 
-def block() -> str:
-    results = (RESULTS / "results.md").read_text(encoding="utf-8").strip().splitlines()
+def section(name: str) -> str:
+    """A report of ci/results/ without its title, one heading level down, each
+    section's chart after its heading."""
+    report = (RESULTS / name).read_text(encoding="utf-8").strip().splitlines()
     lines: list[str] = []
-    for line in results[1:]:  # the first line is the report's own title
+    for line in report[1:]:  # the first line is the report's own title
         if line.startswith("#"):
             line = "#" + line  # one level below the README's section
         lines.append(line)
         for prefix, chart in CHARTS.items():
             if line.startswith("#" + prefix) and (RESULTS / chart).exists():
                 lines += ["", f"![{chart[:-4]}](ci/results/{chart})"]
+    return "\n".join(lines).strip()
+
+
+def block() -> str:
+    body = section("results.md")
     profile = (RESULTS / "profile.md").read_text(encoding="utf-8").strip()
-    body = "\n".join(lines).strip()
-    return f"{BEGIN}\n\n{body}\n\n{PROFILE_INTRO}\n\n{profile}\n\n{END}"
+    parts = [BEGIN, body, PROFILE_INTRO, profile]
+    if (RESULTS / "tier.md").exists():
+        # Its first line after the title says when and on what it ran.
+        parts.append(section("tier.md"))
+    return "\n\n".join([*parts, END])
 
 
 def current(readme: str) -> str:

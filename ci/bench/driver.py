@@ -14,6 +14,8 @@ raw figures to ``--out``:
    ``uuid.UUID`` keys and with an eviction listener (scaling.py)
 3. hit ratio of the eviction policies (hit_ratio.py)
 4. memory per entry (memory.py)
+5. tier: moka_py.redis beside redis-py and its peers, on redis-servers of its
+   own (tier.py; GIL build only; its own tier.md, tier.json and tier.png)
 
 Progress goes to stderr, the tables to stdout.
 """
@@ -35,7 +37,7 @@ from typing import Any
 from . import impls
 
 ROOT = Path(__file__).resolve().parents[2]
-FAMILIES = ("latency", "scaling", "scaling_gil", "hit_ratio", "memory")
+FAMILIES = ("latency", "scaling", "scaling_gil", "hit_ratio", "memory", "tier")
 # Workers inherit the driver's start, so that their progress lines tell the run's time.
 STARTED = float(os.environ.setdefault("MOKA_BENCH_STARTED", str(time.time())))
 
@@ -159,6 +161,10 @@ def run_worker(spec: dict[str, Any]) -> Any:
         from . import scaling
 
         return scaling.run_coalescing(spec["impls"], spec["counts"])
+    if family == "tier":
+        from . import tier
+
+        return tier.probe() if spec["case"] == "probe" else tier.run(spec["case"], spec["quick"])
     raise ValueError(family)
 
 
@@ -439,6 +445,55 @@ def measure_memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
     }
 
 
+def measure_tier(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tier family: each case in a worker process of this (GIL) environment,
+    on a redis-server of its own. Its results and what the report needs to know."""
+    from . import tier
+
+    plan = tier.QUICK if quick else tier.FULL
+    started = time.time()
+    found = worker(sys.executable, "tier", case="probe", quick=quick)
+    for impl, why in found["missing"].items():
+        log(f"tier: {impl} not measured ({why})")
+    results: dict[str, Any] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
+    for r in range(plan.repeats):
+        log(f"tier: local and remote hits, repeat {r + 1}/{plan.repeats}")
+        for case, per in worker(sys.executable, "tier", case="hits", quick=quick).items():
+            for impl, ns in per.items():
+                samples.setdefault(case, {}).setdefault(impl, []).append(ns)
+    results["hits"] = {
+        case: {impl: statistics.median(v) for impl, v in per.items()}
+        for case, per in samples.items()
+    }
+    for case in ("invalidation", "stampede", "throughput"):
+        log(f"tier: {case}")
+        results[case] = worker(sys.executable, "tier", case=case, quick=quick)
+    meta = {
+        "quick": quick,
+        "plan": plan.__dict__,
+        "versions": found["versions"],
+        "missing": found["missing"],
+        "python": sys.version.split()[0],
+        "machine": machine(),
+        "seconds": time.time() - started,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    return results, meta
+
+
+def write_tier(results: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    from . import tier_report
+
+    markdown = tier_report.markdown(results, meta)
+    print(markdown)
+    (out / "tier.md").write_text(markdown)
+    (out / "tier.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+    log("tier chart")
+    written = tier_report.chart(results, meta, out)
+    log(f"wrote {out / 'tier.md'}, {out / 'tier.json'}, {written}")
+
+
 # --- main ---------------------------------------------------------------------
 
 
@@ -462,6 +517,11 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     families = args.only or list(FAMILIES)
     log(f"{'quick' if args.quick else 'full'} run: {', '.join(families)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if families == ["tier"]:  # results.md is the other families': left as it is
+        write_tier(*measure_tier(args.quick), out)
+        return
     envs, notes = environments(args)
     for key, note in notes.missing.items():
         impl, build = key.split("|")
@@ -493,8 +553,6 @@ def main() -> None:
         seconds=time.time() - STARTED,
         machine=machine(),
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     markdown = report.markdown(results, meta)
     print(markdown)
     (out / "results.md").write_text(markdown)
@@ -502,3 +560,5 @@ def main() -> None:
     log("charts")
     written = report.charts(results, meta, out)
     log(f"wrote {', '.join(str(p) for p in [out / 'results.md', *written])}")
+    if "tier" in families:
+        write_tier(*measure_tier(args.quick), out)
