@@ -27,7 +27,7 @@ if [ "${#only[@]}" -gt 0 ]; then
     [ -z "$(printf '%s\n' "${only[@]}" | grep -vx tier)" ] && gil_only=yes
 fi
 if [ "$tier" = yes ]; then
-    command -v redis-server >/dev/null || apt_install redis-server
+    need_redis
 fi
 
 bench=$(new_venv bench "$PY_GIL")
