@@ -20,6 +20,10 @@ from moka_py import Moka
 c = Moka(10)
 c.set("k", 1)
 assert c.get("k") == 1
+# moka_py.redis and redis-py (pure Python) keep it off too.
+import moka_py.redis
+import redis.asyncio.cluster
+import redis.cluster
 print("gil enabled:", sys._is_gil_enabled())
 """
 
