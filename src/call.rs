@@ -278,5 +278,5 @@ pub(crate) fn enter<T: Send, R>(
 /// its very end, for what it let go of between them.
 #[inline]
 pub(crate) fn after(py: Python<'_>) {
-    crate::deferred::run(py);
+    crate::deferred::run(py, exiting);
 }

@@ -45,7 +45,7 @@ impl Listener {
             entry,
             cause,
         };
-        crate::deferred::defer(crate::deferred::Item::Notify(n));
+        crate::deferred::defer_boxed(Box::new(n));
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -66,9 +66,9 @@ fn cause_name(py: Python<'_>, cause: RemovalCause) -> &Bound<'_, pyo3::types::Py
     }
 }
 
-impl Notification {
+impl crate::deferred::Deferred for Notification {
     /// Calls the listener (attached, holding no lock: from `deferred::run`).
-    pub(crate) fn deliver(self, py: Python<'_>) {
+    fn release(self, py: Python<'_>) {
         let Some(cb) = self.listener.callback.get(py) else {
             return;
         };
