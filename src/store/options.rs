@@ -6,7 +6,7 @@ use moka::policy::EvictionPolicy;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
-use crate::errors::Error;
+use crate::store::errors::Error;
 
 /// moka refuses (by panicking) expirations longer than 1000 years.
 const MAX_SECONDS: f64 = 1000.0 * 365.0 * 24.0 * 3600.0;
@@ -112,42 +112,4 @@ pub(crate) fn weight(value: &Bound<'_, PyAny>) -> Result<u32, Error> {
         )),
         Err(_) => Ok(u32::MAX),
     }
-}
-
-/// The refresh settings: `refresh_after` shorter than the cache-wide `ttl`,
-/// and an `executor` (with a `submit` method) only together with it.
-pub(crate) fn refresh(
-    refresh_after: Option<Duration>,
-    ttl: Option<Duration>,
-    executor: Option<&Bound<'_, PyAny>>,
-) -> Result<Option<crate::refresh::Refresher>, Error> {
-    let Some(after) = refresh_after else {
-        return match executor {
-            Some(_) => Err(Error::Value(
-                "executor is used only for refreshes: give refresh_after too".to_owned(),
-            )),
-            None => Ok(None),
-        };
-    };
-    if let Some(ttl) = ttl {
-        if after >= ttl {
-            return Err(Error::Value(format!(
-                "refresh_after must be shorter than ttl, got {} s for a ttl of {} s",
-                after.as_secs_f64(),
-                ttl.as_secs_f64()
-            )));
-        }
-    }
-    if let Some(executor) = executor {
-        let submit = executor
-            .getattr(pyo3::intern!(executor.py(), "submit"))
-            .ok();
-        if !submit.is_some_and(|s| s.is_callable()) {
-            return Err(Error::wrong_type(
-                "executor must be a concurrent.futures.Executor (an object with a submit method)",
-                executor,
-            ));
-        }
-    }
-    Ok(Some(crate::refresh::Refresher::new(after, executor)))
 }

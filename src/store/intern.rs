@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::deferred::{self, Deferred, PyOwned};
-use crate::key::PyHashBuilder;
+use crate::store::deferred::{self, Deferred, PyOwned};
+use crate::store::hash::PyHashBuilder;
 
 const STRIPES: usize = 32;
 
