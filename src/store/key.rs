@@ -22,6 +22,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 
 use crate::store::deferred::PyOwned;
+use crate::store::hash::int_hash;
 use crate::store::intern::CanonRef;
 
 /// The Rust-comparable form of a key. Pointers borrow immutable buffers owned
@@ -336,9 +337,21 @@ fn float_repr(v: f64) -> Repr {
 /// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar), also as an item of a
 /// tuple, takes that number's representation, so that it is one key with it,
 /// as in a `dict`.
+#[inline]
 pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
     // SAFETY: `obj` is a live object and we are attached (`Bound`).
     let repr = unsafe { Repr::of(obj.as_ptr()) };
+    if let Repr::Int(v) = repr {
+        // Every `Int` comes from a type with the hash of `int`, `bool`,
+        // `float` or `complex` (see `compares_as`), which all hash an
+        // integral value as that int.
+        return Ok((int_hash(v), repr));
+    }
+    describe_other(obj, repr)
+}
+
+/// [`describe`] of every key but an integral number in the `i64` range.
+fn describe_other(obj: &Bound<'_, PyAny>, repr: Repr) -> PyResult<(isize, Repr)> {
     if !matches!(repr, Repr::Python) {
         return Ok((obj.hash()?, repr));
     }
