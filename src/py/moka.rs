@@ -59,8 +59,7 @@ impl Moka {
         executor: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let capacity = options::capacity(capacity)?;
-        let ttl = options::duration(ttl, "ttl")?;
-        let tti = options::duration(tti, "tti")?;
+        let (ttl, tti) = options::durations(ttl, tti)?;
         let policy = policy.map_or(Ok(Policy::TinyLfu), Policy::parse)?;
         let refresh_after = options::duration(refresh_after, "refresh_after")?;
         let executor = executor.filter(|e| !e.is_none());
@@ -119,8 +118,7 @@ impl Moka {
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let ttl = options::duration(ttl, "ttl")?;
-        let tti = options::duration(tti, "tti")?;
+        let (ttl, tti) = options::durations(ttl, tti)?;
         self.insert(py, key, value, ttl, tti)
     }
 
@@ -149,8 +147,7 @@ impl Moka {
         tti: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let (this, py) = (slf.get(), slf.py());
-        let ttl = options::duration(ttl, "ttl")?;
-        let tti = options::duration(tti, "tti")?;
+        let (ttl, tti) = options::durations(ttl, tti)?;
         // The key's hash is kept for the miss: `__hash__` runs once per call.
         let (hash, lookup) = this.key_ref_hashed(key)?;
         if let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) {
@@ -185,10 +182,7 @@ impl Moka {
         let (this, py) = (slf.get(), slf.py());
         // Checked now (a bad value raises at the call); the miss passes the
         // objects on to `cache.set`, the reload the parsed durations.
-        let durations = (
-            options::duration(ttl, "ttl")?,
-            options::duration(tti, "tti")?,
-        );
+        let durations = options::durations(ttl, tti)?;
         let none = py.None();
         let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
         let (hash, lookup) = this.key_ref_hashed(key)?;
@@ -231,8 +225,7 @@ impl Moka {
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let ttl = options::duration(ttl, "ttl")?;
-        let tti = options::duration(tti, "tti")?;
+        let (ttl, tti) = options::durations(ttl, tti)?;
         crate::py::bulk::set_many(&self.store, py, items, ttl, tti)
     }
 

@@ -13,11 +13,33 @@ const MAX_SECONDS: f64 = 1000.0 * 365.0 * 24.0 * 3600.0;
 
 /// Parses a `ttl`/`tti` in seconds: a positive, finite int or float of at most
 /// 1000 years. `name` is the argument's name, used in the messages.
+#[inline]
 pub(crate) fn duration(
     value: Option<&Bound<'_, PyAny>>,
     name: &str,
 ) -> Result<Option<Duration>, Error> {
-    let Some(value) = value else { return Ok(None) };
+    match value {
+        // Omitted or `None` (PyO3 passes both as `None`): nothing to parse.
+        None => Ok(None),
+        Some(value) => parse_duration(value, name),
+    }
+}
+
+/// A method's `ttl` and `tti`: both omitted (the common call) costs two
+/// branches, inline.
+#[inline]
+pub(crate) fn durations(
+    ttl: Option<&Bound<'_, PyAny>>,
+    tti: Option<&Bound<'_, PyAny>>,
+) -> Result<(Option<Duration>, Option<Duration>), Error> {
+    if ttl.is_none() && tti.is_none() {
+        return Ok((None, None));
+    }
+    Ok((duration(ttl, "ttl")?, duration(tti, "tti")?))
+}
+
+#[inline(never)]
+fn parse_duration(value: &Bound<'_, PyAny>, name: &str) -> Result<Option<Duration>, Error> {
     if value.is_none() {
         return Ok(None);
     }
