@@ -1,31 +1,16 @@
 //! `moka_py._moka_py`: a thread-safe, GIL-free binding of the `moka` cache.
 //!
-//! Every concept lives in its own module; this file only wires them into the
-//! Python module.
+//! Two layers, one folder each: `store/`, plain Rust (keys, entries, the moka
+//! store, deferred releases), and `py/`, the Python classes over it. Arrows
+//! point one way: `py` uses `store`, never the reverse. This file only wires
+//! them into the Python module.
 //!
 //! The rule everything rests on, and the one helper through which every call
-//! enters moka, are written down in [`call`]: no Python code runs inside moka
-//! or under any lock of this binding.
+//! enters moka, are written down in `store/call.rs`: no Python code runs
+//! inside moka or under any lock of this binding.
 
-mod bulk;
-mod cache;
-mod cached;
-mod call;
-mod counter;
-mod deferred;
-mod entry;
-mod errors;
-mod expiry;
-mod intern;
-mod key;
-mod listener;
-mod loader;
-mod options;
-mod ready;
-mod refresh;
-mod slot;
-mod stats;
-mod tier;
+mod py;
+mod store;
 
 use pyo3::exceptions::PyImportError;
 
@@ -48,22 +33,22 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
              state; import it in the main interpreter",
         ));
     }
-    call::init(m.py())?;
+    store::call::init(m.py())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
-    m.add_class::<cache::Moka>()?;
-    m.add_class::<cached::CachedFunction>()?;
-    m.add_class::<cached::MissKey>()?;
-    m.add_class::<ready::Ready>()?;
-    m.add_class::<stats::CacheStats>()?;
-    m.add_class::<refresh::Claim>()?;
-    m.add_class::<tier::Tier>()?;
-    ready::add_send_slot(m.py());
-    m.add_function(wrap_pyfunction!(cached::make_key, m)?)?;
-    m.add_function(wrap_pyfunction!(refresh::_write_unraisable, m)?)?;
+    m.add_class::<py::moka::Moka>()?;
+    m.add_class::<py::cached::CachedFunction>()?;
+    m.add_class::<py::cached::MissKey>()?;
+    m.add_class::<py::ready::Ready>()?;
+    m.add_class::<py::stats::CacheStats>()?;
+    m.add_class::<py::refresh::Claim>()?;
+    m.add_class::<py::tier::Tier>()?;
+    py::ready::add_send_slot(m.py());
+    m.add_function(wrap_pyfunction!(py::cached::make_key, m)?)?;
+    m.add_function(wrap_pyfunction!(py::refresh::_write_unraisable, m)?)?;
     let mark = m.py().eval(c"object()", None, None)?;
-    key::set_kwargs_mark(&mark);
+    store::key::set_kwargs_mark(&mark);
     m.add("_KWARGS_MARK", mark)?;
-    let before_exit = wrap_pyfunction!(call::_before_exit, m)?;
+    let before_exit = wrap_pyfunction!(store::call::_before_exit, m)?;
     m.py()
         .import("atexit")?
         .getattr("register")?
@@ -71,8 +56,8 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let os = m.py().import("os")?;
     if os.hasattr("register_at_fork")? {
         for after_fork in [
-            wrap_pyfunction!(call::_after_fork_in_child, m)?,
-            wrap_pyfunction!(loader::_after_fork_in_child, m)?,
+            wrap_pyfunction!(store::call::_after_fork_in_child, m)?,
+            wrap_pyfunction!(store::loader::_after_fork_in_child, m)?,
         ] {
             let kwargs = pyo3::types::PyDict::new(m.py());
             kwargs.set_item("after_in_child", after_fork)?;

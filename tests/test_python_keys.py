@@ -608,6 +608,36 @@ def test_equal_numbers_are_one_key_inside_tuples_and_at_extremes(native: Any, ot
     assert len(c) == 1
 
 
+# Ints are hashed in Rust with CPython's rule (src/key.rs, int_hash); a number of
+# another type keeps Python's hash, so the two must agree for them to be one key.
+MODULUS = 2**61 - 1
+EDGE_INTS = [
+    0, 1, -1, -2, 2, 2**30, 2**31 - 1, -(2**31), MODULUS - 1, MODULUS, MODULUS + 1,
+    -(MODULUS - 1), -MODULUS, -MODULUS - 1, 2 * MODULUS - 1, -(2 * MODULUS) + 1,
+    2**62, 2**63 - 1, -(2**63), -(2**63) + 1, 2**63, -(2**63) - 1, 2**64 + 5,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", EDGE_INTS)
+def test_ints_hash_as_python_does_and_meet_numbers_of_other_types(value: int) -> None:
+    others: list[Any] = [Decimal(value), Fraction(value)]
+    if float(value) == value:
+        others.append(float(value))
+    for other in others:
+        assert hash(other) == hash(value)
+        c: Moka[Any, str] = Moka(10)
+        c[value] = "int"
+        assert c[other] == "int", other
+        c[other] = "other"
+        assert c[value] == "other"
+        assert len(c) == 1
+        c2: Moka[Any, str] = Moka(10)
+        c2[other] = "other"
+        assert c2.get(value) == "other", other
+        assert c2.remove(value) == "other"
+        assert other not in c2
+
+
 class SubUUID(uuid.UUID):
     """A subclass that keeps `UUID`'s `==` and `hash()`."""
 

@@ -40,15 +40,17 @@ OPS = {
     "get_hit_stats": "loop",
     "get_miss": "loop_fresh",
     "set_existing": "loop",
+    "set_existing_stats": "loop",
     "set_fresh_full": "loop_fresh",
     "get_with_hit": "loop",
     "get_with_miss": "loop_fresh",
     "remove": "loop_fresh",
+    "remove_stats": "loop_fresh",
     "cached_hit": "loop",
     "cached_coalescing_hit": "loop",
 }
 # Operations of this package only (moka-py 0.5.0 has no statistics).
-THIS_ONLY = {"get_hit_stats"}
+THIS_ONLY = {"get_hit_stats", "set_existing_stats", "remove_stats"}
 GROUPS = ("CPython", "PyO3", "binding", "moka", "malloc", "other")
 LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?):(.*?)(?:\s+\[(.*)\])?$")
 

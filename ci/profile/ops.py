@@ -53,14 +53,17 @@ def main() -> None:
         return 0
 
     get, set_, get_with = cache.get, cache.set, cache.get_with
-    counted = get
-    if op == "get_hit_stats":
-        # Made for this operation only: moka-py 0.5.0 has no statistics. Set-up
-        # cancels out between the two run lengths anyway.
+    counted, counted_set, counted_removable = get, set_, removable
+    if op.endswith("_stats"):
+        # Made for these operations only: moka-py 0.5.0 has no statistics.
+        # Set-up cancels out between the two run lengths anyway.
         with_stats: Moka[int, int] = Moka(CAPACITY, stats=True)
+        counted_removable = Moka(2 * MAX_N, stats=True)
         for k in keys:
             with_stats.set(k, k)
-        counted = with_stats.get
+        for k in fresh:
+            counted_removable.set(k, k)
+        counted, counted_set = with_stats.get, with_stats.set
     ops: dict[str, Callable[[int], object]] = {
         "loop": lambda i: keys[i % KEYS],
         "loop_fresh": lambda i: fresh[i],
@@ -68,10 +71,12 @@ def main() -> None:
         "get_hit_stats": lambda i: counted(keys[i % KEYS]),
         "get_miss": lambda i: get(fresh[i]),
         "set_existing": lambda i: set_(keys[i % KEYS], i),
+        "set_existing_stats": lambda i: counted_set(keys[i % KEYS], i),
         "set_fresh_full": lambda i: full.set(fresh[i], i),
         "get_with_hit": lambda i: get_with(keys[i % KEYS], initializer),
         "get_with_miss": lambda i: get_with(fresh[i], initializer),
         "remove": lambda i: removable.remove(fresh[i]),
+        "remove_stats": lambda i: counted_removable.remove(fresh[i]),
         "cached_hit": lambda i: plain(keys[i % KEYS]),
         "cached_coalescing_hit": lambda i: coalescing(keys[i % KEYS]),
     }

@@ -13,14 +13,14 @@ use moka::ops::compute::{CompResult, Op};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::cache::Moka;
-use crate::entry::Entry;
-use crate::errors::Error;
-use crate::key::{Key, KeyRef};
+use crate::store::cache::Store;
+use crate::store::entry::Entry;
+use crate::store::errors::Error;
+use crate::store::key::{Key, KeyRef};
 
 /// The lookup keys of `keys` (an iterable), in order.
 fn lookup_keys(
-    cache: &Moka,
+    cache: &Store,
     keys: &Bound<'_, PyAny>,
 ) -> PyResult<Vec<(Py<PyAny>, Option<KeyRef>)>> {
     keys.try_iter()?
@@ -33,7 +33,7 @@ fn lookup_keys(
 }
 
 pub(crate) fn get_many<'py>(
-    cache: &Moka,
+    cache: &Store,
     py: Python<'py>,
     keys: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -56,7 +56,7 @@ pub(crate) fn get_many<'py>(
         }
     }
     drop(found);
-    crate::call::after(py);
+    crate::store::call::after(py);
     Ok(out)
 }
 
@@ -85,7 +85,7 @@ fn pairs<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<(Bound<'py, PyAny>, Bou
 }
 
 pub(crate) fn set_many(
-    cache: &Moka,
+    cache: &Store,
     py: Python<'_>,
     items: &Bound<'_, PyAny>,
     ttl: Option<Duration>,
@@ -103,7 +103,7 @@ pub(crate) fn set_many(
     if let Err(err) = prepared {
         // Release the keys made so far now, not at this thread's next call.
         drop(batch);
-        crate::call::after(py);
+        crate::store::call::after(py);
         return Err(err);
     }
     cache.write_batch(py, move |store, bound| {
@@ -116,7 +116,7 @@ pub(crate) fn set_many(
     Ok(())
 }
 
-pub(crate) fn remove_many(cache: &Moka, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+pub(crate) fn remove_many(cache: &Store, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
     let keys = lookup_keys(cache, keys)?;
     let refs: Vec<&KeyRef> = keys.iter().filter_map(|(_, k)| k.as_ref()).collect();
     Ok(cache.write_batch(py, |store, _| {
@@ -132,14 +132,14 @@ pub(crate) fn remove_many(cache: &Moka, py: Python<'_>, keys: &Bound<'_, PyAny>)
 }
 
 pub(crate) fn remove_if(
-    cache: &Moka,
+    cache: &Store,
     py: Python<'_>,
     predicate: &Bound<'_, PyAny>,
 ) -> PyResult<u64> {
     let entries = cache.snapshot(py, |entries| entries);
     let mut chosen: Vec<(Key, Arc<Entry>)> = Vec::new();
     for (key, entry) in &entries {
-        let pick = crate::call::call_python(py, || {
+        let pick = crate::store::call::call_python(py, || {
             predicate
                 .call1((key.obj().clone_ref(py), entry.obj.clone_ref(py)))?
                 .is_truthy()
@@ -149,7 +149,7 @@ pub(crate) fn remove_if(
             Ok(false) => {}
             Err(err) => {
                 drop((chosen, entries));
-                crate::call::after(py);
+                crate::store::call::after(py);
                 return Err(err);
             }
         }

@@ -13,9 +13,9 @@ use moka::notification::RemovalCause;
 use pyo3::prelude::*;
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::entry::Entry;
-use crate::key::Key;
-use crate::slot::PySlot;
+use crate::store::entry::Entry;
+use crate::store::key::Key;
+use crate::store::slot::PySlot;
 
 /// The user's listener.
 pub(crate) struct Listener {
@@ -45,7 +45,7 @@ impl Listener {
             entry,
             cause,
         };
-        crate::deferred::defer(crate::deferred::Item::Notify(n));
+        crate::store::deferred::defer_boxed(Box::new(n));
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -66,9 +66,9 @@ fn cause_name(py: Python<'_>, cause: RemovalCause) -> &Bound<'_, pyo3::types::Py
     }
 }
 
-impl Notification {
+impl crate::store::deferred::Deferred for Notification {
     /// Calls the listener (attached, holding no lock: from `deferred::run`).
-    pub(crate) fn deliver(self, py: Python<'_>) {
+    fn release(self, py: Python<'_>) {
         let Some(cb) = self.listener.callback.get(py) else {
             return;
         };
@@ -77,7 +77,7 @@ impl Notification {
             self.entry.obj.clone_ref(py),
             cause_name(py, self.cause),
         );
-        if let Err(err) = crate::call::call_python(py, || cb.call1(py, args)) {
+        if let Err(err) = crate::store::call::call_python(py, || cb.call1(py, args)) {
             err.write_unraisable(py, Some(cb.bind(py)));
         }
     }

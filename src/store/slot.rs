@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::deferred::PyOwned;
+use crate::store::deferred::PyOwned;
 
 /// The reference is a [`PyOwned`]: wherever the slot is dropped, the release
 /// happens outside moka and every lock.

@@ -41,13 +41,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::cache::Moka;
-use crate::call;
-use crate::deferred::PyOwned;
-use crate::entry::Entry;
-use crate::key::Key;
-use crate::loader::{fork_generation, Load};
-use crate::slot::PySlot;
+use crate::store::cache::Store;
+use crate::store::call;
+use crate::store::deferred::PyOwned;
+use crate::store::entry::Entry;
+use crate::store::key::Key;
+use crate::store::loader::{fork_generation, Load};
+use crate::store::slot::PySlot;
 
 /// The cache's refresh settings and executor.
 pub(crate) struct Refresher {
@@ -126,13 +126,20 @@ impl Refresher {
     /// Starts a sync reload of `target.key` on the executor unless a load of
     /// it is in flight. Errors (the executor refused the job) go to
     /// `sys.unraisablehook`: the caller has its value already.
-    pub(crate) fn start(&self, cache: &Bound<'_, Moka>, call: Call, target: Target) {
-        let py = cache.py();
-        let Some(load) = cache.get().loads().claim(py, &target.key, None) else {
+    /// `owner` is the cache's Python object, named in those reports.
+    pub(crate) fn start(
+        &self,
+        py: Python<'_>,
+        cache: &Arc<Store>,
+        owner: &Bound<'_, PyAny>,
+        call: Call,
+        target: Target,
+    ) {
+        let Some(load) = cache.loads().claim(py, &target.key, None) else {
             return;
         };
         let reload = Reload {
-            cache: cache.clone().unbind(),
+            cache: Arc::clone(cache),
             job: Mutex::new(Some(Job { load, call, target })),
         };
         let submitted = Bound::new(py, reload).and_then(|reload| {
@@ -146,19 +153,23 @@ impl Refresher {
             submit.inspect_err(|_| reload.get().abandon())
         });
         if let Err(err) = submitted {
-            err.write_unraisable(py, Some(cache.as_any()));
+            err.write_unraisable(py, Some(owner));
         }
         call::after(py);
     }
 
     /// Claims `target.key` for an async reload run by this thread's event
     /// loop; `None` when a load of it is in flight.
-    pub(crate) fn claim(&self, cache: &Bound<'_, Moka>, target: Target) -> Option<Claim> {
-        let py = cache.py();
+    pub(crate) fn claim(
+        &self,
+        py: Python<'_>,
+        cache: &Arc<Store>,
+        target: Target,
+    ) -> Option<Claim> {
         let owner = Some(thread::current().id());
-        let load = cache.get().loads().claim(py, &target.key, owner)?;
+        let load = cache.loads().claim(py, &target.key, owner)?;
         Some(Claim {
-            cache: cache.clone().unbind(),
+            cache: Arc::clone(cache),
             job: Mutex::new(Some((load, target))),
         })
     }
@@ -186,7 +197,7 @@ struct Job {
 /// One sync reload, submitted to the executor (see the module comment).
 #[pyclass(frozen, module = "moka_py._moka_py", name = "_Reload")]
 pub(crate) struct Reload {
-    cache: Py<Moka>,
+    cache: Arc<Store>,
     job: Mutex<Option<Job>>,
 }
 
@@ -197,7 +208,7 @@ impl Reload {
         let Some(Job { load, call, target }) = job else {
             return;
         };
-        let moka = self.cache.get();
+        let moka = &*self.cache;
         let leader = moka.loads().leader(target.key.clone_ref(py), load);
         leader.start();
         let func = call.func.bind(py);
@@ -215,7 +226,7 @@ impl Reload {
                     None => true,
                 };
                 if keep {
-                    moka.replace(py, &target, &value, leader.waited())?;
+                    replace(moka, py, &target, &value, leader.waited())?;
                 }
                 Ok(value.unbind())
             });
@@ -232,7 +243,7 @@ impl Reload {
     /// Gives the claim up without running: waiters start over.
     fn abandon(&self) {
         if let Some(job) = take(&self.job) {
-            drop(self.cache.get().loads().leader(job.target.key, job.load));
+            drop(self.cache.loads().leader(job.target.key, job.load));
         }
     }
 }
@@ -251,7 +262,7 @@ impl Drop for Reload {
 /// abandons the claim.
 #[pyclass(frozen, module = "moka_py._moka_py", name = "_Claim")]
 pub(crate) struct Claim {
-    cache: Py<Moka>,
+    cache: Arc<Store>,
     job: Mutex<Option<(Arc<Load>, Target)>>,
 }
 
@@ -264,10 +275,10 @@ impl Claim {
         let Some((load, target)) = take(&self.job) else {
             return Ok(());
         };
-        let moka = self.cache.get();
+        let moka = &*self.cache;
         let leader = moka.loads().leader(target.key.clone_ref(py), load);
         let stored = if store {
-            moka.replace(py, &target, value, leader.waited())
+            replace(moka, py, &target, value, leader.waited())
         } else {
             Ok(())
         };
@@ -283,11 +294,7 @@ impl Claim {
         let Some((load, target)) = take(&self.job) else {
             return;
         };
-        let leader = self
-            .cache
-            .get()
-            .loads()
-            .leader(target.key.clone_ref(py), load);
+        let leader = self.cache.loads().leader(target.key.clone_ref(py), load);
         leader.publish(py, &Err(PyErr::from_value(exc.clone().into_any())));
         drop(target);
         call::after(py);
@@ -297,7 +304,7 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some((load, target)) = take(&self.job) {
-            drop(self.cache.get().loads().leader(target.key, load));
+            drop(self.cache.loads().leader(target.key, load));
         }
     }
 }
@@ -307,30 +314,28 @@ fn take<T>(job: &Mutex<Option<T>>) -> Option<T> {
     job.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
-impl Moka {
-    /// Stores a reloaded `value` under `target.key` where the entry found
-    /// stale still is, or, when the entry is gone, if a caller waits for the
-    /// reload (`waited`): not over a newer write, and not where a removal
-    /// without waiters left nothing.
-    pub(crate) fn replace(
-        &self,
-        py: Python<'_>,
-        target: &Target,
-        value: &Bound<'_, PyAny>,
-        waited: bool,
-    ) -> PyResult<()> {
-        let key = target.key.clone_ref(py);
-        let entry = self.entry(py, key.obj().bind(py), value, target.ttl, target.tti)?;
-        let seen = &target.seen;
-        self.write(py, entry.weight, move |store| {
-            store.entry(key).and_compute_with(|current| match current {
-                Some(current) if Arc::ptr_eq(current.value(), seen) => Op::Put(entry),
-                None if waited => Op::Put(entry),
-                _ => Op::Nop,
-            });
+/// Stores a reloaded `value` under `target.key` where the entry found
+/// stale still is, or, when the entry is gone, if a caller waits for the
+/// reload (`waited`): not over a newer write, and not where a removal
+/// without waiters left nothing.
+fn replace(
+    store: &Store,
+    py: Python<'_>,
+    target: &Target,
+    value: &Bound<'_, PyAny>,
+    waited: bool,
+) -> PyResult<()> {
+    let key = target.key.clone_ref(py);
+    let entry = store.entry(py, key.obj().bind(py), value, target.ttl, target.tti)?;
+    let seen = &target.seen;
+    store.write(py, entry.weight, move |table| {
+        table.entry(key).and_compute_with(|current| match current {
+            Some(current) if Arc::ptr_eq(current.value(), seen) => Op::Put(entry),
+            None if waited => Op::Put(entry),
+            _ => Op::Nop,
         });
-        Ok(())
-    }
+    });
+    Ok(())
 }
 
 /// Sends `exc` to `sys.unraisablehook`, as a failed reload of a thread does
@@ -338,4 +343,42 @@ impl Moka {
 #[pyfunction]
 pub(crate) fn _write_unraisable(exc: &Bound<'_, PyBaseException>, obj: &Bound<'_, PyAny>) {
     PyErr::from_value(exc.clone().into_any()).write_unraisable(exc.py(), Some(obj));
+}
+
+/// The refresh settings: `refresh_after` shorter than the cache-wide `ttl`,
+/// and an `executor` (with a `submit` method) only together with it.
+pub(crate) fn from_options(
+    refresh_after: Option<Duration>,
+    ttl: Option<Duration>,
+    executor: Option<&Bound<'_, PyAny>>,
+) -> Result<Option<Refresher>, crate::store::errors::Error> {
+    let Some(after) = refresh_after else {
+        return match executor {
+            Some(_) => Err(crate::store::errors::Error::Value(
+                "executor is used only for refreshes: give refresh_after too".to_owned(),
+            )),
+            None => Ok(None),
+        };
+    };
+    if let Some(ttl) = ttl {
+        if after >= ttl {
+            return Err(crate::store::errors::Error::Value(format!(
+                "refresh_after must be shorter than ttl, got {} s for a ttl of {} s",
+                after.as_secs_f64(),
+                ttl.as_secs_f64()
+            )));
+        }
+    }
+    if let Some(executor) = executor {
+        let submit = executor
+            .getattr(pyo3::intern!(executor.py(), "submit"))
+            .ok();
+        if !submit.is_some_and(|s| s.is_callable()) {
+            return Err(crate::store::errors::Error::wrong_type(
+                "executor must be a concurrent.futures.Executor (an object with a submit method)",
+                executor,
+            ));
+        }
+    }
+    Ok(Some(Refresher::new(after, executor)))
 }

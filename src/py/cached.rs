@@ -4,7 +4,7 @@
 //! The hit path of a decorated function is the hot path: the key is built and
 //! looked up in Rust, without Python-level frames. Hits and misses are counted
 //! in striped atomic counters, exact and free of contention between threads.
-//! Locks: none of its own; the cache's rules apply (`cache.rs`).
+//! Locks: none of its own; the store's rules apply (`store/cache.rs`).
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -13,9 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use crate::cache::Moka;
-use crate::counter::Counter;
-use crate::key::{Key, KeyRef};
+use crate::py::moka::Moka;
+use crate::store::counter::Counter;
+use crate::store::key::{Key, KeyRef};
 
 /// Builds the key of a call like `functools.lru_cache`: a single argument of
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
@@ -54,7 +54,7 @@ pub(crate) fn make_key<'py>(
                 }
             })
         });
-        items.push(crate::key::kwargs_mark(py));
+        items.push(crate::store::key::kwargs_mark(py));
         for (k, v) in &pairs {
             items.push(PyTuple::new(py, [k, v])?.into_any());
         }
@@ -138,7 +138,7 @@ impl CachedFunction {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         match &self.key {
-            Some(key) => crate::call::call_python(py, || key.bind(py).call(args, kwargs)),
+            Some(key) => crate::store::call::call_python(py, || key.bind(py).call(args, kwargs)),
             None => make_key(py, args, kwargs, self.typed),
         }
     }
@@ -147,7 +147,7 @@ impl CachedFunction {
     fn keeps(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
         match &self.cache_if {
             Some(keep) => {
-                crate::call::call_python(py, || keep.bind(py).call1((value,)))?.is_truthy()
+                crate::store::call::call_python(py, || keep.bind(py).call1((value,)))?.is_truthy()
             }
             None => Ok(true),
         }
@@ -177,14 +177,15 @@ impl CachedFunction {
         let cache = self.cache.get();
         if let Some(miss) = &self.miss {
             let key = MissKey(cache.owned_hashed(key, hash, lookup)?);
-            return crate::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
+            return crate::store::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
         }
         if self.coalesce {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             return self.coalesced(py, owned, args, kwargs);
         }
-        let value = cache
-            .compute(|| crate::call::call_python(py, || self.func.bind(py).call(args, kwargs)))?;
+        let value = cache.compute(|| {
+            crate::store::call::call_python(py, || self.func.bind(py).call(args, kwargs))
+        })?;
         if self.keeps(py, &value)? {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             cache.insert_key(py, owned, &value, None, None)?;
@@ -202,7 +203,7 @@ impl CachedFunction {
         key: &Bound<'py, PyAny>,
         hash: isize,
         lookup: Option<&KeyRef>,
-        seen: std::sync::Arc<crate::entry::Entry>,
+        seen: std::sync::Arc<crate::store::entry::Entry>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) {
@@ -216,14 +217,15 @@ impl CachedFunction {
             let (Some(key), Some(claim)) = (miss_key, claim) else {
                 return;
             };
-            let started =
-                crate::call::call_python(py, || refresh.call1(py, (key, args, kwargs, claim)));
+            let started = crate::store::call::call_python(py, || {
+                refresh.call1(py, (key, args, kwargs, claim))
+            });
             if let Err(err) = started {
                 err.write_unraisable(py, Some(self.func.bind(py)));
             }
             return;
         }
-        let call = crate::refresh::Call {
+        let call = crate::py::refresh::Call {
             func: self.func.clone_ref(py),
             args: args.clone().unbind(),
             kwargs: kwargs.map(|k| k.clone().unbind()),
@@ -244,7 +246,7 @@ impl CachedFunction {
         let computed = Cell::new(false);
         let call = || {
             computed.set(true);
-            crate::call::call_python(py, || self.func.bind(py).call(args, kwargs))
+            crate::store::call::call_python(py, || self.func.bind(py).call(args, kwargs))
         };
         let cache = self.cache.get();
         let result = if self.cache_if.is_some() {

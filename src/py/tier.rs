@@ -21,13 +21,13 @@
 //! insert happen under `seqs`, which every bump also takes, so no bump can
 //! fall between them.
 //!
-//! # Locks (see `call.rs`)
+//! # Locks (see `store/call.rs`)
 //!
 //! `seqs` is held for a comparison and one moka insert (`fill`, `put`), or
 //! for one increment. No Python code runs under it: the keys reaching `fill`
 //! and `put` are plain (hashed and compared in Rust, `key.rs`), the local
 //! `Moka` has no weigher and no listener of the user's, and what the insert
-//! lets go of is queued by `deferred.rs` and released by [`crate::call`]
+//! lets go of is queued by `deferred.rs` and released by `store/call.rs`
 //! after the lock is dropped. Its waiters are other fills, puts and
 //! invalidations; the holder waits only on moka's own locks, whose holders
 //! never wait on `seqs`.
@@ -40,9 +40,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::cache::Moka;
-use crate::entry::Entry;
-use crate::ready::Ready;
+use crate::py::moka::Moka;
+use crate::py::ready::Ready;
+use crate::store::entry::Entry;
 
 /// Stripes of the per-key sequence numbers.
 const STRIPES: usize = 256;
@@ -115,7 +115,11 @@ impl Tier {
 
     /// The stripe of `key` and its owned form; the key must be plain (the
     /// Python layer checks it first).
-    fn resolve(&self, local: &Moka, key: &Bound<'_, PyAny>) -> PyResult<(usize, crate::key::Key)> {
+    fn resolve(
+        &self,
+        local: &Moka,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<(usize, crate::store::key::Key)> {
         let owned = local.key(key)?;
         Ok((stripe_of(owned.hash()), owned))
     }

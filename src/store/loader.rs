@@ -36,10 +36,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::{intern, PyTypeInfo};
 
-use crate::call::Span;
-use crate::deferred::PyOwned;
-use crate::errors::Error;
-use crate::key::{Key, PyHashBuilder};
+use crate::store::call::Span;
+use crate::store::deferred::PyOwned;
+use crate::store::errors::Error;
+use crate::store::hash::PyHashBuilder;
+use crate::store::key::Key;
 
 /// Bumped in a child process after `os.fork()`: a load started before the
 /// fork has no leader in the child (only the forking thread survives), so a
@@ -129,7 +130,7 @@ impl Loads {
         let result = self.load_or_wait(py, &key, recheck, init, store);
         // For what the waits and the publication let go of, the key included.
         drop(key);
-        crate::call::after(py);
+        crate::store::call::after(py);
         result
     }
 
@@ -151,7 +152,7 @@ impl Loads {
                 return Err(Error::Recursion(format!(
                     "get_with: the initializer for key {} asked for the same key again on the \
                      same thread (it would wait for itself forever)",
-                    crate::errors::repr(key.obj().bind(py))
+                    crate::store::errors::repr(key.obj().bind(py))
                 ))
                 .into());
             }
@@ -176,7 +177,7 @@ impl Loads {
         };
         let result = match recheck(key) {
             Some(value) => Ok(value),
-            None => crate::call::call_python(py, init).and_then(|value| {
+            None => crate::store::call::call_python(py, init).and_then(|value| {
                 store(key.clone_ref(py), &value)?;
                 Ok(value.unbind())
             }),
@@ -190,7 +191,7 @@ impl Loads {
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
         let new_load = || Load::new(Some(me), generation);
         let key = key.clone_ref(py);
-        crate::call::enter(
+        crate::store::call::enter(
             py,
             Span::Write,
             || match self.map.entry(key) {
@@ -229,7 +230,7 @@ impl Loads {
     ) -> Option<Arc<Load>> {
         let generation = FORK_GENERATION.load(Ordering::Relaxed);
         let key = key.clone_ref(py);
-        crate::call::enter(
+        crate::store::call::enter(
             py,
             Span::Write,
             || match self.map.entry(key) {
@@ -283,7 +284,7 @@ impl Load {
     fn wait(&self, py: Python<'_>) -> PyResult<Outcome> {
         let me = thread::current().id();
         loop {
-            let state = crate::call::enter(
+            let state = crate::store::call::enter(
                 py,
                 Span::Long,
                 || {
@@ -300,7 +301,8 @@ impl Load {
             );
             match state {
                 State::Running
-                    if crate::call::main_thread_exiting() && self.owner.get() != Some(&me) =>
+                    if crate::store::call::main_thread_exiting()
+                        && self.owner.get() != Some(&me) =>
                 {
                     return Ok(Outcome::Orphaned);
                 }
@@ -345,7 +347,7 @@ impl Leader<'_> {
             }
             Err(_) => State::Abandoned,
         };
-        crate::call::enter(py, Span::Write, || self.settle(state), |()| ());
+        crate::store::call::enter(py, Span::Write, || self.settle(state), |()| ());
     }
 
     /// Removes the load from the map and wakes its waiters. Takes a shard

@@ -74,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::counter::Counter;
+use crate::store::counter::Counter;
 
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Whether this interpreter is a free-threaded build (set at import).
@@ -278,5 +278,5 @@ pub(crate) fn enter<T: Send, R>(
 /// its very end, for what it let go of between them.
 #[inline]
 pub(crate) fn after(py: Python<'_>) {
-    crate::deferred::run(py);
+    crate::store::deferred::run(py, exiting);
 }

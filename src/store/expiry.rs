@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-use crate::entry::Entry;
-use crate::key::Key;
+use crate::store::entry::Entry;
+use crate::store::key::Key;
 
 pub(crate) struct PerEntry {
     /// The cache's `refresh_after`.

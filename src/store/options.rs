@@ -6,18 +6,40 @@ use moka::policy::EvictionPolicy;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
-use crate::errors::Error;
+use crate::store::errors::Error;
 
 /// moka refuses (by panicking) expirations longer than 1000 years.
 const MAX_SECONDS: f64 = 1000.0 * 365.0 * 24.0 * 3600.0;
 
 /// Parses a `ttl`/`tti` in seconds: a positive, finite int or float of at most
 /// 1000 years. `name` is the argument's name, used in the messages.
+#[inline]
 pub(crate) fn duration(
     value: Option<&Bound<'_, PyAny>>,
     name: &str,
 ) -> Result<Option<Duration>, Error> {
-    let Some(value) = value else { return Ok(None) };
+    match value {
+        // Omitted or `None` (PyO3 passes both as `None`): nothing to parse.
+        None => Ok(None),
+        Some(value) => parse_duration(value, name),
+    }
+}
+
+/// A method's `ttl` and `tti`: both omitted (the common call) costs two
+/// branches, inline.
+#[inline]
+pub(crate) fn durations(
+    ttl: Option<&Bound<'_, PyAny>>,
+    tti: Option<&Bound<'_, PyAny>>,
+) -> Result<(Option<Duration>, Option<Duration>), Error> {
+    if ttl.is_none() && tti.is_none() {
+        return Ok((None, None));
+    }
+    Ok((duration(ttl, "ttl")?, duration(tti, "tti")?))
+}
+
+#[inline(never)]
+fn parse_duration(value: &Bound<'_, PyAny>, name: &str) -> Result<Option<Duration>, Error> {
     if value.is_none() {
         return Ok(None);
     }
@@ -112,42 +134,4 @@ pub(crate) fn weight(value: &Bound<'_, PyAny>) -> Result<u32, Error> {
         )),
         Err(_) => Ok(u32::MAX),
     }
-}
-
-/// The refresh settings: `refresh_after` shorter than the cache-wide `ttl`,
-/// and an `executor` (with a `submit` method) only together with it.
-pub(crate) fn refresh(
-    refresh_after: Option<Duration>,
-    ttl: Option<Duration>,
-    executor: Option<&Bound<'_, PyAny>>,
-) -> Result<Option<crate::refresh::Refresher>, Error> {
-    let Some(after) = refresh_after else {
-        return match executor {
-            Some(_) => Err(Error::Value(
-                "executor is used only for refreshes: give refresh_after too".to_owned(),
-            )),
-            None => Ok(None),
-        };
-    };
-    if let Some(ttl) = ttl {
-        if after >= ttl {
-            return Err(Error::Value(format!(
-                "refresh_after must be shorter than ttl, got {} s for a ttl of {} s",
-                after.as_secs_f64(),
-                ttl.as_secs_f64()
-            )));
-        }
-    }
-    if let Some(executor) = executor {
-        let submit = executor
-            .getattr(pyo3::intern!(executor.py(), "submit"))
-            .ok();
-        if !submit.is_some_and(|s| s.is_callable()) {
-            return Err(Error::wrong_type(
-                "executor must be a concurrent.futures.Executor (an object with a submit method)",
-                executor,
-            ));
-        }
-    }
-    Ok(Some(crate::refresh::Refresher::new(after, executor)))
 }

@@ -13,7 +13,7 @@
 //! Equality follows `dict`: `1`, `1.0` and `True` are one key, identity is
 //! checked first (a NaN object finds itself), `str` never equals `bytes`.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::os::raw::c_int;
 use std::ptr::addr_of_mut;
 
@@ -21,8 +21,9 @@ use moka::Equivalent;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::deferred::PyOwned;
-use crate::intern::CanonRef;
+use crate::store::deferred::PyOwned;
+use crate::store::hash::int_hash;
+use crate::store::intern::CanonRef;
 
 /// The Rust-comparable form of a key. Pointers borrow immutable buffers owned
 /// by the key object (or, for tuples, by its items), which the key keeps alive.
@@ -336,9 +337,21 @@ fn float_repr(v: f64) -> Repr {
 /// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar), also as an item of a
 /// tuple, takes that number's representation, so that it is one key with it,
 /// as in a `dict`.
+#[inline]
 pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
     // SAFETY: `obj` is a live object and we are attached (`Bound`).
     let repr = unsafe { Repr::of(obj.as_ptr()) };
+    if let Repr::Int(v) = repr {
+        // Every `Int` comes from a type with the hash of `int`, `bool`,
+        // `float` or `complex` (see `compares_as`), which all hash an
+        // integral value as that int.
+        return Ok((int_hash(v), repr));
+    }
+    describe_other(obj, repr)
+}
+
+/// [`describe`] of every key but an integral number in the `i64` range.
+fn describe_other(obj: &Bound<'_, PyAny>, repr: Repr) -> PyResult<(isize, Repr)> {
     if !matches!(repr, Repr::Python) {
         return Ok((obj.hash()?, repr));
     }
@@ -565,45 +578,6 @@ impl Hash for KeyRef {
 impl Equivalent<Key> for KeyRef {
     fn equivalent(&self, key: &Key) -> bool {
         keys_eq((self.hash, &self.repr), key.parts())
-    }
-}
-
-/// Spreads Python's hash (which is the identity for small ints) over all 64
-/// bits; moka and dashmap pick segments and buckets from different bits.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct PyHashBuilder;
-
-impl BuildHasher for PyHashBuilder {
-    type Hasher = PyHasher;
-    fn build_hasher(&self) -> PyHasher {
-        PyHasher(0)
-    }
-}
-
-pub(crate) struct PyHasher(u64);
-
-impl Hasher for PyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    #[allow(clippy::cast_sign_loss)]
-    fn write_isize(&mut self, i: isize) {
-        self.write_u64(i as u64);
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        // A multiplicative mix with a final fold (as in splitmix64).
-        let mut x = (self.0 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        self.0 = x ^ (x >> 29);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Cache statistics (`Moka(..., stats=True)`): what the cache records and the
-//! frozen snapshot `cache.stats()` returns.
+//! Cache statistics (`Moka(..., stats=True)`): what the cache records, and
+//! the figures of a snapshot (which `py/stats.rs` hands to Python).
 //!
 //! Every figure is a striped [`Counter`] (`counter.rs`): threads add to their
 //! own cache line, so recording costs one uncontended atomic add and threads
@@ -22,9 +22,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
-use pyo3::prelude::*;
 
-use crate::counter::Counter;
+use crate::store::counter::Counter;
 
 #[derive(Default)]
 pub(crate) struct Stats {
@@ -73,9 +72,9 @@ impl Stats {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> CacheStats {
+    pub(crate) fn snapshot(&self) -> Figures {
         let sum = |c: &Counter| c.sum(Ordering::Relaxed);
-        CacheStats {
+        Figures {
             hits: sum(&self.hits),
             misses: sum(&self.misses),
             loads: sum(&self.loads),
@@ -104,83 +103,16 @@ impl Stats {
     }
 }
 
-/// A snapshot of a cache's statistics (`Moka.stats()`).
-#[pyclass(
-    frozen,
-    eq,
-    skip_from_py_object,
-    module = "moka_py._moka_py",
-    name = "CacheStats"
-)]
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct CacheStats {
-    /// Reads that found a value.
-    #[pyo3(get)]
-    hits: u64,
-    /// Reads that found none.
-    #[pyo3(get)]
-    misses: u64,
-    /// Initializer calls that returned a value.
-    #[pyo3(get)]
-    loads: u64,
-    /// Initializer calls that raised.
-    #[pyo3(get)]
-    load_failures: u64,
-    /// Seconds spent in initializer calls, in all.
-    #[pyo3(get)]
-    load_time: f64,
-    /// Entries evicted for size.
-    #[pyo3(get)]
-    evictions: u64,
-    /// The total weight of the entries evicted for size.
-    #[pyo3(get)]
-    evicted_weight: u64,
-    /// Entries removed because they expired.
-    #[pyo3(get)]
-    expirations: u64,
-}
-
-#[pymethods]
-impl CacheStats {
-    /// `hits + misses`.
-    #[getter]
-    fn requests(&self) -> u64 {
-        self.hits.saturating_add(self.misses)
-    }
-
-    /// `hits / requests`, 0.0 without requests.
-    #[getter]
-    fn hit_rate(&self) -> f64 {
-        ratio(self.hits, self.requests())
-    }
-
-    /// `misses / requests`, 0.0 without requests.
-    #[getter]
-    fn miss_rate(&self) -> f64 {
-        ratio(self.misses, self.requests())
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "CacheStats(hits={}, misses={}, loads={}, load_failures={}, load_time={}, \
-             evictions={}, evicted_weight={}, expirations={})",
-            self.hits,
-            self.misses,
-            self.loads,
-            self.load_failures,
-            self.load_time,
-            self.evictions,
-            self.evicted_weight,
-            self.expirations
-        )
-    }
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
+/// The figures of one snapshot (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Figures {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) loads: u64,
+    pub(crate) load_failures: u64,
+    /// Seconds.
+    pub(crate) load_time: f64,
+    pub(crate) evictions: u64,
+    pub(crate) evicted_weight: u64,
+    pub(crate) expirations: u64,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::deferred::PyOwned;
+use crate::store::deferred::PyOwned;
 
 pub(crate) struct Entry {
     /// The cached object, stored by reference (released outside moka).
@@ -14,10 +14,10 @@ pub(crate) struct Entry {
     /// The weigher's result (1 without a weigher), read by moka's weigher.
     pub(crate) weight: u32,
     /// Set by a read that found the entry older than the cache's
-    /// `refresh_after` (see [`crate::expiry::PerEntry`]); it fits in the
+    /// `refresh_after` (see `expiry.rs`); it fits in the
     /// padding after `weight`, so the entry does not grow.
     stale: AtomicBool,
-    /// Per-entry expiration, read by [`crate::expiry::PerEntry`]; boxed, so
+    /// Per-entry expiration, read by `expiry.rs`; boxed, so
     /// that the common entry without it stays small (one allocation of
     /// 40 bytes with its `Arc`, instead of 64).
     deadlines: Option<Box<Deadlines>>,

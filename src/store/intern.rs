@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::deferred::{self, Item, PyOwned};
-use crate::key::PyHashBuilder;
+use crate::store::deferred::{self, Deferred, PyOwned};
+use crate::store::hash::PyHashBuilder;
 
 const STRIPES: usize = 32;
 
@@ -76,7 +76,7 @@ impl Drop for CanonRef {
     fn drop(&mut self) {
         // SAFETY: the field is not used again; the reference moves to the queue.
         let canon = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
-        deferred::defer(Item::Canon(canon));
+        deferred::defer_arc(canon);
     }
 }
 
@@ -210,10 +210,16 @@ fn find_equal(obj: &Bound<'_, PyAny>, candidates: Candidates) -> PyResult<Option
     Ok(None)
 }
 
+impl Deferred for Arc<Canon> {
+    fn release(self, _py: Python<'_>) {
+        release(self);
+    }
+}
+
 /// Called by `deferred::run` (attached, holding no lock) for each queued
 /// `CanonRef`: removes the canon from its interner if no key refers to it any
 /// more.
-pub(crate) fn release(canon: Arc<Canon>) {
+fn release(canon: Arc<Canon>) {
     let Some(interner) = canon.interner.upgrade() else {
         return;
     };

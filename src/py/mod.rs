@@ -1,0 +1,13 @@
+//! The Python classes: each parses its arguments and calls the store layer
+//! (`store/`). `moka` is the `Moka` class; `bulk` its batch methods and
+//! `refresh` its reloads, both over the store; `cached` the `@cached`
+//! wrapper; `ready` the finished awaitable of `aget_with`; `stats` the
+//! snapshot of the statistics; `tier` the local tier of `moka_py.redis`.
+
+pub(crate) mod bulk;
+pub(crate) mod cached;
+pub(crate) mod moka;
+pub(crate) mod ready;
+pub(crate) mod refresh;
+pub(crate) mod stats;
+pub(crate) mod tier;

@@ -1,0 +1,689 @@
+//! The store: the moka cache behind one `Moka`, and every operation on it.
+//!
+//! Plain Rust under the `Moka` class (`py/moka.rs`), which parses arguments
+//! and calls it; batches (`py/bulk.rs`), reloads (`py/refresh.rs`) and the
+//! decorator (`py/cached.rs`) use it too. Every operation reaches moka
+//! through `call::enter` (see `call.rs` for which calls stay attached and
+//! why no cycle of waits can form), and never runs Python code inside it:
+//! keys are resolved first (`key.rs`, `intern.rs`), the weigher runs before
+//! the insert, and what moka lets go of is queued and released after the
+//! call (`deferred.rs`).
+
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use moka::sync::Cache;
+use moka::Equivalent;
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::store::call::{self, Span};
+use crate::store::entry::Entry;
+use crate::store::expiry::PerEntry;
+use crate::store::hash::PyHashBuilder;
+use crate::store::intern::Interner;
+use crate::store::key::{self, Key, KeyRef, Repr};
+use crate::store::listener::Listener;
+use crate::store::loader::Loads;
+use crate::store::options::{self, Policy};
+use crate::store::slot::PySlot;
+use crate::store::stats::Stats;
+
+/// moka's cache, as this binding instantiates it.
+pub(crate) type Table = Cache<Key, Arc<Entry>, PyHashBuilder>;
+
+/// One cache's state: its moka table and what the operations on it need.
+pub(crate) struct Store {
+    /// The moka table. `clear()` swaps in a fresh one, so that nothing of the
+    /// old one (moka keeps removed keys in tombstones of its table) stays
+    /// alive; a call that was already using the old one finishes on it.
+    /// Dropped by hand in `Drop`, to release its references right then.
+    table: ManuallyDrop<ArcSwap<Table>>,
+    loads: Loads,
+    /// Canonical ids of the keys compared by Python `==`; made on first use.
+    interner: OnceLock<Arc<Interner>>,
+    listener: Option<Arc<Listener>>,
+    weigher: Option<PySlot>,
+    capacity: u64,
+    /// How far over `capacity` the cache may go before a write runs moka's
+    /// housekeeping itself (see [`Store::bound_size`]).
+    slack: u64,
+    /// Whether writes must count what they add (see [`needs_bound`]).
+    bounded: bool,
+    /// Weight written since this binding last ran housekeeping.
+    unsynced: AtomicU64,
+    /// Set once an entry has its own `ttl`/`tti`: moka then notices some
+    /// expirations only on its timer wheel's next tick (about a second), so
+    /// `len` counts the live entries instead of reading moka's count.
+    per_entry: AtomicBool,
+    pub(crate) settings: Settings,
+    /// With `stats=True`: what the cache records (`stats.rs`).
+    pub(crate) stats: Option<Arc<Stats>>,
+    /// Whether reads report entries due for a refresh (`refresh_after=`).
+    refreshes: bool,
+}
+
+/// What a new moka store is built with (the constructor's options).
+#[derive(Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) capacity: u64,
+    pub(crate) policy: Policy,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) tti: Option<Duration>,
+    pub(crate) refresh_after: Option<Duration>,
+}
+
+/// moka's hash table frees removed entries through epoch-based reclamation,
+/// in batches; until then they keep their values (and keys) alive. `clear()`
+/// and `run_pending_tasks()` push this thread's pending garbage out and
+/// collect what every thread left (each flush advances the epoch once and
+/// collects a few batches; threads that ended left theirs in the global
+/// queue), so afterwards the cache holds no reference to removed values (a
+/// per-`remove` flush would triple its cost). What that frees is queued and
+/// released after the call.
+fn reclaim() {
+    for _ in 0..RECLAIM_FLUSHES {
+        crossbeam_epoch::pin().flush();
+    }
+}
+
+/// Enough flushes to collect a few hundred batches of garbage (about 100 ns
+/// each when there is none).
+const RECLAIM_FLUSHES: usize = 64;
+
+/// A new, empty moka cache with these settings. moka's eviction listener,
+/// installed for the user's listener or for the statistics, only counts and
+/// queues: it runs no Python code.
+fn build_table(
+    settings: Settings,
+    listener: Option<&Arc<Listener>>,
+    stats: Option<&Arc<Stats>>,
+) -> Table {
+    let mut builder = Cache::builder()
+        .max_capacity(settings.capacity)
+        .eviction_policy(settings.policy.to_moka())
+        .expire_after(PerEntry {
+            refresh_after: settings.refresh_after,
+        })
+        .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
+    if let Some(ttl) = settings.ttl {
+        builder = builder.time_to_live(ttl);
+    }
+    if let Some(tti) = settings.tti {
+        builder = builder.time_to_idle(tti);
+    }
+    if listener.is_some() || stats.is_some() {
+        let (listener, stats) = (listener.cloned(), stats.cloned());
+        builder = builder.eviction_listener(move |key, entry: Arc<Entry>, cause| {
+            if let Some(stats) = &stats {
+                stats.removed(cause, entry.weight);
+            }
+            if let Some(listener) = &listener {
+                listener.notify(key, entry, cause);
+            }
+        });
+    }
+    builder.build_with_hasher(PyHashBuilder)
+}
+
+/// moka applies its pending writes (and evicts) inline once this many are
+/// queued (its `WRITE_LOG_FLUSH_POINT`, 64), so without a weigher a cache
+/// never runs further over its capacity than this on its own.
+const MOKA_WRITE_BATCH: u64 = 64 + 1;
+
+/// Whether writes must count the weight they add to keep the documented bound
+/// (a shared counter, written by every `set`): only with a weigher (a batch
+/// may weigh anything) or when the slack is smaller than moka's own batch.
+fn needs_bound(slack: u64, weighted: bool) -> bool {
+    weighted || slack < MOKA_WRITE_BATCH
+}
+
+/// The documented bound on the excess: 1/32 of the capacity, and for a cache
+/// without a weigher never more than 256 entries.
+fn slack_for(capacity: u64, weighted: bool) -> u64 {
+    let slack = capacity / 32;
+    if weighted {
+        slack
+    } else {
+        slack.min(256)
+    }
+}
+
+impl Store {
+    /// A new, empty store. `listener` and `weigher` are callables (checked
+    /// by the caller).
+    pub(crate) fn new(
+        settings: Settings,
+        listener: Option<Py<PyAny>>,
+        weigher: Option<Py<PyAny>>,
+        stats: bool,
+        refreshes: bool,
+    ) -> Self {
+        let listener = listener.map(Listener::new);
+        let stats = stats.then(|| Arc::new(Stats::default()));
+        let slack = slack_for(settings.capacity, weigher.is_some());
+        Store {
+            table: ManuallyDrop::new(ArcSwap::from_pointee(build_table(
+                settings,
+                listener.as_ref(),
+                stats.as_ref(),
+            ))),
+            loads: Loads::default(),
+            interner: OnceLock::new(),
+            listener,
+            slack,
+            bounded: needs_bound(slack, weigher.is_some()),
+            weigher: weigher.map(PySlot::new),
+            capacity: settings.capacity,
+            unsynced: AtomicU64::new(0),
+            per_entry: AtomicBool::new(false),
+            settings,
+            stats,
+            refreshes,
+        }
+    }
+
+    /// Removes every entry (the listener sees each with cause `"explicit"`).
+    pub(crate) fn clear(&self, py: Python<'_>) {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let old = self.table.swap(Arc::new(self.fresh_table()));
+                old.invalidate_all();
+                old.run_pending_tasks();
+                self.unsynced.store(0, Ordering::Relaxed);
+                drop(old);
+                reclaim();
+            },
+            |()| (),
+        );
+    }
+
+    /// The number of entries, after applying pending evictions.
+    pub(crate) fn count(&self, py: Python<'_>) -> u64 {
+        self.sync(py, |store, walk| {
+            if walk {
+                store.iter().count() as u64
+            } else {
+                store.entry_count()
+            }
+        })
+    }
+
+    /// The total weight of the entries (their number without a weigher).
+    pub(crate) fn weighted_size(&self, py: Python<'_>) -> u64 {
+        self.sync(py, |store, walk| {
+            if walk {
+                store.iter().map(|(_, e)| u64::from(e.weight)).sum()
+            } else {
+                store.weighted_size()
+            }
+        })
+    }
+
+    /// Applies pending evictions and expirations now.
+    pub(crate) fn run_pending_tasks(&self, py: Python<'_>) {
+        self.sync(py, |_, _| ());
+    }
+
+    /// `in`: does not count as an access (for `tti` or eviction).
+    pub(crate) fn contains(&self, py: Python<'_>, key: &KeyRef) -> bool {
+        call::enter(
+            py,
+            Span::Read,
+            || self.table.load().contains_key(key),
+            |found| found,
+        )
+    }
+
+    /// Visits every Python object the store holds (the GC's `__traverse__`).
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(l) = &self.listener {
+            l.traverse(visit)?;
+        }
+        if let Some(w) = &self.weigher {
+            w.traverse(visit)?;
+        }
+        if let Some(interner) = self.interner.get() {
+            interner.traverse(visit)?;
+        }
+        // Walking moka's table runs no Python code. Its epoch pin may free
+        // garbage of other threads' removals; that is only queued (released
+        // at this thread's next call, or at exit), never released here.
+        for (key, entry) in self.table.load().iter() {
+            visit.call(key.obj())?;
+            visit.call(&*entry.obj)?;
+        }
+        Ok(())
+    }
+
+    /// The GC's `__clear__`: drops the table (notifying no listener) and the
+    /// callbacks. What they held is queued: the caller releases it.
+    pub(crate) fn gc_clear(&self) {
+        // No thread is inside a method of an object the GC is clearing (it
+        // would hold a reference), so nothing here waits on another thread.
+        drop(self.table.swap(Arc::new(self.fresh_table())));
+        reclaim();
+        self.clear_callbacks();
+    }
+
+    /// Whether an entry of this cache can expire: a cache-wide `ttl`/`tti`,
+    /// or an entry ever given its own.
+    #[inline]
+    fn can_expire(&self) -> bool {
+        self.settings.ttl.is_some()
+            || self.settings.tti.is_some()
+            || self.per_entry.load(Ordering::Acquire)
+    }
+
+    fn fresh_table(&self) -> Table {
+        build_table(self.settings, self.listener.as_ref(), self.stats.as_ref())
+    }
+
+    /// Lets go of the listener and the weigher (queued, as every release).
+    pub(crate) fn clear_callbacks(&self) {
+        if let Some(l) = &self.listener {
+            l.clear();
+        }
+        if let Some(w) = &self.weigher {
+            w.clear();
+        }
+    }
+
+    pub(crate) fn loads(&self) -> &Loads {
+        &self.loads
+    }
+
+    pub(crate) fn stats_or_err(&self) -> PyResult<&Stats> {
+        self.stats.as_deref().ok_or_else(|| {
+            crate::store::errors::Error::Value(
+                "statistics are off for this cache: create it with Moka(..., stats=True)"
+                    .to_owned(),
+            )
+            .into()
+        })
+    }
+
+    /// Counts a read that asked for a value (with `stats=True`).
+    #[inline]
+    pub(crate) fn count_read(&self, hit: bool) {
+        if let Some(stats) = &self.stats {
+            if hit {
+                stats.hit();
+            } else {
+                stats.miss();
+            }
+        }
+    }
+
+    /// A read that asks for a value, counted in the statistics. `None` for a
+    /// key that cannot be present (see [`Store::key_ref`]).
+    #[inline]
+    pub(crate) fn read(&self, py: Python<'_>, key: Option<&KeyRef>) -> Option<Py<PyAny>> {
+        let found = key.and_then(|k| self.lookup(py, k));
+        self.count_read(found.is_some());
+        found
+    }
+
+    /// `read` for a caller that can reload: the value, and the entry when a
+    /// read found it due for a refresh.
+    #[inline]
+    pub(crate) fn read_for_load(
+        &self,
+        py: Python<'_>,
+        key: Option<&KeyRef>,
+    ) -> Option<(Py<PyAny>, Option<Arc<Entry>>)> {
+        let refreshes = self.refreshes;
+        let found = key.and_then(|key| {
+            call::enter(
+                py,
+                Span::Read,
+                || self.table.load().get(key),
+                |entry| {
+                    entry.map(|e| {
+                        let value = e.obj.clone_ref(py);
+                        (value, (refreshes && e.is_stale()).then_some(e))
+                    })
+                },
+            )
+        });
+        self.count_read(found.is_some());
+        found
+    }
+
+    /// Runs an initializer (`init`), recording the call in the statistics.
+    pub(crate) fn compute<'py>(
+        &self,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(stats) = &self.stats else {
+            return init();
+        };
+        let start = Instant::now();
+        let result = init();
+        stats.load(start.elapsed(), result.is_ok());
+        result
+    }
+
+    fn interner(&self) -> &Arc<Interner> {
+        self.interner.get_or_init(Interner::new)
+    }
+
+    /// The owned key of `obj` (interned if it is compared by Python).
+    pub(crate) fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
+        let (hash, repr) = key::describe(obj)?;
+        let repr = match repr {
+            Repr::Python => Repr::Canon(self.interner().intern(obj, hash)?),
+            native => native,
+        };
+        Ok(Key::new(hash, repr, obj))
+    }
+
+    /// The lookup key of `obj`; `None` for a key compared by Python that is
+    /// not interned, which therefore is in no entry and no load.
+    pub(crate) fn key_ref(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<KeyRef>> {
+        Ok(self.key_ref_hashed(obj)?.1)
+    }
+
+    /// [`Store::key_ref`] with `obj`'s hash, for [`Store::owned_hashed`]: a
+    /// miss of `@cached` then runs the arguments' `__hash__` once, not twice.
+    #[inline]
+    pub(crate) fn key_ref_hashed(
+        &self,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<(isize, Option<KeyRef>)> {
+        let (hash, repr) = key::describe(obj)?;
+        let repr = match repr {
+            Repr::Python => match self.interner.get() {
+                Some(interner) => match interner.lookup(obj, hash)? {
+                    Some(id) => Repr::CanonId(id),
+                    None => return Ok((hash, None)),
+                },
+                None => return Ok((hash, None)),
+            },
+            native => native,
+        };
+        Ok((hash, Some(KeyRef::new(hash, repr))))
+    }
+
+    /// The owned key of `obj`, for a key whose hash [`Store::key_ref_hashed`] gave:
+    /// a key without an owned lookup form is one compared by Python, and is
+    /// interned with that hash (no second `describe`, so no second `__hash__`).
+    pub(crate) fn owned_hashed(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        hash: isize,
+        lookup: Option<&KeyRef>,
+    ) -> PyResult<Key> {
+        match lookup.and_then(|k| k.to_owned(obj)) {
+            Some(key) => Ok(key),
+            None => Ok(Key::new(
+                hash,
+                Repr::Canon(self.interner().intern(obj, hash)?),
+                obj,
+            )),
+        }
+    }
+
+    /// The miss path of `get_with` and of `@cached(wait_concurrent=True)`:
+    /// the single-flight load of `key` (see `loader.rs`).
+    pub(crate) fn load<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<Py<PyAny>> {
+        self.loads.load(
+            py,
+            key,
+            |key| self.lookup(py, key),
+            || self.compute(init),
+            |key, value| self.insert_key(py, key, value, ttl, tti),
+        )
+    }
+
+    /// [`Store::load`] for `@cached(cache_if=...)`: the leader stores the
+    /// value only when `keep(value)` is true (run attached, holding no lock,
+    /// like the weigher); every waiter receives the value either way.
+    pub(crate) fn load_if<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        keep: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        self.loads.load(
+            py,
+            key,
+            |key| self.lookup(py, key),
+            || self.compute(init),
+            |key, value| {
+                if keep(value)? {
+                    self.insert_key(py, key, value, None, None)
+                } else {
+                    Ok(())
+                }
+            },
+        )
+    }
+
+    /// The value of `key`, if present (and not expired).
+    pub(crate) fn lookup<Q>(&self, py: Python<'_>, key: &Q) -> Option<Py<PyAny>>
+    where
+        Q: Equivalent<Key> + std::hash::Hash + Sync + ?Sized,
+    {
+        call::enter(
+            py,
+            Span::Read,
+            || self.table.load().get(key),
+            |entry| entry.map(|e| e.obj.clone_ref(py)),
+        )
+    }
+
+    /// Removes `key`; its value if it was present. An expired entry counts as
+    /// absent here as everywhere: it is left for moka to evict. Only a cache
+    /// where something can expire asks moka first (`remove` returns an
+    /// expired entry's value); the lookup is about 300 instructions.
+    pub(crate) fn take(&self, py: Python<'_>, key: &KeyRef) -> Option<Py<PyAny>> {
+        call::enter(
+            py,
+            Span::Write,
+            || {
+                let store = self.table.load();
+                if self.can_expire() && !store.contains_key(key) {
+                    None
+                } else {
+                    store.remove(key)
+                }
+            },
+            |entry| entry.map(|e| e.obj.clone_ref(py)),
+        )
+    }
+
+    /// `set`: the key is resolved (raising as a `dict` would for a bad key),
+    /// then the weigher runs, then the entry is stored.
+    pub(crate) fn insert(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<()> {
+        let key = self.key(key)?;
+        self.insert_key(py, key, value, ttl, tti)
+    }
+
+    /// Stores `value` under an owned key (an error of the weigher drops it).
+    pub(crate) fn insert_key(
+        &self,
+        py: Python<'_>,
+        key: Key,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<()> {
+        match self.entry(py, key.obj().bind(py), value, ttl, tti) {
+            Ok(entry) => {
+                self.store_entry(py, key, entry);
+                Ok(())
+            }
+            Err(err) => {
+                // Release the key now, not at this thread's next call.
+                drop(key);
+                call::after(py);
+                Err(err)
+            }
+        }
+    }
+
+    /// The entry for `value`: runs the weigher (attached, holding nothing).
+    pub(crate) fn entry(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> PyResult<Arc<Entry>> {
+        let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
+            Some(weigher) => {
+                let weight = call::call_python(py, || weigher.bind(py).call1((key, value)))?;
+                options::weight(&weight)?
+            }
+            None => 1,
+        };
+        if (ttl.is_some() || tti.is_some()) && !self.per_entry.load(Ordering::Relaxed) {
+            // Before the insert: a thread that finds the entry then sees it.
+            self.per_entry.store(true, Ordering::Release);
+        }
+        Ok(Arc::new(Entry::new(
+            value.clone().unbind(),
+            weight,
+            ttl,
+            tti,
+        )))
+    }
+
+    fn store_entry(&self, py: Python<'_>, key: Key, entry: Arc<Entry>) {
+        self.write(py, entry.weight, move |store| store.insert(key, entry));
+    }
+
+    /// A write of one key: `op` on the store, then the size bound for the
+    /// `weight` it added.
+    pub(crate) fn write<T: Send>(
+        &self,
+        py: Python<'_>,
+        weight: u32,
+        op: impl FnOnce(&Table) -> T + Send,
+    ) -> T {
+        call::enter(
+            py,
+            Span::Write,
+            || {
+                let store = self.table.load();
+                let out = op(&store);
+                if self.bounded {
+                    self.bound_size(&store, weight);
+                }
+                out
+            },
+            |out| out,
+        )
+    }
+
+    /// A write of a batch (`bulk.rs`): `op` gets the store and a function
+    /// that keeps the size bound for the weight of each insert; detached, as
+    /// a batch can last.
+    pub(crate) fn write_batch<T: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&Table, &dyn Fn(&Table, u32)) -> T + Send,
+    ) -> T {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let store = self.table.load();
+                let bound = |store: &Table, weight: u32| {
+                    if self.bounded {
+                        self.bound_size(store, weight);
+                    }
+                };
+                op(&store, &bound)
+            },
+            |out| out,
+        )
+    }
+
+    /// Reads a batch (`bulk.rs`): `op` on the store, detached; `then` on its
+    /// result, attached.
+    pub(crate) fn read_batch<T: Send, R>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&Table) -> T + Send,
+        then: impl FnOnce(T) -> R,
+    ) -> R {
+        call::enter(py, Span::Long, || op(&self.table.load()), then)
+    }
+
+    /// Keeps the size within `capacity + slack`: moka applies writes in
+    /// batches, so on its own a small cache could run far over its capacity
+    /// until the next batch.
+    fn bound_size(&self, store: &Table, weight: u32) {
+        let written = u64::from(weight);
+        let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
+        if store.weighted_size().saturating_add(unsynced) > self.capacity.saturating_add(self.slack)
+        {
+            self.unsynced.store(0, Ordering::Relaxed);
+            store.run_pending_tasks();
+        }
+    }
+
+    /// Applies pending evictions and expirations, then reads `f` of the store;
+    /// `f`'s second argument says whether it must walk the entries to skip
+    /// expired ones (see `per_entry`).
+    fn sync<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Table, bool) -> T + Send) -> T {
+        call::enter(
+            py,
+            Span::Long,
+            || {
+                let store = self.table.load();
+                store.run_pending_tasks();
+                self.unsynced.store(0, Ordering::Relaxed);
+                reclaim();
+                f(&store, self.per_entry.load(Ordering::Relaxed))
+            },
+            |out| out,
+        )
+    }
+
+    /// Calls `f` with the entries, collected detached (a long walk); `f`
+    /// runs attached and may build Python objects.
+    pub(crate) fn snapshot<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R,
+    ) -> R {
+        call::enter(py, Span::Long, || self.table.load().iter().collect(), f)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: the table is not used again (`self` is being dropped).
+        unsafe { ManuallyDrop::drop(&mut self.table) };
+        reclaim();
+        drop(self.interner.take());
+        self.clear_callbacks();
+        // Release what the table and the interner held now, not at some
+        // later call (attached: the last owner is a Python object or a call).
+        Python::attach(call::after);
+    }
+}
