@@ -20,6 +20,9 @@ from moka_py._moka_py import Ready
 from moka_py.redis import AsyncTieredCache, TieredCache
 
 T = TypeVar("T")
+# The tests of a module share its server and use fixed keys.
+pytestmark = pytest.mark.thread_unsafe
+
 NS = "users"
 
 

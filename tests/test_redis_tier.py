@@ -21,6 +21,9 @@ from support import wait_for
 from moka_py import Moka
 from moka_py.redis import TieredCache, TierStats
 
+# The tests of a module share its server and use fixed keys.
+pytestmark = pytest.mark.thread_unsafe
+
 NS = "users"
 
 

@@ -8,6 +8,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import pytest
 import redis
 import redis.asyncio
 
@@ -179,6 +180,7 @@ async def use_async_tier(client: redis.asyncio.Redis) -> None:
     await client.aclose()
 
 
+@pytest.mark.thread_unsafe  # fixed keys on the module's server
 def test_typed_tier(redis_db: Any) -> None:
     use_tier(redis_db.client())
     asyncio.run(use_async_tier(redis_db.async_client()))
