@@ -2,8 +2,12 @@
 # shellcheck shell=bash
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# The ordinary (GIL) interpreter: python3 on PATH unless PY_GIL says otherwise.
+# The interpreter of the build and lint tools (the dev venv): python3 on PATH unless PY_GIL
+# says otherwise.
 PY_GIL="${PY_GIL:-$(command -v python3)}"
+# Every CPython that the suite runs on and that a wheel is built for, oldest first; the
+# classifiers of pyproject.toml name exactly these (ci/wheels.sh checks it).
+TARGETS=(3.10 3.11 3.12 3.13 3.13t)
 VENVS="${MOKA_VENVS:-$ROOT/.venvs}"
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -106,5 +110,98 @@ dev_venv() {
         "$VENVS/dev/bin/python" -m pip install -q -r "$ROOT/ci/requirements-dev.txt" \
             -r "$ROOT/ci/requirements-test.txt" >&2
         cat "$ROOT"/ci/requirements-{dev,test}.txt >"$stamp"
+    fi
+}
+
+# python_is PYTHON VERSION: PYTHON runs and is CPython VERSION ("3.12", "3.13t"); prints its
+# sys.executable (a pyenv shim prints the interpreter behind it).
+python_is() {
+    "$1" -c '
+import platform, sys, sysconfig
+t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+assert platform.python_implementation() == "CPython"
+assert "%d.%d%s" % (*sys.version_info[:2], t) == sys.argv[1]
+print(sys.executable)' "$2" 2>/dev/null
+}
+
+# find_python VERSION: prints the path of CPython VERSION, one of TARGETS. Looks, in this
+# order, at the variable PY310, PY311, PY312, PY313 or PY313T, then:
+#   3.10, 3.11, 3.12: python3.X and python3 on PATH, then every pyenv version 3.X.N
+#                     (`pyenv prefix 3.X.N`), newest first;
+#   3.13, 3.13t:      ci/python-ft.sh (built from source once, then cached).
+# Returns 1, having said on stderr what it looked at, when there is none, and 2 when
+# ci/python-ft.sh fails to build one.
+find_python() {
+    local v="$1" var py pv
+    var="PY${v//./}"
+    var="${var^^}"
+    if [ -n "${!var:-}" ]; then
+        python_is "${!var}" "$v" && return 0
+        echo "$var=${!var} is not CPython $v" >&2
+        return 1
+    fi
+    case "$v" in
+        3.13 | 3.13t)
+            if ! py=$(bash "$ROOT/ci/python-ft.sh" "$([ "$v" = 3.13t ] && echo ft || echo gil)"); then
+                echo "ci/python-ft.sh could not build CPython $v" >&2
+                return 2
+            fi
+            echo "$py"
+            return 0
+            ;;
+    esac
+    for py in "python$v" python3; do
+        command -v "$py" >/dev/null && python_is "$py" "$v" && return 0
+    done
+    if command -v pyenv >/dev/null; then
+        for pv in $(pyenv versions --bare --skip-aliases 2>/dev/null \
+            | grep -E "^${v//./\\.}\.[0-9]+$" | sort -rV); do
+            python_is "$(pyenv prefix "$pv")/bin/python$v" "$v" && return 0
+        done
+    fi
+    echo "CPython $v: not found ($var unset, no python$v or python3 $v on PATH, no pyenv $v.N)" >&2
+    return 1
+}
+
+# select_targets [ARG]: sets SELECTED to the TARGETS that ARG names: "all" (or nothing), or
+# a comma-separated list of versions; gil, gil313 and ft (the names of before) stand for
+# 3.11, 3.13 and 3.13t. Returns 1 on an unknown name.
+select_targets() {
+    local a t ok
+    SELECTED=()
+    if [ "${1:-all}" = all ]; then
+        SELECTED=("${TARGETS[@]}")
+        return 0
+    fi
+    IFS=, read -ra names <<<"$1"
+    for a in "${names[@]}"; do
+        case "$a" in gil) a=3.11 ;; gil313) a=3.13 ;; ft) a=3.13t ;; esac
+        ok=
+        for t in "${TARGETS[@]}"; do [ "$t" = "$a" ] && ok=1; done
+        [ -n "$ok" ] || return 1
+        SELECTED+=("$a")
+    done
+}
+
+# MISSING: the TARGETS that find_python did not find in this run. target_python VERSION sets
+# TARGET_PY to the interpreter, or adds VERSION to MISSING and returns 1 (it exits the script
+# when an interpreter failed to build); report_missing says which were skipped, by name, at
+# the end of a script, and under CI (CI=true) fails the run then.
+MISSING=()
+target_python() {
+    local rc=0
+    TARGET_PY=$(find_python "$1") || rc=$?
+    case "$rc" in
+        0) ;;
+        1) MISSING+=("$1"); log "CPython $1 not found: skipped"; return 1 ;;
+        *) exit "$rc" ;;
+    esac
+}
+report_missing() {
+    [ "${#MISSING[@]}" -eq 0 ] && return 0
+    log "SKIPPED, not found: CPython ${MISSING[*]} (set PY310-style variables or install them)"
+    if [ "${CI:-}" = true ]; then
+        echo "CI=true: every interpreter must be present" >&2
+        return 1
     fi
 }

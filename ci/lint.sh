@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quality gates: rustfmt, clippy, ruff, mypy --strict on the typed usage file,
-# and stubtest of the stub against the built module (GIL interpreter).
+# Quality gates: rustfmt, clippy, ruff, mypy --strict and basedpyright (pyright's checker:
+# standard rules on the package, strict on the typed usage file, [tool.basedpyright] in
+# pyproject.toml), and stubtest of the stub against the built module (GIL interpreter).
 source "$(dirname "$0")/env.sh"
 dev_venv
 cd "$ROOT"
@@ -39,5 +40,7 @@ log "ruff"
 install_wheel "$VENVS/dev"
 log "mypy --strict (the package and tests/typed_usage.py)"
 "$VENVS/dev/bin/mypy" --strict python/moka_py tests/typed_usage.py
+log "basedpyright (the package, and tests/typed_usage.py strict)"
+"$VENVS/dev/bin/basedpyright" --pythonpath "$VENVS/dev/bin/python"
 log "stubtest"
 "$VENVS/dev/bin/python" -m mypy.stubtest moka_py._moka_py --allowlist ci/stubtest-allowlist.txt

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Builds moka_py and runs the whole test suite on three interpreters: the ordinary
-# CPython on PATH (3.11 here), the ordinary CPython 3.13 and free-threaded CPython 3.13t
-# (both built once by ci/python-ft.sh).
-#   bash ci/test.sh                 all three
-#   bash ci/test.sh gil|gil313|ft   one of them
-# Extra arguments after the first go to pytest.
+# Builds moka_py and runs the whole test suite on every CPython of TARGETS (ci/env.sh):
+# 3.10, 3.11, 3.12, the ordinary 3.13 and free-threaded 3.13t (both built once by
+# ci/python-ft.sh). find_python (ci/env.sh) says where each is looked for.
+#   bash ci/test.sh                      all five
+#   bash ci/test.sh 3.12                 one of them (gil, gil313, ft: 3.11, 3.13, 3.13t)
+#   bash ci/test.sh 3.10,3.13t           several
+# Extra arguments after the first go to pytest. An interpreter that is not found is
+# reported by name and skipped; under CI (CI=true) that fails the run.
 source "$(dirname "$0")/env.sh"
 which="${1:-all}"
 [ $# -gt 0 ] && shift
-case "$which" in
-    all | gil | gil313 | ft) ;;
-    *) echo "usage: $0 [gil|gil313|ft] [pytest arguments...]" >&2; exit 2 ;;
-esac
+if ! select_targets "$which"; then
+    echo "usage: $0 [all|$(IFS=,; echo "${TARGETS[*]}")|gil|gil313|ft[,...]] [pytest arguments...]" >&2
+    exit 2
+fi
 dev_venv
 # The moka_py.redis tests start their own redis-server processes.
 need_redis
@@ -24,18 +26,19 @@ run_suite() {
     (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider "${@:-tests}")
 }
 
-if [ "$which" = all ] || [ "$which" = gil ]; then
-    run_suite "$(make_venv gil "$PY_GIL")" "$@"
-fi
-if [ "$which" = all ] || [ "$which" = gil313 ]; then
-    run_suite "$(make_venv gil313 "$(bash "$ROOT/ci/python-ft.sh" gil)")" "$@"
-fi
-if [ "$which" = all ] || [ "$which" = ft ]; then
-    ft="$(make_venv ft "$(bash "$ROOT/ci/python-ft.sh" ft)" --only-binary :all:)"
-    run_suite "$ft" "$@"
-    if [ $# -eq 0 ]; then
+for v in "${SELECTED[@]}"; do
+    target_python "$v" || continue
+    if [ "$v" = 3.13t ]; then
+        # The test requirements from wheels only: nothing is compiled from an sdist for 3.13t.
+        venv=$(make_venv "py$v" "$TARGET_PY" --only-binary :all:)
+    else
+        venv=$(make_venv "py$v" "$TARGET_PY")
+    fi
+    run_suite "$venv" "$@"
+    if [ "$v" = 3.13t ] && [ $# -eq 0 ]; then
         # Every test again, each in 4 threads at once (pytest-run-parallel).
         log "pytest on 3.13t, each test in 4 threads at once"
-        (cd "$ROOT" && "$ft/bin/python" -m pytest -n 2 -p no:cacheprovider --parallel-threads=4 tests)
+        (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider --parallel-threads=4 tests)
     fi
-fi
+done
+report_missing

@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# Builds the files a user installs without a Rust toolchain, into dist/:
-#   - a release wheel for every interpreter present here: CPython 3.11 (python3 on PATH,
-#     or PY_GIL), 3.13 and free-threaded 3.13t (both built once by ci/python-ft.sh),
-#     tagged manylinux_2_34 (the newest glibc symbol the extension needs is 2.34; Debian
-#     bookworm has 2.36), which maturin's auditwheel check and then `auditwheel show`
-#     (PyPI) must both confirm;
+# Builds the files a user installs, into dist/:
+#   - a release wheel for every CPython of TARGETS (ci/env.sh: 3.10, 3.11, 3.12, 3.13 and
+#     free-threaded 3.13t), linked by zig (`maturin build --zig`, ziglang from PyPI) against
+#     glibc 2.17's symbols and tagged manylinux2014 (manylinux_2_17: RHEL/Alma 8, Amazon
+#     Linux 2, Ubuntu 20.04, Debian 11 and newer), which maturin's auditwheel check and then
+#     `auditwheel show` (PyPI) must both confirm;
 #   - the sdist.
 # Then installs each wheel into a fresh venv whose PATH has no cargo or rustc and runs a
 # smoke test there (import, get/set, @cached, the classifiers, and on 3.13t that the GIL
-# stays disabled after import).
+# stays disabled after import); and installs the sdist with pip into a fresh venv (with
+# Rust, as a user without a wheel would) and runs the same smoke test.
+# An interpreter that is not found is reported by name and skipped; under CI (CI=true)
+# that fails the run.
 source "$(dirname "$0")/env.sh"
-MANYLINUX=manylinux_2_34
+MANYLINUX=manylinux_2_17
 dev_venv
 cd "$ROOT"
 rm -f dist/moka_py-*
 mkdir -p dist
 
-pythons=(
-    "$("$PY_GIL" -c 'import sys; print(sys.executable)')"
-    "$(bash ci/python-ft.sh gil)"
-    "$(bash ci/python-ft.sh ft)"
-)
+pythons=()
+for v in "${TARGETS[@]}"; do
+    target_python "$v" && pythons+=("$TARGET_PY")
+done
 
 # The PATH without the directories that hold cargo or rustc.
 path_without_rust() {
@@ -55,7 +57,7 @@ def square(x: int) -> int:
 
 assert square(3) == 9 and square(3) == 9 and calls == [3]
 
-# Every interpreter this script builds for has its classifier, and no other version does.
+# The classifiers name exactly the versions of TARGETS (3.13t under 3.13).
 classifiers = metadata("moka-py").get_all("Classifier")
 versions = {c.rsplit(" :: ", 1)[1] for c in classifiers
             if c.startswith("Programming Language :: Python :: 3.")}
@@ -66,13 +68,23 @@ if free_threaded:
 print(sys.version.split()[0], "free-threaded" if free_threaded else "GIL", "ok")
 '
 
-built_versions=$(for py in "${pythons[@]}"; do "$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; done | sort -u | paste -sd,)
+target_versions=$(printf '%s\n' "${TARGETS[@]%t}" | sort -u | paste -sd,)
+
+# smoke PYTHON: the smoke test, in the venv of PYTHON, from outside the source tree.
+smoke() {
+    (cd "$(dirname "$1")" && "$1" -W error -c "$SMOKE" "$target_versions")
+}
+
+# The zig-linked builds keep their own target directory: zig's linker and C compiler
+# (for mimalloc) would otherwise invalidate the native build that ci/test.sh reuses.
+# maturin runs `python3 -m ziglang`: the dev venv's python3, which has ziglang.
+export CARGO_TARGET_DIR="$ROOT/target/zig"
 
 for py in "${pythons[@]}"; do
-    log "maturin build --release --compatibility $MANYLINUX for $py"
+    log "maturin build --release --zig --compatibility manylinux2014 for $py"
     out=$(mktemp -d)
-    "$VENVS/dev/bin/maturin" build --release -q -i "$py" --compatibility "$MANYLINUX" \
-        --auditwheel check -o "$out" >&2
+    PATH="$VENVS/dev/bin:$PATH" "$VENVS/dev/bin/maturin" build --release -q -i "$py" --zig \
+        --compatibility manylinux2014 --auditwheel check -o "$out" >&2
     wheel=$(ls "$out"/*.whl)
     mv "$wheel" dist/ && rmdir "$out"
     wheel="dist/$(basename "$wheel")"
@@ -80,11 +92,12 @@ for py in "${pythons[@]}"; do
     # auditwheel (PyPI) reads the ELF file's symbol versions and libraries itself.
     shown=$("$VENVS/dev/bin/auditwheel" show "$wheel" | tr '\n' ' ')
     tag=$(grep -oE 'platform tag: *"[^"]+"' <<<"$shown" | grep -oE '"[^"]+"' | tr -d '"')
-    name_tag=$(basename "$wheel" .whl | rev | cut -d- -f1 | rev)
+    # The file name's platform tags: manylinux_2_17_x86_64.manylinux2014_x86_64
+    name_tags=$(basename "$wheel" .whl | rev | cut -d- -f1 | rev)
     echo "$(basename "$wheel"): auditwheel show says $tag" >&2
-    if [ "$tag" != "$name_tag" ] || [ "$tag" != "${MANYLINUX}_x86_64" ]; then
+    if [ "$tag" != "${MANYLINUX}_x86_64" ] || ! tr . '\n' <<<"$name_tags" | grep -qxF "$tag"; then
         echo "auditwheel show: $shown" >&2
-        echo "the wheel is tagged $name_tag, auditwheel finds $tag" >&2
+        echo "the wheel is tagged $name_tags, auditwheel finds $tag, ${MANYLINUX}_x86_64 wanted" >&2
         exit 1
     fi
 
@@ -100,7 +113,7 @@ for py in "${pythons[@]}"; do
         fi
         "$py" -m venv "$venv"
         "$venv/bin/python" -m pip install -q --no-index --only-binary :all: "$wheel" >&2
-        cd "$venv" && "$venv/bin/python" -W error -c "$SMOKE" "$built_versions"
+        smoke "$venv/bin/python"
     )
     rm -rf "$venv"
 done
@@ -113,4 +126,16 @@ for f in Cargo.toml Cargo.lock build.rs src/lib.rs pyproject.toml python/moka_py
          python/moka_py/py.typed; do
     grep -qxF "$f" <<<"$contents" || { echo "$sdist lacks $f" >&2; exit 1; }
 done
+
+# pip builds the sdist as a user without a wheel would: maturin from PyPI (build isolation)
+# and cargo. The Rust target directory of ci/test.sh's builds is shared, so only this
+# crate and PyO3 are compiled again.
+py=$("$PY_GIL" -c 'import sys; print(sys.executable)')
+log "pip install $(basename "$sdist") into a fresh venv ($py), and the smoke test"
+venv=$(mktemp -d)
+"$py" -m venv "$venv"
+CARGO_TARGET_DIR="$ROOT/target" "$venv/bin/python" -m pip install -q "$sdist" >&2
+smoke "$venv/bin/python"
+rm -rf "$venv"
 ls -l dist/
+report_missing

@@ -169,9 +169,13 @@ def cached(
         is_async = inspect.iscoroutinefunction(func)
         weigh = weigher
         if is_async and weigher is not None:
+            user_weigher = weigher
+
             # The cache holds `Ready` wrappers; the user's weigher sees results.
-            def weigh(key: Any, ready: Any) -> int:
-                return weigher(key, ready.value)
+            def weigh_ready(key: Any, ready: Any) -> int:
+                return user_weigher(key, ready.value)
+
+            weigh = weigh_ready
 
         cache: Moka[Any, Any] = Moka(capacity, weigher=weigh, **options)
         parameters = {

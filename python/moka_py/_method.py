@@ -111,17 +111,14 @@ def _through(func: Callable[..., Any], ref: weakref.ref[Any]) -> Callable[..., A
             raise ReferenceError(f"the instance of {func.__qualname__} no longer exists")
         return obj
 
-    call: Callable[..., Any]
+    async def call_async(*args: Any, **kwargs: Any) -> Any:
+        return await func(instance(), *args, **kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return func(instance(), *args, **kwargs)
+
     if inspect.iscoroutinefunction(func):
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await func(instance(), *args, **kwargs)
-
-    else:
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return func(instance(), *args, **kwargs)
-
+        return functools.update_wrapper(call_async, func)
     return functools.update_wrapper(call, func)
 
 
