@@ -27,6 +27,7 @@ __all__ = [
     "Moka",
     "Ready",
     "_Claim",
+    "_Tier",
     "_write_unraisable",
     "make_key",
 ]
@@ -341,20 +342,20 @@ class _Claim:
 def _write_unraisable(exc: BaseException, obj: object) -> None:
     """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""
 
+@final
 class _Tier:
     """The local tier of ``moka_py.redis`` (src/tier.rs): the Rust hot path of
     ``TieredCache.get`` and the sequence numbers that keep the tier coherent.
     Internal: use ``moka_py.redis.TieredCache``."""
 
     trusted: bool
-    def __init__(
-        self,
+    def __new__(
+        cls,
         local: Moka[Any, Any],
         slow_get: Callable[[Any, Any], Any],
         slow_aget: Callable[[Any, Any], Any],
         uuid: type,
-        /,
-    ) -> None: ...
+    ) -> Self: ...
     def get(self, key: Any, default: Any = None) -> Any: ...
     def aget(self, key: Any, default: Any = None) -> Any: ...
     def lookup(self, key: Any, default: Any) -> Any: ...

@@ -201,7 +201,7 @@ def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[st
     else:
         pool = client.connection_pool
         raw = dict(pool.connection_kwargs)
-        cls = _ASYNC_TO_SYNC.get(pool.connection_class, pool.connection_class)
+        cls = _ASYNC_TO_SYNC.get(pool.connection_class) or pool.connection_class
     if cls in _ASYNC_TO_SYNC.values() and isinstance(
         client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
     ):

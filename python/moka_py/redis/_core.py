@@ -392,7 +392,7 @@ class LoadStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(self._FIELDS, 0)
+        self._counts: dict[str, int] = dict.fromkeys(self._FIELDS, 0)
 
     def add(self, field: str, n: int = 1) -> None:
         with self._lock:
