@@ -312,3 +312,29 @@ def test_acl_confined_user(own_redis_server: RedisServer) -> None:
         with pytest.raises(redis.exceptions.NoPermissionError):
             o.set("k", 1)
         assert o.local.get("k") is None
+
+
+def test_one_write_one_message_and_a_fill_none(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, b = pair
+    listener = client.pubsub()
+    listener.subscribe("users:inv")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+
+    def messages() -> int:
+        count = 0
+        while listener.get_message(timeout=0.3) is not None:
+            count += 1
+        return count
+
+    a.set_many({i: i for i in range(20)})
+    assert messages() == 1  # twenty keys, one message
+    # Reads that fill the local tier from Redis tell nobody.
+    assert b.get_many(range(20)) == {i: i for i in range(20)}
+    assert b.get(3) == 3
+    assert messages() == 0
+    a.set(3, "x")
+    a.remove(4)
+    assert messages() == 2
+    listener.close()
