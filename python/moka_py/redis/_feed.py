@@ -109,8 +109,12 @@ class Feed:
                 backoff = RETRY_MIN
             except (RedisError, RedisClusterException, OSError, _Lost, ValueError):
                 pass
-            except Exception:  # a bug of ours: report it, keep the feed alive
-                _report("moka_py.redis feed")
+            except Exception:
+                # stop() disconnects the connection under a read in progress,
+                # which redis-py may report as anything; otherwise it is a bug
+                # of ours: report it, and keep the feed alive.
+                if not self._stop.is_set():
+                    _report("moka_py.redis feed")
             finally:
                 self._close()
             if self._up.is_set():
