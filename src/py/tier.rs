@@ -105,6 +105,17 @@ impl Tier {
                     .is_ok_and(|t| t.iter().all(|item| self.plain(&item, depth + 1))))
     }
 
+    /// The local value of `key` (a counted read) when the tier is trusted and
+    /// the key plain: the hot path of `get`, `aget` and `lookup`.
+    #[inline]
+    fn hit(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        if !(self.trusted.load(Ordering::Acquire) && self.plain(key, 0)) {
+            return Ok(None);
+        }
+        let local = self.local.get();
+        Ok(local.read(py, local.key_ref(key)?.as_ref()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Seqs> {
         // A panic under the lock leaves the numbers consistent (each change is
         // one store): go on with them.
@@ -193,11 +204,8 @@ impl Tier {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        if self.trusted.load(Ordering::Acquire) && self.plain(key, 0) {
-            let local = self.local.get();
-            if let Some(found) = local.read(py, local.key_ref(key)?.as_ref()) {
-                return Ok(found);
-            }
+        if let Some(found) = self.hit(py, key)? {
+            return Ok(found);
         }
         let default = default.unwrap_or_else(|| py.None());
         self.slow_get.call1(py, (key, default))
@@ -211,11 +219,8 @@ impl Tier {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        if self.trusted.load(Ordering::Acquire) && self.plain(key, 0) {
-            let local = self.local.get();
-            if let Some(found) = local.read(py, local.key_ref(key)?.as_ref()) {
-                return Ok(Py::new(py, Ready::new(found))?.into_any());
-            }
+        if let Some(found) = self.hit(py, key)? {
+            return Ok(Py::new(py, Ready::new(found))?.into_any());
         }
         let default = default.unwrap_or_else(|| py.None());
         self.slow_aget.call1(py, (key, default))
@@ -229,11 +234,8 @@ impl Tier {
         key: &Bound<'_, PyAny>,
         default: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        if self.trusted.load(Ordering::Acquire) && self.plain(key, 0) {
-            let local = self.local.get();
-            if let Some(found) = local.read(py, local.key_ref(key)?.as_ref()) {
-                return Ok(found);
-            }
+        if let Some(found) = self.hit(py, key)? {
+            return Ok(found);
         }
         Ok(default)
     }

@@ -164,37 +164,13 @@ class AsyncTieredCache(Generic[K, V]):
         try:
             payload = await self._call(self._own.get(self._names.value(enc)))
         except RedisError:
-            found = tier.rust.peek(k, _MISS)
-            if found is _MISS:
-                tier.counts.add("misses")
-                return False, None
-            tier.counts.add("stale_served")
-            return True, found
-        if payload is None:
-            tier.counts.add("misses")
-            return False, None
-        ok, value, left = tier.decode(self._serializer, enc, payload)
-        if not ok:
-            tier.counts.add("misses")
-            return False, None
-        tier.counts.add("remote_hits")
-        tier.rust.fill(k, value, tier.local_bound(left), token)
-        return True, value
+            return tier.fail_safe(k)
+        return tier.accept(self._serializer, enc, k, payload, token)
 
     async def get_many(self, keys: Iterable[K]) -> dict[K, V]:
         self._ensure()
         tier = self._tier
-        found: dict[Any, Any] = {}
-        wanted: list[tuple[Any, bytes, Any]] = []
-        for key in keys:
-            enc = _core.encode_key(key)
-            k = _core.plain_key(key)
-            if tier.rust.trusted:
-                v = tier.local.get(k, _MISS)
-                if v is not _MISS:
-                    found[key] = v
-                    continue
-            wanted.append((key, enc, k))
+        found, wanted = tier.split_local(keys)
         if not wanted:
             return found
         tokens = [tier.rust.token(k) for _, _, k in wanted]
@@ -205,23 +181,14 @@ class AsyncTieredCache(Generic[K, V]):
             else:
                 payloads = await self._call(self._own.mget(names))
         except RedisError:
-            for key, _, k in wanted:
-                v = tier.rust.peek(k, _MISS)
-                if v is not _MISS:
-                    tier.counts.add("stale_served")
-                    found[key] = v
-            return found
-        for (key, enc, k), token, payload in zip(wanted, tokens, payloads, strict=True):
-            if payload is None:
-                tier.counts.add("misses")
-                continue
-            ok, value, left = tier.decode(self._serializer, enc, payload)
-            if not ok:
-                tier.counts.add("misses")
-                continue
-            tier.counts.add("remote_hits")
-            tier.rust.fill(k, value, tier.local_bound(left), token)
-            found[key] = value
+            payloads = None
+        for i, (key, enc, k) in enumerate(wanted):
+            if payloads is None:
+                ok, value = tier.fail_safe(k)
+            else:
+                ok, value = tier.accept(self._serializer, enc, k, payloads[i], tokens[i])
+            if ok:
+                found[key] = value
         return found
 
     # ------------------------------------------------------------ writes

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.crc import key_slot
@@ -42,6 +42,7 @@ class Unavailable(RedisConnectionError):
     """Redis failed a moment ago; the cache does not wait for it again yet."""
 
 
+_MISSING: Any = object()
 _TIERS: weakref.WeakSet[Tier] = weakref.WeakSet()
 _FORK_HOOK = False
 _FORK_HOOK_LOCK = threading.Lock()
@@ -308,6 +309,50 @@ class Tier:
             _core.warn_undecodable(self.names.namespace, enc, err)
             return False, None, None
         return True, value, left
+
+    def accept(
+        self, serializer: _core.Serializer, enc: bytes, k: Any, payload: bytes | None, token: int
+    ) -> tuple[bool, Any]:
+        """A read's answer from Redis for ``k`` (None: absent): ``(True, value)``,
+        the value kept locally unless ``k`` was invalidated since ``token``, or
+        ``(False, None)``; counted as a remote hit or a miss."""
+        if payload is not None:
+            ok, value, left = self.decode(serializer, enc, payload)
+            if ok:
+                self.counts.add("remote_hits")
+                self.rust.fill(k, value, self.local_bound(left), token)
+                return True, value
+        self.counts.add("misses")
+        return False, None
+
+    def fail_safe(self, k: Any) -> tuple[bool, Any]:
+        """Redis did not answer a read of ``k``: the local copy if there is one
+        (counted as served stale), else a miss."""
+        found = self.rust.peek(k, _MISSING)
+        if found is _MISSING:
+            self.counts.add("misses")
+            return False, None
+        self.counts.add("stale_served")
+        return True, found
+
+    def split_local(
+        self, keys: Iterable[Any]
+    ) -> tuple[dict[Any, Any], list[tuple[Any, bytes, Any]]]:
+        """``get_many``'s first step: the values the trusted local tier holds,
+        and ``(key, encoded, plain key)`` of the others, to read from Redis."""
+        found: dict[Any, Any] = {}
+        wanted: list[tuple[Any, bytes, Any]] = []
+        trusted = self.rust.trusted
+        for key in keys:
+            enc = _core.encode_key(key)
+            k = _core.plain_key(key)
+            if trusted:
+                v = self.local.get(k, _MISSING)
+                if v is not _MISSING:
+                    found[key] = v
+                    continue
+            wanted.append((key, enc, k))
+        return found, wanted
 
     def stats(self) -> _core.TierStats:
         if not isinstance(self.counts, _core.LoadStats):
