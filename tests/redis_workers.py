@@ -129,6 +129,9 @@ def forked_child(cache: TieredCache[Any, Any], key: Any, seen_from_parent: Any, 
     created before the fork: the child uses it as it is."""
     try:
         first = cache.get(key)
+        # The child's own feed starts on first use; until it is subscribed,
+        # reads check Redis, so wait for it before telling the parent to write.
+        ready = cache.wait_ready(10)
         cache.set(("child", os.getpid()), "hello")
         # The parent's next write must reach this child's local tier.
         deadline = time.monotonic() + 10
@@ -136,7 +139,7 @@ def forked_child(cache: TieredCache[Any, Any], key: Any, seen_from_parent: Any, 
         while value == first and time.monotonic() < deadline:
             time.sleep(0.02)
             value = cache.get(key)
-        seen_from_parent.put((first, value, cache.feed_up))
+        seen_from_parent.put((first, value, ready and cache.feed_up))
         out.put("ok")
     except BaseException as e:  # report, then let the process end
         out.put(repr(e))
