@@ -120,6 +120,7 @@ pub(crate) fn remove_many(cache: &Store, py: Python<'_>, keys: &Bound<'_, PyAny>
     let keys = lookup_keys(cache, keys)?;
     let refs: Vec<&KeyRef> = keys.iter().filter_map(|(_, k)| k.as_ref()).collect();
     Ok(cache.write_batch(py, |store, _| {
+        cache.settle(store);
         let mut removed = 0;
         for key in refs {
             // An expired entry is absent here as everywhere.
@@ -157,6 +158,7 @@ pub(crate) fn remove_if(
     drop(entries);
     // An entry written again since the snapshot was not judged: it stays.
     Ok(cache.write_batch(py, move |store, _| {
+        cache.settle(store);
         let mut removed = 0;
         for (key, seen) in chosen {
             let result = store.entry(key).and_compute_with(|current| match current {

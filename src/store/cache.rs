@@ -55,6 +55,9 @@ pub(crate) struct Store {
     bounded: bool,
     /// Weight written since this binding last ran housekeeping.
     unsynced: AtomicU64,
+    /// With a weigher: whether anything was written since this binding last
+    /// ran housekeeping (see [`Store::settle`]).
+    dirty: AtomicBool,
     /// Set once an entry has its own `ttl`/`tti`: moka then notices some
     /// expirations only on its timer wheel's next tick (about a second), so
     /// `len` counts the live entries instead of reading moka's count.
@@ -179,6 +182,7 @@ impl Store {
             weigher: weigher.map(PySlot::new),
             capacity: settings.capacity,
             unsynced: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
             per_entry: AtomicBool::new(false),
             settings,
             stats,
@@ -499,6 +503,7 @@ impl Store {
                 if self.can_expire() && !store.contains_key(key) {
                     None
                 } else {
+                    self.settle(&store);
                     store.remove(key)
                 }
             },
@@ -637,10 +642,31 @@ impl Store {
     /// batches, so on its own a small cache could run far over its capacity
     /// until the next batch.
     fn bound_size(&self, store: &Table, weight: u32) {
+        if self.weigher.is_some() && !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
         let written = u64::from(weight);
         let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
         if store.weighted_size().saturating_add(unsynced) > self.capacity.saturating_add(self.slack)
         {
+            self.unsynced.store(0, Ordering::Relaxed);
+            store.run_pending_tasks();
+        }
+    }
+
+    /// Called before a removal from `store`, which it must be a table of this
+    /// store: with a weigher, applies the writes moka has not applied yet.
+    ///
+    /// moka (0.12.16) miscounts the total weight when an entry is replaced by
+    /// one of another weight and then removed before its housekeeping ran: the
+    /// replacement's pending update is skipped for the retired entry, but the
+    /// removal subtracts the new weight, so the cache's weighted size drifts
+    /// from its contents for good (below it: the cache then holds more than
+    /// its capacity; above it: it evicts early). Applying the pending writes
+    /// first keeps the count exact for one thread; a replacement by another
+    /// thread between the two can still drift by its difference in weight.
+    pub(crate) fn settle(&self, store: &Table) {
+        if self.weigher.is_some() && self.dirty.swap(false, Ordering::Relaxed) {
             self.unsynced.store(0, Ordering::Relaxed);
             store.run_pending_tasks();
         }
@@ -655,6 +681,8 @@ impl Store {
             Span::Long,
             || {
                 let store = self.table.load();
+                // Before: a write from now on marks the store again.
+                self.dirty.store(false, Ordering::Relaxed);
                 store.run_pending_tasks();
                 self.unsynced.store(0, Ordering::Relaxed);
                 reclaim();
