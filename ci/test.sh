@@ -7,14 +7,26 @@
 #   bash ci/test.sh 3.10,3.13t           several
 # Extra arguments after the first go to pytest. An interpreter that is not found is
 # reported by name and skipped; under CI (CI=true) that fails the run.
+#   bash ci/test.sh rust                 only the Rust tests of the store layer (cargo test)
+# "all" runs the Rust tests first: `cargo test --lib` on an interpreter embedded from the
+# dev venv's python3 (without pyo3's extension-module feature, which only maturin enables).
 source "$(dirname "$0")/env.sh"
 which="${1:-all}"
 [ $# -gt 0 ] && shift
-if ! select_targets "$which"; then
-    echo "usage: $0 [all|$(IFS=,; echo "${TARGETS[*]}")|gil|gil313|ft[,...]] [pytest arguments...]" >&2
+rust=
+[ "$which" = all ] && rust=1
+if [ "$which" = rust ]; then
+    rust=1
+    SELECTED=()
+elif ! select_targets "$which"; then
+    echo "usage: $0 [all|rust|$(IFS=,; echo "${TARGETS[*]}")|gil|gil313|ft[,...]] [pytest arguments...]" >&2
     exit 2
 fi
 dev_venv
+if [ -n "$rust" ]; then
+    log "cargo test --lib (the store layer, on an embedded $("$PY_GIL" -c 'import sys; print(sys.version.split()[0])'))"
+    (cd "$ROOT" && PYO3_PYTHON="$PY_GIL" cargo test --lib -q)
+fi
 # The moka_py.redis tests start their own redis-server processes.
 need_redis
 

@@ -715,3 +715,136 @@ impl Drop for Store {
         Python::attach(call::after);
     }
 }
+
+/// The store's own invariants, on an embedded interpreter (`ci/test.sh rust`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::types::{PyInt, PyList};
+
+    fn store(capacity: u64, ttl: Option<Duration>, weigher: Option<&str>) -> Store {
+        Python::attach(|py| {
+            let weigher = weigher.map(|code| {
+                let code = std::ffi::CString::new(code).unwrap();
+                py.eval(&code, None, None).unwrap().unbind()
+            });
+            let settings = Settings {
+                capacity,
+                policy: Policy::TinyLfu,
+                ttl,
+                tti: None,
+                refresh_after: None,
+            };
+            Store::new(settings, None, weigher, false, false)
+        })
+    }
+
+    fn int(py: Python<'_>, v: i64) -> Bound<'_, PyAny> {
+        PyInt::new(py, v).into_any()
+    }
+
+    fn get(store: &Store, py: Python<'_>, k: i64) -> Option<Py<PyAny>> {
+        store.read(py, store.key_ref(&int(py, k)).unwrap().as_ref())
+    }
+
+    fn init() {
+        Python::initialize();
+    }
+
+    #[test]
+    fn an_expired_entry_is_absent_everywhere() {
+        init();
+        let store = store(100, Some(Duration::from_millis(30)), None);
+        Python::attach(|py| {
+            store
+                .insert(py, &int(py, 1), &int(py, 10), None, None)
+                .unwrap();
+            assert!(get(&store, py, 1).is_some());
+            std::thread::sleep(Duration::from_millis(60));
+            let key = store.key_ref(&int(py, 1)).unwrap().unwrap();
+            assert!(get(&store, py, 1).is_none());
+            assert!(!store.contains(py, &key));
+            assert!(
+                store.take(py, &key).is_none(),
+                "remove returns no expired value"
+            );
+            assert_eq!(store.count(py), 0);
+        });
+    }
+
+    #[test]
+    fn a_removed_value_is_released_once_by_housekeeping() {
+        init();
+        let store = store(100, None, None);
+        Python::attach(|py| {
+            let value = PyList::empty(py).into_any();
+            let base = value.get_refcnt();
+            store.insert(py, &int(py, 1), &value, None, None).unwrap();
+            assert_eq!(
+                value.get_refcnt(),
+                base + 1,
+                "the entry holds one reference"
+            );
+            let key = store.key_ref(&int(py, 1)).unwrap().unwrap();
+            let taken = store.take(py, &key).expect("present");
+            assert!(taken.bind(py).is(&value));
+            drop(taken);
+            // moka frees removed entries in batches: run_pending_tasks pushes
+            // them out, and what that frees is released after the call.
+            store.run_pending_tasks(py);
+            assert_eq!(value.get_refcnt(), base);
+            store.run_pending_tasks(py);
+            assert_eq!(value.get_refcnt(), base, "released once");
+        });
+    }
+
+    #[test]
+    fn the_bound_holds_after_every_write() {
+        init();
+        for capacity in [1, 10, 100] {
+            let store = store(capacity, None, None);
+            Python::attach(|py| {
+                for i in 0..500 {
+                    store
+                        .insert(py, &int(py, i), &int(py, i), None, None)
+                        .unwrap();
+                    let size = store.snapshot(py, |entries| entries.len() as u64);
+                    assert!(
+                        size <= capacity + slack_for(capacity, false),
+                        "{size} > {capacity}"
+                    );
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn the_weighted_size_stays_exact_when_a_replaced_entry_is_removed() {
+        init();
+        let store = store(10, None, Some("lambda k, v: v"));
+        Python::attach(|py| {
+            for _ in 0..4 {
+                store
+                    .insert(py, &int(py, 1), &int(py, 5), None, None)
+                    .unwrap();
+                store.run_pending_tasks(py);
+                store
+                    .insert(py, &int(py, 1), &int(py, 0), None, None)
+                    .unwrap();
+                let key = store.key_ref(&int(py, 1)).unwrap().unwrap();
+                assert!(store.take(py, &key).is_some());
+                assert_eq!(store.weighted_size(py), 0);
+            }
+        });
+    }
+
+    #[test]
+    fn slack_is_a_32nd_and_at_most_256_entries_without_a_weigher() {
+        assert_eq!(slack_for(31, false), 0);
+        assert_eq!(slack_for(64, false), 2);
+        assert_eq!(slack_for(1 << 20, false), 256);
+        assert_eq!(slack_for(1 << 20, true), 1 << 15);
+        // Without a weigher, moka's own batch keeps a large cache bounded.
+        assert!(needs_bound(2, false) && !needs_bound(256, false) && needs_bound(256, true));
+    }
+}

@@ -60,3 +60,31 @@ impl Default for Counter {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sum_over_threads_is_exact_even_where_a_stripe_wraps() {
+        let counter = Counter::new();
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let counter = &counter;
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        counter.add(t + 1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.sum(Ordering::Relaxed), 1000 * (1..=8).sum::<u64>());
+        // A thread takes back more than it added: its stripe wraps below zero.
+        std::thread::scope(|s| {
+            s.spawn(|| counter.sub(1000, Ordering::Relaxed));
+        });
+        assert_eq!(counter.sum(Ordering::Relaxed), 1000 * 36 - 1000);
+        counter.reset();
+        assert_eq!(counter.sum(Ordering::Relaxed), 0);
+    }
+}
