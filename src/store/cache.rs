@@ -278,7 +278,7 @@ impl Store {
     /// Whether an entry of this cache can expire: a cache-wide `ttl`/`tti`,
     /// or an entry ever given its own.
     #[inline]
-    fn can_expire(&self) -> bool {
+    pub(crate) fn can_expire(&self) -> bool {
         self.settings.ttl.is_some()
             || self.settings.tti.is_some()
             || self.per_entry.load(Ordering::Acquire)
