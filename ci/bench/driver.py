@@ -507,12 +507,24 @@ def main() -> None:
     ap.add_argument("--ft-peer-python", help="a 3.13t venv holding moka-py 0.5.0, if any")
     ap.add_argument("--ft-status", help="ci/bench.sh's notes on the peers' install on 3.13t")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rewrite OUT/results.md from OUT/results.json (after a change "
+        "to the report or its targets)",
+    )
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
 
     from . import report
+
+    if args.render:
+        data = json.loads((Path(args.out) / "results.json").read_text())
+        meta = report.Meta(**data.pop("meta"))
+        (Path(args.out) / "results.md").write_text(report.markdown(data, meta))
+        return
 
     plan = QUICK if args.quick else FULL
     families = args.only or list(FAMILIES)
