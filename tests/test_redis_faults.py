@@ -9,6 +9,9 @@ wait forever): generous margins, not measurements."""
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 from redis_servers import RedisServer
-from support import wait_for
+from support import run_isolated, wait_for
 
 from moka_py.redis import TieredCache
 
@@ -176,3 +179,50 @@ def test_a_refusing_server(own_redis_server: RedisServer) -> None:
         assert a.get("k") == 3
     finally:
         a.close()
+
+
+def _a_bug_in_the_feed_is_reported_and_the_feed_goes_on() -> None:
+    """In a child interpreter, with CPython's own sys.unraisablehook (pytest
+    replaces it with one that accepts anything)."""
+    port = int(os.environ["MOKA_TEST_REDIS_PORT"])
+    a = TieredCache(redis.Redis(port=port), namespace="users")
+    b = TieredCache(redis.Redis(port=port), namespace="users")
+    with a, b:
+        assert a.wait_ready(5) and b.wait_ready(5)
+        feed: Any = a._tier.feed
+        handle, raised = feed._on_message, []
+
+        def once(data: bytes) -> None:
+            if not raised:
+                raised.append(data)
+                raise RuntimeError("boom in a handler")
+            handle(data)
+
+        feed._on_message = once
+        real_stderr, captured = sys.stderr, io.StringIO()
+        sys.stderr = captured
+        try:
+            b.set("k", 1)
+            deadline = time.monotonic() + 10
+            while "boom" not in captured.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            sys.stderr = real_stderr
+        text = captured.getvalue()
+        assert "Exception ignored in: 'moka_py.redis feed'" in text, text
+        assert "RuntimeError: boom in a handler" in text, text
+        # The feed reconnects by itself, and invalidations arrive again.
+        assert a.wait_ready(10)
+        assert a.get("k") == 1
+        b.set("k", 2)
+        deadline = time.monotonic() + 10
+        while a.get("k") != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.get("k") == 2
+
+
+def test_a_bug_in_the_feed_is_reported_and_the_feed_goes_on(
+    redis_db: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOKA_TEST_REDIS_PORT", str(redis_db.port))
+    run_isolated(_a_bug_in_the_feed_is_reported_and_the_feed_goes_on)

@@ -20,12 +20,15 @@ none that a caller could hold while waiting on the feed.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
+
+from moka_py._moka_py import _write_unraisable
 
 __all__ = ["Feed"]
 
@@ -181,15 +184,8 @@ def _kind(reply: Any) -> bytes | None:
 
 
 def _report(what: str) -> None:
-    """Hands the exception being handled to ``sys.unraisablehook``."""
-    import sys
-
-    exc_type, exc_value, tb = sys.exc_info()
-
-    class Args:
-        pass
-
-    args: Any = Args()
-    args.exc_type, args.exc_value, args.exc_traceback = exc_type, exc_value, tb
-    args.err_msg, args.object = f"Exception in {what}", None
-    sys.unraisablehook(args)
+    """Hands the exception being handled to ``sys.unraisablehook`` ("Exception
+    ignored in: <what>"), as CPython reports an error nobody can catch."""
+    exc = sys.exc_info()[1]
+    if exc is not None:
+        _write_unraisable(exc, what)
