@@ -8,6 +8,8 @@ loaded by conftest.py as a plugin (`pytest_plugins = ["redis_fixtures"]`).
   server itself (kill, restart, pause, CLIENT KILL, ACL, CONFIG SET).
 - `redis_cluster`: one three-master cluster per test session (per worker);
   `own_redis_cluster`: one of the test's own, for failing its nodes.
+- `redis_sentinel`: a server of the test's own and a Sentinel watching it as
+  the master of `SENTINEL_SERVICE`: `(master, sentinel)`.
 
 Under pytest-run-parallel (`--parallel-threads`), the threads of one test share
 its fixtures: a test that injects faults must be marked `thread_unsafe`.
@@ -101,3 +103,19 @@ def own_redis_cluster() -> Iterator[RedisCluster3]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A master of the test's own and a Sentinel (redis-server --sentinel)
+    that watches it; both ended after the test."""
+    _need_redis_server()
+    master = RedisServer()
+    sentinel = RedisServer(monitors=master)
+    try:
+        _started(master)
+        _started(sentinel)
+        yield master, sentinel
+    finally:
+        sentinel.close()
+        master.close()

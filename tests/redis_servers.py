@@ -226,6 +226,10 @@ def _ping_raw(port: int, timeout: float) -> bytes | None:
 # ---------------------------------------------------------------- one server
 
 
+# The service name that a Sentinel of RedisServer(monitors=...) watches.
+SENTINEL_SERVICE = "moka-py-tests"
+
+
 class RedisServer:
     """One redis-server on 127.0.0.1, started by `start()` (or `with`).
 
@@ -236,12 +240,17 @@ class RedisServer:
     The methods hold a lock, so threads of one test may share a server.
     """
 
-    def __init__(self, *args: str, cluster: bool = False) -> None:
+    def __init__(
+        self, *args: str, cluster: bool = False, monitors: RedisServer | None = None
+    ) -> None:
         if not redis_server_installed():
             raise RedisServerError(INSTALL_HINT)
         self.host = HOST
         self.args = list(args)
         self.cluster = cluster
+        # A Sentinel (redis-server --sentinel) watching `monitors` as the
+        # master of the service SENTINEL_SERVICE.
+        self.monitors = monitors
         self.password: str | None = None
         if "--requirepass" in self.args:
             self.password = self.args[self.args.index("--requirepass") + 1]
@@ -364,8 +373,16 @@ class RedisServer:
     def _spawn(self) -> bool:
         """Starts redis-server on self.port; False if that port is in use."""
         assert self._claim is not None
-        argv = [
-            "redis-server",
+        argv = ["redis-server"]
+        if self.monitors is not None:
+            conf = self.dir / "sentinel.conf"  # a Sentinel rewrites its own
+            service, master = SENTINEL_SERVICE, self.monitors
+            conf.write_text(
+                f"sentinel monitor {service} {master.host} {master.port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+            )
+            argv += [str(conf), "--sentinel"]
+        argv += [
             "--bind", self.host,
             "--port", str(self._claim.port),
             "--save", "",

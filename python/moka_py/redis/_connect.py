@@ -17,8 +17,10 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.connection
+import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -182,6 +184,28 @@ _ASYNC_TO_SYNC: dict[type, type] = {
 }
 
 
+def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
+    """A sync ``SentinelConnectionPool`` for the service of an asyncio one:
+    the same sentinels, asked with the same settings."""
+    manager = pool.sentinel_manager
+    sentinels = []
+    sentinel_kw: dict[str, Any] = {}
+    for s in manager.sentinels:
+        settings = s.connection_pool.connection_kwargs
+        sentinels.append((settings["host"], settings["port"]))
+        sentinel_kw = {k: settings[k] for k in _FEED_KEYS if k in settings}
+    for k in ("host", "port", "db"):
+        sentinel_kw.pop(k, None)
+    sync = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        min_other_sentinels=manager.min_other_sentinels,
+        sentinel_kwargs=_bounded(sentinel_kw, kw["socket_timeout"]),
+    )
+    return redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        pool.service_name, sync, **{k: v for k, v in kw.items() if k != "connection_pool"}
+    )
+
+
 def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[str, Any]]:
     """The connection class and settings of the feed's sync connection, for a
     sync or an asyncio ``client`` (the feed runs on a thread of its own either
@@ -202,6 +226,13 @@ def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[st
         pool = client.connection_pool
         raw = dict(pool.connection_kwargs)
         cls = _ASYNC_TO_SYNC.get(pool.connection_class) or pool.connection_class
+        if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+            # The feed's thread needs a sync connection to the service's
+            # master: one through a sync Sentinel of the same sentinels.
+            kw = {k: raw[k] for k in _FEED_KEYS if k in raw and k not in ("host", "port")}
+            kw = _bounded(kw, timeout)
+            kw["connection_pool"] = _sync_sentinel_pool(pool, kw)
+            return redis.sentinel.SentinelManagedConnection, kw
     if cls in _ASYNC_TO_SYNC.values() and isinstance(
         client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
     ):

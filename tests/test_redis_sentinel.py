@@ -1,0 +1,76 @@
+"""moka_py.redis over a redis-py Sentinel client (sync and asyncio): the
+cache's own connections and its feed find the master through the same
+Sentinel, with the client's settings, on a real redis-server and a real
+Sentinel (tests/redis_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis_servers import SENTINEL_SERVICE, RedisServer
+from support import wait_for
+
+from moka_py.redis import AsyncTieredCache, TieredCache
+
+NS = "users"
+
+
+def _names_on(master: RedisServer) -> list[str]:
+    return [c["name"] for c in master.admin.client_list()]
+
+
+def test_a_sync_sentinel_client(redis_sentinel: tuple[RedisServer, RedisServer]) -> None:
+    master, sentinel = redis_sentinel
+    manager = redis.sentinel.Sentinel([(sentinel.host, sentinel.port)], socket_timeout=2)
+    clients = [manager.master_for(SENTINEL_SERVICE, client_name=f"app-{i}") for i in (1, 2)]
+    with TieredCache(clients[0], namespace=NS) as a, TieredCache(clients[1], namespace=NS) as b:
+        assert a.wait_ready(5) and b.wait_ready(5)
+        a.set("k", 1)
+        assert b.get("k") == 1  # now also in b's local tier
+        a.set("k", 2)
+        wait_for(lambda: b.get("k") == 2, timeout=5)
+        assert a.get_with("g", lambda: "loaded") == "loaded"
+        assert b.get_with("g", lambda: "again") == "loaded"
+        # The values live on the master, and the caches' own connections
+        # there (feed included) carry their client's name.
+        assert master.admin.exists(f"{NS}:v:sk") == 1
+        names = _names_on(master)
+        assert names.count("app-1") >= 2 and names.count("app-2") >= 2, names
+
+
+def test_an_asyncio_sentinel_client(redis_sentinel: tuple[RedisServer, RedisServer]) -> None:
+    master, sentinel = redis_sentinel
+
+    async def main() -> list[Any]:
+        manager = redis.asyncio.sentinel.Sentinel(
+            [(sentinel.host, sentinel.port)], socket_timeout=2
+        )
+        one = manager.master_for(SENTINEL_SERVICE, client_name="app-1")
+        two = manager.master_for(SENTINEL_SERVICE, client_name="app-2")
+        seen: list[Any] = []
+        async with (
+            AsyncTieredCache(one, namespace=NS) as a,
+            AsyncTieredCache(two, namespace=NS) as b,
+        ):
+            seen.append((await a.wait_ready(5), await b.wait_ready(5)))
+            await a.set("k", 1)
+            seen.append(await b.get("k"))
+            await a.set("k", 2)
+            deadline = time.monotonic() + 5
+            while await b.get("k") != 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            seen.append(await b.get("k"))
+            seen.append(b.feed_up)
+            seen.append(_names_on(master))
+        await one.aclose()
+        await two.aclose()
+        return seen
+
+    ready, first, later, feed_up, names = asyncio.run(main())
+    assert ready == (True, True)
+    assert (first, later, feed_up) == (1, 2, True)
+    assert names.count("app-1") >= 1 and names.count("app-2") >= 1, names
