@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support import WATCHDOG_SECONDS, Unraisable, run_threads
 
-# redis_server, redis_db, own_redis_server, redis_cluster, own_redis_cluster:
-# real redis-server processes for the moka_py.redis tests.
+# redis_server, redis_db, own_redis_server, redis_cluster, own_redis_cluster,
+# redis_sentinel: real redis-server processes for the moka_py.redis tests.
 pytest_plugins = ["redis_fixtures"]
 
 

@@ -9,12 +9,15 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis_servers import SENTINEL_SERVICE, RedisServer
 from support import wait_for
 
 from moka_py.redis import AsyncTieredCache, TieredCache
+
+pytestmark = pytest.mark.thread_unsafe  # the threads of one test would share its servers
 
 NS = "users"
 
