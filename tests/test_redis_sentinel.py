@@ -43,6 +43,8 @@ def test_a_sync_sentinel_client(redis_sentinel: tuple[RedisServer, RedisServer])
         assert master.admin.exists(f"{NS}:v:sk") == 1
         names = _names_on(master)
         assert names.count("app-1") >= 2 and names.count("app-2") >= 2, names
+    for client in (*clients, *manager.sentinels):
+        client.close()
 
 
 def test_an_asyncio_sentinel_client(redis_sentinel: tuple[RedisServer, RedisServer]) -> None:
@@ -71,6 +73,8 @@ def test_an_asyncio_sentinel_client(redis_sentinel: tuple[RedisServer, RedisServ
             seen.append(_names_on(master))
         await one.aclose()
         await two.aclose()
+        for client in manager.sentinels:  # the connections that asked the Sentinel
+            await client.aclose()
         return seen
 
     ready, first, later, feed_up, names = asyncio.run(main())
