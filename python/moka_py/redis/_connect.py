@@ -11,6 +11,7 @@ the cache never closes it.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import redis
@@ -24,7 +25,7 @@ import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["Kind", "bounded_async", "bounded_sync", "feed_settings", "kind_of"]
+__all__ = ["Kind", "bounded_async", "bounded_sync", "feed_settings", "kind_of", "release_feed"]
 
 # What the cache's own connections change of the user's settings.
 _DROP = (
@@ -184,6 +185,23 @@ _ASYNC_TO_SYNC: dict[type, type] = {
 }
 
 
+# The sync Sentinel pools made for the feeds of asyncio Sentinel clients: the
+# cache's own, closed with it (release_feed), unlike a user's pool.
+_OWN_SENTINEL_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def release_feed(kw: dict[str, Any]) -> None:
+    """Closes what ``feed_settings`` made for the feed: the sync Sentinel pool
+    of an asyncio Sentinel client, and its connections to the sentinels."""
+    pool = kw.get("connection_pool")
+    if pool is None or pool not in _OWN_SENTINEL_POOLS:
+        return
+    _OWN_SENTINEL_POOLS.discard(pool)
+    pool.disconnect()
+    for sentinel in pool.sentinel_manager.sentinels:
+        sentinel.close()
+
+
 def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
     """A sync ``SentinelConnectionPool`` for the service of an asyncio one:
     the same sentinels, asked with the same settings."""
@@ -201,9 +219,11 @@ def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
         min_other_sentinels=manager.min_other_sentinels,
         sentinel_kwargs=_bounded(sentinel_kw, kw["socket_timeout"]),
     )
-    return redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+    own = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
         pool.service_name, sync, **{k: v for k, v in kw.items() if k != "connection_pool"}
     )
+    _OWN_SENTINEL_POOLS.add(own)
+    return own
 
 
 def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[str, Any]]:

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._moka_py import Moka, _Tier
 from . import _core
-from ._connect import Kind, feed_settings
+from ._connect import Kind, feed_settings, release_feed
 from ._feed import Feed
 
 __all__ = ["Tier", "Unavailable"]
@@ -155,6 +155,7 @@ class Tier:
         self.rust.trusted = False
         if feed is not None:
             feed.stop()
+        release_feed(self._feed_kw)
         _TIERS.discard(self)
 
     # ------------------------------------------------------------ the feed
