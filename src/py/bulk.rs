@@ -121,12 +121,11 @@ pub(crate) fn remove_many(cache: &Store, py: Python<'_>, keys: &Bound<'_, PyAny>
     let refs: Vec<&KeyRef> = keys.iter().filter_map(|(_, k)| k.as_ref()).collect();
     let can_expire = cache.can_expire();
     Ok(cache.write_batch(py, |store, _| {
-        cache.settle(store);
         let mut removed = 0;
         for key in refs {
             // An expired entry is absent here as everywhere: where one can
             // expire, moka is asked first (as `Store::take` does).
-            if (!can_expire || store.contains_key(key)) && store.remove(key).is_some() {
+            if (!can_expire || store.contains_key(key)) && cache.remove_in(store, key).is_some() {
                 removed += 1;
             }
         }

@@ -170,8 +170,7 @@ impl Tier {
                 _ => {
                     if bump {
                         // What is there is older than this write.
-                        local.settle(store);
-                        drop(store.remove(&owned));
+                        drop(local.remove_in(store, &owned));
                     }
                     false
                 }
@@ -311,10 +310,7 @@ impl Tier {
         // A fill holds `seqs` from its check to its insert: one that passed
         // its check has inserted by now, and is removed here.
         if let Some(lookup) = lookup {
-            local.write(py, 0, |store| {
-                local.settle(store);
-                drop(store.remove(&lookup));
-            });
+            local.write(py, 0, |store| drop(local.remove_in(store, &lookup)));
         }
         Ok(())
     }

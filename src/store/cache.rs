@@ -503,8 +503,7 @@ impl Store {
                 if self.can_expire() && !store.contains_key(key) {
                     None
                 } else {
-                    self.settle(&store);
-                    store.remove(key)
+                    self.remove_in(&store, key)
                 }
             },
             |entry| entry.map(|e| e.obj.clone_ref(py)),
@@ -649,9 +648,17 @@ impl Store {
         let unsynced = self.unsynced.fetch_add(written, Ordering::Relaxed) + written;
         if store.weighted_size().saturating_add(unsynced) > self.capacity.saturating_add(self.slack)
         {
-            self.unsynced.store(0, Ordering::Relaxed);
-            store.run_pending_tasks();
+            self.housekeep(store);
         }
+    }
+
+    /// Runs moka's housekeeping on `store` (a table of this store) now: its
+    /// pending writes, evictions and expirations. What is written from here
+    /// on counts as not applied yet.
+    fn housekeep(&self, store: &Table) {
+        self.dirty.store(false, Ordering::Relaxed);
+        self.unsynced.store(0, Ordering::Relaxed);
+        store.run_pending_tasks();
     }
 
     /// Called before a removal from `store`, which it must be a table of this
@@ -666,10 +673,19 @@ impl Store {
     /// first keeps the count exact for one thread; a replacement by another
     /// thread between the two can still drift by its difference in weight.
     pub(crate) fn settle(&self, store: &Table) {
-        if self.weigher.is_some() && self.dirty.swap(false, Ordering::Relaxed) {
-            self.unsynced.store(0, Ordering::Relaxed);
-            store.run_pending_tasks();
+        if self.weigher.is_some() && self.dirty.load(Ordering::Relaxed) {
+            self.housekeep(store);
         }
+    }
+
+    /// Removes `key` from `store` (a table of this store), [settled](Self::settle)
+    /// first: every removal of one key goes through here.
+    pub(crate) fn remove_in<Q>(&self, store: &Table, key: &Q) -> Option<Arc<Entry>>
+    where
+        Q: Equivalent<Key> + std::hash::Hash + ?Sized,
+    {
+        self.settle(store);
+        store.remove(key)
     }
 
     /// Applies pending evictions and expirations, then reads `f` of the store;
@@ -681,10 +697,7 @@ impl Store {
             Span::Long,
             || {
                 let store = self.table.load();
-                // Before: a write from now on marks the store again.
-                self.dirty.store(false, Ordering::Relaxed);
-                store.run_pending_tasks();
-                self.unsynced.store(0, Ordering::Relaxed);
+                self.housekeep(&store);
                 reclaim();
                 f(&store, self.per_entry.load(Ordering::Relaxed))
             },

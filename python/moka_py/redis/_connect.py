@@ -11,7 +11,6 @@ the cache never closes it.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import redis
@@ -185,45 +184,37 @@ _ASYNC_TO_SYNC: dict[type, type] = {
 }
 
 
-# The sync Sentinel pools made for the feeds of asyncio Sentinel clients: the
-# cache's own, closed with it (release_feed), unlike a user's pool.
-_OWN_SENTINEL_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+class _FeedSentinelPool(redis.sentinel.SentinelConnectionPool):
+    """The sync Sentinel pool made for the feed of an asyncio Sentinel client:
+    the cache's own, closed with it (a user's pool, or a proxy of it, is not
+    of this type)."""
 
 
 def release_feed(kw: dict[str, Any]) -> None:
     """Closes what ``feed_settings`` made for the feed: the sync Sentinel pool
     of an asyncio Sentinel client, and its connections to the sentinels."""
     pool = kw.get("connection_pool")
-    if pool is None or pool not in _OWN_SENTINEL_POOLS:
-        return
-    _OWN_SENTINEL_POOLS.discard(pool)
-    pool.disconnect()
-    for sentinel in pool.sentinel_manager.sentinels:
-        sentinel.close()
+    if type(pool) is _FeedSentinelPool:
+        pool.disconnect()
+        for sentinel in pool.sentinel_manager.sentinels:
+            sentinel.close()
 
 
 def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
     """A sync ``SentinelConnectionPool`` for the service of an asyncio one:
     the same sentinels, asked with the same settings."""
     manager = pool.sentinel_manager
-    sentinels = []
-    sentinel_kw: dict[str, Any] = {}
-    for s in manager.sentinels:
-        settings = s.connection_pool.connection_kwargs
-        sentinels.append((settings["host"], settings["port"]))
-        sentinel_kw = {k: settings[k] for k in _FEED_KEYS if k in settings}
+    settings = [s.connection_pool.connection_kwargs for s in manager.sentinels]
+    # Every sentinel is asked with the same settings (the user's sentinel_kwargs).
+    sentinel_kw = {k: settings[0][k] for k in _FEED_KEYS if k in settings[0]}
     for k in ("host", "port", "db"):
         sentinel_kw.pop(k, None)
     sync = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        sentinels,
+        [(s["host"], s["port"]) for s in settings],
         min_other_sentinels=manager.min_other_sentinels,
         sentinel_kwargs=_bounded(sentinel_kw, kw["socket_timeout"]),
     )
-    own = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
-        pool.service_name, sync, **{k: v for k, v in kw.items() if k != "connection_pool"}
-    )
-    _OWN_SENTINEL_POOLS.add(own)
-    return own
+    return _FeedSentinelPool(pool.service_name, sync, **kw)  # type: ignore[no-untyped-call]
 
 
 def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[str, Any]]:
