@@ -21,6 +21,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -69,12 +70,17 @@ def kind_of(client: object, *, asynchronous: bool) -> str:
     raise TypeError(f"client must be a {want}, not {type(client).__name__}{hint}")
 
 
-def _bounded(kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _bounded(
+    kwargs: dict[str, Any], timeout: float, *, asynchronous: bool = False
+) -> dict[str, Any]:
+    """``kwargs`` with every command bounded by ``timeout`` and never retried.
+    An asyncio client gets the asyncio ``Retry`` (redis-py 8.2 warns when it is
+    given the sync one); a sync connection, the sync one."""
     out = {k: v for k, v in kwargs.items() if k not in _DROP}
     out.update(
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=AsyncRetry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0),
         retry_on_error=[],
         health_check_interval=0,
         decode_responses=False,
@@ -120,7 +126,9 @@ def bounded_async(client: Any, kind: str, timeout: float) -> Any:
     """An asyncio client of the same settings as ``client`` (asyncio), bounded."""
     if kind == Kind.CLUSTER:
         raw = dict(client.connection_kwargs)
-        kw = _bounded({k: v for k, v in raw.items() if k in _ASYNC_CLUSTER_KEYS}, timeout)
+        kw = _bounded(
+            {k: v for k, v in raw.items() if k in _ASYNC_CLUSTER_KEYS}, timeout, asynchronous=True
+        )
         kw.pop("retry_on_error", None)
         # An asyncio cluster client knows only its startup nodes until its
         # first command.
@@ -130,7 +138,7 @@ def bounded_async(client: Any, kind: str, timeout: float) -> Any:
             startup_nodes=nodes, require_full_coverage=False, **kw
         )
     pool = client.connection_pool
-    kw = _bounded(_pool_kwargs(client), timeout)
+    kw = _bounded(_pool_kwargs(client), timeout, asynchronous=True)
     new_pool = redis.asyncio.ConnectionPool(connection_class=pool.connection_class, **kw)
     return redis.asyncio.Redis(connection_pool=new_pool)
 
