@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+from support import SIGNING_KEY
 
 from moka_py.redis import TieredCache
 
@@ -20,7 +21,9 @@ NS = "users"
 
 def _cache(port: int, **options: Any) -> TieredCache[Any, Any]:
     client = redis.Redis(port=port, socket_timeout=None)
-    cache: TieredCache[Any, Any] = TieredCache(client, namespace=NS, **options)
+    cache: TieredCache[Any, Any] = TieredCache(
+        client, namespace=NS, signing_key=SIGNING_KEY, **options
+    )
     if not cache.wait_ready(10):
         raise RuntimeError("the feed did not come up")
     return cache

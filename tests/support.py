@@ -120,6 +120,10 @@ def param_id(value: object) -> str:
 
 TESTS_DIR = Path(__file__).resolve().parent
 
+# The signing key of the moka_py.redis tests' caches (the default serializer,
+# pickle, needs one).
+SIGNING_KEY = b"moka_py tests: 32 bytes or more of secret"
+
 # Longer than pytest-timeout's 120 s, so that one reports the hangs it can end.
 WATCHDOG_SECONDS = 150.0
 

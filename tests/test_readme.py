@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def test_readme_block(
         # The examples read REDIS_URL (else localhost:6379): a real server of the test's.
         server = request.getfixturevalue("redis_db")
         monkeypatch.setenv("REDIS_URL", server.url)
+        # ...and their signing key from the environment, as a deployment would.
+        monkeypatch.setenv("CACHE_SIGNING_KEY", secrets.token_hex(32))
     exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
 
 

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio
 import redis_workers
 from redis_servers import RedisServer
+from support import SIGNING_KEY
 
 from moka_py._moka_py import Ready
 from moka_py.redis import AsyncTieredCache, TieredCache
@@ -43,8 +44,10 @@ async def watch_loop(stop: asyncio.Event) -> float:
 def test_async_and_sync_caches_are_one_cache(redis_db: RedisServer) -> None:
     async def main() -> None:
         client = redis_db.async_client()
-        sync = TieredCache(redis_db.client(), namespace=NS)
-        async with AsyncTieredCache(client, namespace=NS, stats=True) as cache:
+        sync = TieredCache(redis_db.client(), namespace=NS, signing_key=SIGNING_KEY)
+        async with AsyncTieredCache(
+            client, namespace=NS, signing_key=SIGNING_KEY, stats=True
+        ) as cache:
             assert await cache.wait_ready(5)
             await cache.set("k", [1])
             assert sync.get("k") == [1]
@@ -75,7 +78,7 @@ def test_async_and_sync_caches_are_one_cache(redis_db: RedisServer) -> None:
 def test_async_get_with_coalesces_and_decorates(redis_db: RedisServer) -> None:
     async def main() -> None:
         client = redis_db.async_client()
-        async with AsyncTieredCache(client, namespace=NS) as cache:
+        async with AsyncTieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as cache:
             calls: list[int] = []
 
             async def load() -> str:
@@ -93,7 +96,7 @@ def test_async_get_with_coalesces_and_decorates(redis_db: RedisServer) -> None:
                 await cache.get_with("bad", boom)
             assert await cache.get("bad") is None
 
-            @cache.cached(ttl=5)
+            @cache.cached(ttl=5, name="double")
             async def double(x: int) -> int:
                 calls.append(x)
                 return 2 * x
@@ -125,7 +128,7 @@ def test_the_loop_runs_while_another_process_loads(redis_db: RedisServer) -> Non
 
     async def main() -> tuple[Any, float]:
         client = redis_db.async_client()
-        async with AsyncTieredCache(client, namespace=NS) as cache:
+        async with AsyncTieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as cache:
             stop = asyncio.Event()
             watcher = asyncio.ensure_future(watch_loop(stop))
 
@@ -150,7 +153,9 @@ def test_the_loop_runs_while_another_process_loads(redis_db: RedisServer) -> Non
 def test_the_loop_runs_while_redis_hangs(own_redis_server: RedisServer) -> None:
     async def main() -> None:
         client = own_redis_server.async_client(socket_timeout=None)
-        cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(client, namespace=NS, timeout=0.5)
+        cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(
+            client, namespace=NS, signing_key=SIGNING_KEY, timeout=0.5
+        )
         assert await cache.wait_ready(5)
         await cache.set("k", "v")
         assert await cache.get("k") == "v"
@@ -179,6 +184,6 @@ def test_the_loop_runs_while_redis_hangs(own_redis_server: RedisServer) -> None:
 
 def test_async_bad_client() -> None:
     with pytest.raises(TypeError, match="TieredCache"):
-        AsyncTieredCache(redis.Redis(), namespace=NS)
+        AsyncTieredCache(redis.Redis(), namespace=NS, signing_key=SIGNING_KEY)
     with pytest.raises(TypeError, match="client"):
-        AsyncTieredCache("redis://", namespace=NS)
+        AsyncTieredCache("redis://", namespace=NS, signing_key=SIGNING_KEY)

@@ -11,7 +11,7 @@ import time
 import pytest
 from redis.crc import key_slot
 from redis_servers import RedisCluster3
-from support import wait_for
+from support import SIGNING_KEY, wait_for
 
 from moka_py.redis import AsyncTieredCache, TieredCache
 
@@ -36,8 +36,8 @@ def _per_master(cluster: RedisCluster3) -> dict[tuple[str, int], int]:
 def test_sharing_invalidation_and_clear_on_every_master(cluster: RedisCluster3) -> None:
     client = cluster.client()
     with (
-        TieredCache(client, namespace=NS, stats=True) as a,
-        TieredCache(client, namespace=NS, stats=True) as b,
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, stats=True) as a,
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, stats=True) as b,
     ):
         assert a.wait_ready(10) and b.wait_ready(10)
         a.set_many({i: f"v{i}" for i in range(60)})
@@ -57,7 +57,7 @@ def test_sharing_invalidation_and_clear_on_every_master(cluster: RedisCluster3) 
 
 def test_the_feed_is_sharded_on_the_channel_master(cluster: RedisCluster3) -> None:
     client = cluster.client()
-    with TieredCache(client, namespace=NS) as a:
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as a:
         assert a.wait_ready(10)
         slot = key_slot(f"{NS}:inv".encode())
         owner = client.nodes_manager.get_node_from_slot(slot)
@@ -71,7 +71,7 @@ def test_the_feed_is_sharded_on_the_channel_master(cluster: RedisCluster3) -> No
 
 def test_one_load_over_a_cluster(cluster: RedisCluster3) -> None:
     client = cluster.client()
-    caches = [TieredCache(client, namespace=NS) for _ in range(3)]
+    caches = [TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) for _ in range(3)]
     try:
         calls: list[int] = []
 
@@ -98,8 +98,8 @@ def test_one_load_over_a_cluster(cluster: RedisCluster3) -> None:
 def test_async_over_a_cluster(cluster: RedisCluster3) -> None:
     async def main() -> None:
         client = cluster.async_client()
-        sync = TieredCache(cluster.client(), namespace=NS)
-        async with AsyncTieredCache(client, namespace=NS) as cache:
+        sync = TieredCache(cluster.client(), namespace=NS, signing_key=SIGNING_KEY)
+        async with AsyncTieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as cache:
             assert await cache.wait_ready(10)
             await cache.set_many({i: i for i in range(30)})
             assert sync.get_many(range(30)) == {i: i for i in range(30)}
@@ -129,8 +129,8 @@ def test_async_over_a_cluster(cluster: RedisCluster3) -> None:
 def test_the_feed_survives_its_master_restarting(own_redis_cluster: RedisCluster3) -> None:
     client = own_redis_cluster.client()
     with (
-        TieredCache(client, namespace=NS, stats=True) as a,
-        TieredCache(client, namespace=NS, stats=True) as b,
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, stats=True) as a,
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, stats=True) as b,
     ):
         assert a.wait_ready(10) and b.wait_ready(10)
         a.set("k", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
+import pickle
 import uuid
 from collections import namedtuple
 
@@ -109,26 +110,44 @@ def test_namespaces_cannot_look_like_each_other() -> None:
         _core.check_namespace("")
 
 
-def test_payload_carries_the_deadline() -> None:
-    payload = _core.pack_value(b"data", 10.0)
-    unpacked = _core.unpack_value(payload)
-    assert unpacked is not None
-    data, left = unpacked
-    assert data == b"data" and left is not None and 9.0 < left <= 10.0
-    assert _core.unpack_value(_core.pack_value(b"x", None)) == (b"x", None)
-    # Bytes some other program wrote are not ours.
-    assert _core.unpack_value(b"\x80\x05junk") is None
-    assert _core.unpack_value(b"") is None
+def test_deadlines() -> None:
+    assert _core.deadline_ms(None) == 0
+    left = _core.seconds_left(_core.deadline_ms(10.0))
+    assert left is not None and 9.0 < left <= 10.0
+    assert _core.seconds_left(0) is None
 
 
-def test_messages_round_trip() -> None:
-    origin = _core.new_origin()
-    encs = [encode_key(k) for k in ("a", 1, (1, "b"), b"\x00\xff")]
-    msg = _core.message(_core.INVALIDATE, origin, encs)
-    assert _core.parse_message(msg) == (_core.INVALIDATE, origin, encs)
-    assert _core.parse_message(_core.message(_core.CLEAR, origin)) == (_core.CLEAR, origin, [])
-    assert _core.parse_message(b"short") is None
-    assert _core.parse_message(_core.INVALIDATE + origin + b"\x00\x00\x00\x09ab") is None
+def test_keys_nest_at_most_32_deep_and_are_at_most_64_kib() -> None:
+    key: object = "x"
+    for _ in range(_core.MAX_KEY_DEPTH):
+        key = (key,)
+    assert decode_key(encode_key(key)) == key
+    with pytest.raises(ValueError, match="nests at most 32"):
+        encode_key((key,))
+    # What the channel carries is decoded with the same bound (no RecursionError).
+    deep = b"s"
+    for _ in range(1200):
+        deep = b"t%d:" % len(deep) + deep
+    with pytest.raises(ValueError):
+        decode_key(deep)
+    assert len(encode_key(b"x" * (64 * 1024 - 1))) == 64 * 1024
+    with pytest.raises(ValueError, match="at most 65536 bytes"):
+        encode_key(b"x" * (64 * 1024))
+    with pytest.raises(ValueError, match="at most 65536 bytes"):
+        encode_key("x" * (64 * 1024))
+
+
+@pytest.mark.parametrize("junk", [b"t5:ab", b"tx:", b"t99999999999:a", b"q", b"", b"u12"])
+def test_decoding_junk_raises_value_error(junk: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_key(junk)
+
+
+def test_json_runs_no_code_and_round_trips() -> None:
+    from moka_py.redis import JSON
+
+    assert JSON.loads(JSON.dumps({"a": [1, "é", None]})) == {"a": [1, "é", None]}
+    assert repr(JSON) == "moka_py.redis.JSON"
 
 
 @pytest.mark.parametrize(
@@ -142,7 +161,22 @@ def test_messages_round_trip() -> None:
         ({"timeout": 0}, ValueError, "timeout"),
         ({"timeout": None}, TypeError, "timeout"),
         ({"lock_timeout": math.inf}, ValueError, "lock_timeout"),
+        ({"wait_timeout": 0}, ValueError, "wait_timeout"),
+        ({"wait_timeout": None}, TypeError, "wait_timeout"),
         ({"serializer": object()}, TypeError, "serializer"),
+        # What the local tier cannot hold is refused before anything is written.
+        ({"local_ttl": 1e20}, ValueError, "local_ttl must be at most"),
+        ({"ttl": 4e9}, ValueError, "ttl must be at most"),
+        # pickle needs a signing key; the message says what to pass.
+        ({"signing_key": None}, TypeError, "signing_key=.*JSON.*UNSAFE_PICKLE"),
+        ({"signing_key": None, "serializer": pickle}, TypeError, "signing_key="),
+        ({"signing_key": b"short"}, ValueError, "at least 32 bytes, not 5"),
+        ({"signing_key": "x" * 31}, ValueError, "at least 32 bytes, not 31"),
+        ({"signing_key": [b"k" * 32, b"short"]}, ValueError, r"signing_key\[1\] must be at least"),
+        ({"signing_key": []}, ValueError, "empty"),
+        ({"signing_key": [b"k" * 32, b"k" * 32]}, ValueError, "repeats"),
+        ({"signing_key": 12345}, TypeError, "signing_key must be"),
+        ({"signing_key": [b"k" * 32, 1]}, TypeError, r"signing_key\[1\] must be a str or bytes"),
     ],
 )
 def test_bad_options(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
@@ -152,12 +186,34 @@ def test_bad_options(kwargs: dict[str, object], error: type[Exception], match: s
         "ttl": 1.0,
         "local_ttl": None,
         "serializer": None,
+        "signing_key": b"k" * 32,
         "lock_timeout": 1.0,
         "timeout": 1.0,
+        "wait_timeout": 1.0,
     }
     options.update(kwargs)
     with pytest.raises(error, match=match):
         _core.check_options(**options)  # type: ignore[arg-type]
+
+
+def test_no_secret_in_an_error_message() -> None:
+    secret = "a secret of forty characters, not shown"
+    with pytest.raises(ValueError) as info:
+        _core.check_signing_key([secret, secret])
+    assert secret not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        _core.check_signing_key(secret[:20])
+    assert secret[:20] not in str(info.value)
+
+
+def test_unsafe_pickle_and_json_need_no_key() -> None:
+    from moka_py.redis import JSON, UNSAFE_PICKLE
+
+    for ser in (JSON, UNSAFE_PICKLE):
+        opts = _core.check_options("ns", 1, 1.0, None, ser, None, 1.0, 1.0, 1.0)
+        assert opts.serializer is ser and opts.keys == []
+    opts = _core.check_options("ns", 1, 1.0, None, None, "k" * 32, 1.0, 1.0, 1.0)
+    assert opts.keys == [b"k" * 32] and "k" * 32 not in repr(opts)
 
 
 def test_local_bound_is_the_shorter() -> None:

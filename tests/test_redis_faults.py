@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 from redis_servers import RedisServer
-from support import run_isolated, wait_for
+from support import SIGNING_KEY, run_isolated, wait_for
 
 from moka_py.redis import TieredCache
 
@@ -42,7 +42,9 @@ def bounded(call: Callable[[], T]) -> T:
 def cache_on(server: RedisServer, **kwargs: Any) -> TieredCache[Any, Any]:
     # The user's client: no socket timeout, redis-py's default retries.
     client = server.client(socket_timeout=None, socket_connect_timeout=None, **kwargs)
-    c: TieredCache[Any, Any] = TieredCache(client, namespace="users", timeout=TIMEOUT, stats=True)
+    c: TieredCache[Any, Any] = TieredCache(
+        client, namespace="users", signing_key=SIGNING_KEY, timeout=TIMEOUT, stats=True
+    )
     assert c.wait_ready(5)
     return c
 
@@ -185,8 +187,8 @@ def _a_bug_in_the_feed_is_reported_and_the_feed_goes_on() -> None:
     """In a child interpreter, with CPython's own sys.unraisablehook (pytest
     replaces it with one that accepts anything)."""
     port = int(os.environ["MOKA_TEST_REDIS_PORT"])
-    a = TieredCache(redis.Redis(port=port), namespace="users")
-    b = TieredCache(redis.Redis(port=port), namespace="users")
+    a = TieredCache(redis.Redis(port=port), namespace="users", signing_key=SIGNING_KEY)
+    b = TieredCache(redis.Redis(port=port), namespace="users", signing_key=SIGNING_KEY)
     with a, b:
         assert a.wait_ready(5) and b.wait_ready(5)
         feed: Any = a._tier.feed

@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis_workers
 from redis_servers import RedisServer
-from support import wait_for
+from support import SIGNING_KEY, wait_for
 
 from moka_py.redis import TieredCache
 
@@ -42,7 +42,7 @@ def _join(*procs: Any, timeout: float = 60) -> None:
 
 def test_a_value_set_in_one_process_is_read_in_another(redis_db: RedisServer) -> None:
     out = SPAWN.Queue()
-    with TieredCache(redis_db.client(), namespace="users") as cache:
+    with TieredCache(redis_db.client(), namespace="users", signing_key=SIGNING_KEY) as cache:
         cache.set(("user", 1), {"name": "ada"})
         p = _run(redis_workers.get_one, redis_db.port, ("user", 1.0), out)
         assert out.get(timeout=30) == {"name": "ada"}
@@ -72,7 +72,7 @@ def test_no_race_leaves_a_stale_value(redis_db: RedisServer) -> None:
     settle.set()
     reports = [out.get(timeout=60) for _ in range(readers)]
     _join(w, *procs)
-    with TieredCache(redis_db.client(), namespace="users") as check:
+    with TieredCache(redis_db.client(), namespace="users", signing_key=SIGNING_KEY) as check:
         truth = {k: check.get(k) for k in range(keys)}
     expected = {k: last.get(k, truth[k]) for k in range(keys)}
     assert truth == expected
@@ -115,7 +115,7 @@ def test_a_loader_that_raises_hands_over_to_a_waiter(redis_db: RedisServer) -> N
     assert all(r[0] == "raised" for r in by_pid[failing.pid])
     assert by_pid[waiting.pid] == [f"value of {waiting.pid}"] * 3
     assert int(redis_db.admin.get("calls")) == 2
-    with TieredCache(redis_db.client(), namespace="users") as c:
+    with TieredCache(redis_db.client(), namespace="users", signing_key=SIGNING_KEY) as c:
         assert c.get("k") == f"value of {waiting.pid}"
 
 
@@ -145,7 +145,7 @@ def test_a_loader_slower_than_lock_timeout_keeps_its_claim(redis_db: RedisServer
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_cache_created_before_fork_works_in_the_child(redis_db: RedisServer) -> None:
     fork = multiprocessing.get_context("fork")
-    with TieredCache(redis_db.client(), namespace="users") as cache:
+    with TieredCache(redis_db.client(), namespace="users", signing_key=SIGNING_KEY) as cache:
         assert cache.wait_ready(5)
         cache.set("k", "before fork")
         assert cache.get("k") == "before fork"

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis_servers import SENTINEL_SERVICE, RedisServer
-from support import run_isolated, wait_for
+from support import SIGNING_KEY, run_isolated, wait_for
 
 from moka_py.redis import AsyncTieredCache, TieredCache
 
@@ -59,7 +59,10 @@ def _a_sync_sentinel_client() -> None:
     master, sentinel = _ports()
     manager = redis.sentinel.Sentinel([("127.0.0.1", sentinel)], socket_timeout=2)
     clients = [manager.master_for(SENTINEL_SERVICE, client_name=f"app-{i}") for i in (1, 2)]
-    with TieredCache(clients[0], namespace=NS) as a, TieredCache(clients[1], namespace=NS) as b:
+    with (
+        TieredCache(clients[0], namespace=NS, signing_key=SIGNING_KEY) as a,
+        TieredCache(clients[1], namespace=NS, signing_key=SIGNING_KEY) as b,
+    ):
         assert a.wait_ready(5) and b.wait_ready(5)
         a.set("k", 1)
         assert b.get("k") == 1  # now also in b's local tier
@@ -87,8 +90,8 @@ def _an_asyncio_sentinel_client() -> None:
         two = manager.master_for(SENTINEL_SERVICE, client_name="app-2")
         seen: list[Any] = []
         async with (
-            AsyncTieredCache(one, namespace=NS) as a,
-            AsyncTieredCache(two, namespace=NS) as b,
+            AsyncTieredCache(one, namespace=NS, signing_key=SIGNING_KEY) as a,
+            AsyncTieredCache(two, namespace=NS, signing_key=SIGNING_KEY) as b,
         ):
             seen.append((await a.wait_ready(5), await b.wait_ready(5)))
             await a.set("k", 1)

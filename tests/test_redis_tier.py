@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from redis_servers import RedisServer
-from support import wait_for
+from support import SIGNING_KEY, wait_for
 
 from moka_py import Moka
 from moka_py.redis import TieredCache, TierStats
@@ -35,8 +35,12 @@ def client(redis_db: RedisServer) -> redis.Redis:
 
 @pytest.fixture
 def pair(client: redis.Redis) -> Iterator[tuple[TieredCache[Any, Any], TieredCache[Any, Any]]]:
-    a: TieredCache[Any, Any] = TieredCache(client, namespace=NS, stats=True)
-    b: TieredCache[Any, Any] = TieredCache(client, namespace=NS, stats=True)
+    a: TieredCache[Any, Any] = TieredCache(
+        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
+    )
+    b: TieredCache[Any, Any] = TieredCache(
+        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
+    )
     assert a.wait_ready(5) and b.wait_ready(5)
     yield a, b
     a.close()
@@ -89,7 +93,10 @@ def test_other_key_types_raise(pair: tuple[TieredCache[Any, Any], ...]) -> None:
 
 
 def test_namespaces_are_apart_and_prefix_every_key(client: redis.Redis) -> None:
-    with TieredCache(client, namespace="users") as u, TieredCache(client, namespace="orders") as o:
+    with (
+        TieredCache(client, namespace="users", signing_key=SIGNING_KEY) as u,
+        TieredCache(client, namespace="orders", signing_key=SIGNING_KEY) as o,
+    ):
         u.set("k", "u")
         o.set("k", "o")
         calls: list[int] = []
@@ -164,16 +171,16 @@ def test_values_that_cannot_be_pickled_store_nothing(
     assert a.get("k") == 1 and a.get("other") is None and client.get("users:v:sother") is None
 
 
-def test_undecodable_bytes_are_a_miss_with_a_warning(
+def test_bytes_written_by_another_program_are_a_miss(
     pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
 ) -> None:
     a, _ = pair
     client.set("users:v:sk", b"written by another program")
-    with pytest.warns(RuntimeWarning, match="cannot be deserialized"):
-        assert a.get("k", "default") == "default"
-    with pytest.warns(RuntimeWarning, match="cannot be deserialized"):
-        assert a.get_with("k", lambda: "fresh") == "fresh"
+    assert a.get("k", "default") == "default"
+    assert a.get_with("k", lambda: "fresh") == "fresh"
     assert a.get("k") == "fresh"
+    # get, then get_with before and after taking the claim.
+    assert a.stats().rejected == 3
 
 
 def test_custom_serializer(client: redis.Redis) -> None:
@@ -202,7 +209,7 @@ def test_ttl_applies_in_redis_and_locally(
 
 
 def test_local_ttl_bounds_the_local_copy(client: redis.Redis) -> None:
-    with TieredCache(client, namespace=NS, local_ttl=0.2, stats=True) as c:
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, local_ttl=0.2, stats=True) as c:
         c.set("k", 1)
         assert c.get("k") == 1 and c.stats().local_hits == 1
         time.sleep(0.3)
@@ -216,7 +223,7 @@ def test_decorator(pair: tuple[TieredCache[Any, Any], ...]) -> None:
     calls: list[tuple[Any, ...]] = []
 
     def make(cache: TieredCache[Any, Any]) -> Any:
-        @cache.cached(ttl=10)
+        @cache.cached(ttl=10, name="area")
         def area(w: int, h: int = 1) -> int:
             calls.append((w, h))
             return w * h
@@ -240,10 +247,10 @@ def test_decorator(pair: tuple[TieredCache[Any, Any], ...]) -> None:
 
 
 def test_stats_off_raises(client: redis.Redis) -> None:
-    with TieredCache(client, namespace=NS) as c:
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as c:
         with pytest.raises(ValueError, match="stats=True"):
             c.stats()
-    with TieredCache(client, namespace=NS, stats=True) as c:
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, stats=True) as c:
         assert isinstance(c.stats(), TierStats) and c.stats().requests == 0
 
 
@@ -255,20 +262,20 @@ def test_local_is_a_moka(pair: tuple[TieredCache[Any, Any], ...]) -> None:
 
 def test_bad_arguments(client: redis.Redis) -> None:
     with pytest.raises(TypeError, match="client"):
-        TieredCache(object(), namespace=NS)
+        TieredCache(object(), namespace=NS, signing_key=SIGNING_KEY)
     with pytest.raises(TypeError, match="AsyncTieredCache"):
-        TieredCache(redis.asyncio.Redis(), namespace=NS)
+        TieredCache(redis.asyncio.Redis(), namespace=NS, signing_key=SIGNING_KEY)
     with pytest.raises(TypeError, match="namespace"):
-        TieredCache(client, namespace=None)  # type: ignore[arg-type]
+        TieredCache(client, namespace=None, signing_key=SIGNING_KEY)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="namespace"):
-        TieredCache(client, namespace="")
+        TieredCache(client, namespace="", signing_key=SIGNING_KEY)
     with pytest.raises(ValueError, match="capacity"):
-        TieredCache(client, namespace=NS, capacity=-1)
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, capacity=-1)
     with pytest.raises(ValueError, match="ttl"):
-        TieredCache(client, namespace=NS, ttl=-5)
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, ttl=-5)
     with pytest.raises(ValueError, match="timeout"):
-        TieredCache(client, namespace=NS, timeout=0)
-    with TieredCache(client, namespace=NS) as c:
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, timeout=0)
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as c:
         with pytest.raises(ValueError, match="ttl"):
             c.set("k", 1, ttl=0)
 
@@ -276,7 +283,7 @@ def test_bad_arguments(client: redis.Redis) -> None:
 def test_close_stops_everything_and_leaves_the_client_open(redis_db: RedisServer) -> None:
     client = redis_db.client(client_name="app-1")
     before = {t.ident for t in threading.enumerate()}
-    c: TieredCache[Any, Any] = TieredCache(client, namespace=NS)
+    c: TieredCache[Any, Any] = TieredCache(client, namespace=NS, signing_key=SIGNING_KEY)
     assert c.wait_ready(5)
     c.set("k", 1)
     c.get_with("g", lambda: 1)
@@ -312,7 +319,10 @@ def test_close_stops_everything_and_leaves_the_client_open(redis_db: RedisServer
 def test_acl_confined_user(own_redis_server: RedisServer) -> None:
     own_redis_server.acl_setuser("app", "pw", keys=("users*",), channels=("users*",))
     client = own_redis_server.client(username="app", password="pw", client_name="app")
-    with TieredCache(client, namespace="users") as a, TieredCache(client, namespace="users") as b:
+    with (
+        TieredCache(client, namespace="users", signing_key=SIGNING_KEY) as a,
+        TieredCache(client, namespace="users", signing_key=SIGNING_KEY) as b,
+    ):
         assert a.wait_ready(5) and b.wait_ready(5)
         a.set("k", 1)
         assert b.get("k") == 1
@@ -321,7 +331,7 @@ def test_acl_confined_user(own_redis_server: RedisServer) -> None:
         wait_for(lambda: b.get("k") is None, timeout=5)
         users = {x["user"] for x in own_redis_server.admin.client_list() if x["name"] == "app"}
         assert users == {"app"}
-    with TieredCache(client, namespace="orders") as o:
+    with TieredCache(client, namespace="orders", signing_key=SIGNING_KEY) as o:
         with pytest.raises(redis.exceptions.NoPermissionError):
             o.set("k", 1)
         assert o.local.get("k") is None

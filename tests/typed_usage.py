@@ -5,6 +5,7 @@ the stub, and collected by pytest (`python_files` in pyproject.toml), whose
 from __future__ import annotations
 
 import asyncio
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import redis
 import redis.asyncio
 
 from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached, cached_method
-from moka_py.redis import AsyncTieredCache, TieredCache, TierStats
+from moka_py.redis import JSON, AsyncTieredCache, TieredCache, TierStats
 
 Cause = Literal["expired", "explicit", "replaced", "size"]
 
@@ -151,7 +152,9 @@ def test_typed_usage() -> None:
 
 
 def use_tier(client: redis.Redis) -> None:
-    with TieredCache[str, list[int]](client, namespace="typed", ttl=60.0, stats=True) as c:
+    with TieredCache[str, list[int]](
+        client, namespace="typed", signing_key=secrets.token_bytes(32), ttl=60.0, stats=True
+    ) as c:
         c.set("a", [1], ttl=5.0)
         maybe: list[int] | None = c.get("a")
         loaded: list[int] = c.get_with("b", lambda: [2])
@@ -161,7 +164,7 @@ def use_tier(client: redis.Redis) -> None:
         local: Moka[Any, Any] = c.local
         stats: TierStats = c.stats()
 
-        @c.cached(ttl=10.0)
+        @c.cached(ttl=10.0, name="typed.twice")
         def twice(x: int) -> int:
             return 2 * x
 
@@ -173,7 +176,9 @@ def use_tier(client: redis.Redis) -> None:
 
 
 async def use_async_tier(client: redis.asyncio.Redis) -> None:
-    async with AsyncTieredCache[str, int](client, namespace="typed-async") as c:
+    async with AsyncTieredCache[str, int](
+        client, namespace="typed-async", serializer=JSON, wait_timeout=5.0
+    ) as c:
         await c.set("a", 1)
         got: int | None = await c.get("a")
 

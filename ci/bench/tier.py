@@ -65,6 +65,8 @@ NEEDS = {
     AIOCACHE: "aiocache",
 }
 
+# The tier's caches sign their payloads (the default serializer, pickle, needs a key).
+SIGNING_KEY = b"moka_py benchmark: a 32-byte or longer secret"
 POOL = 1000  # keys of the latency cases
 PROCESSES = 4
 CALLERS = 8
@@ -297,7 +299,9 @@ def hits(port: int, rounds: int, gone: dict[str, str]) -> dict[str, dict[str, fl
         moka.set(k, v)
     sync[MOKA] = (get_loop(moka.get), nothing)
 
-    tier: Any = TieredCache(redis.Redis(port=port), namespace="bench-local", capacity=10_000)
+    tier: Any = TieredCache(
+        redis.Redis(port=port), namespace="bench-local", signing_key=SIGNING_KEY, capacity=10_000
+    )
     closers.append(tier.close)
     if not tier.wait_ready(5):
         raise SystemExit("TieredCache: the invalidation feed did not come up")
@@ -363,7 +367,9 @@ async def ahits(
     remote: dict[str, tuple[Callable[[Any], Any], Callable[[], Any]]] = {}
     closers: list[Callable[[], Any]] = []
 
-    tier: Any = AsyncTieredCache(aredis.Redis(port=port), namespace="bench-alocal", capacity=10_000)
+    tier: Any = AsyncTieredCache(
+        aredis.Redis(port=port), namespace="bench-alocal", signing_key=SIGNING_KEY, capacity=10_000
+    )
     closers.append(tier.aclose)
     if not await tier.wait_ready(5):
         raise SystemExit("AsyncTieredCache: the invalidation feed did not come up")
@@ -520,7 +526,12 @@ class Side:
         if impl == TIER:
             from moka_py.redis import TieredCache
 
-            cache: Any = TieredCache(redis.Redis(port=port), namespace="bench-delay", capacity=1000)
+            cache: Any = TieredCache(
+                redis.Redis(port=port),
+                namespace="bench-delay",
+                signing_key=SIGNING_KEY,
+                capacity=1000,
+            )
             if not cache.wait_ready(5):
                 raise RuntimeError("the invalidation feed did not come up")
             self.closers.append(cache.close)
@@ -709,7 +720,9 @@ class Stampede:
         if impl == TIER:
             from moka_py.redis import TieredCache
 
-            cache: Any = TieredCache(redis.Redis(port=port), namespace="bench-stampede")
+            cache: Any = TieredCache(
+                redis.Redis(port=port), namespace="bench-stampede", signing_key=SIGNING_KEY
+            )
             cache.wait_ready(5)
             self.closers.append(cache.close)
             self.fetch = lambda key: cache.get_with(key, lambda: load(key))
@@ -758,7 +771,9 @@ class Stampede:
         if impl == ATIER:
             from moka_py.redis import AsyncTieredCache
 
-            cache: Any = AsyncTieredCache(aredis.Redis(port=port), namespace="bench-stampede")
+            cache: Any = AsyncTieredCache(
+                aredis.Redis(port=port), namespace="bench-stampede", signing_key=SIGNING_KEY
+            )
             await cache.wait_ready(5)
             self.closers.append(lambda: self.loop.run(cache.aclose()) if self.loop else None)
             return lambda key: cache.get_with(key, lambda: load(key))
@@ -917,7 +932,12 @@ class Throughput:
         if impl == TIER:
             from moka_py.redis import TieredCache
 
-            cache: Any = TieredCache(redis.Redis(port=port), namespace="bench-tp", capacity=local)
+            cache: Any = TieredCache(
+                redis.Redis(port=port),
+                namespace="bench-tp",
+                signing_key=SIGNING_KEY,
+                capacity=local,
+            )
             cache.wait_ready(5)
             self.closers.append(cache.close)
             self.get, self.set = cache.get, cache.set
@@ -962,7 +982,10 @@ class Throughput:
             from moka_py.redis import AsyncTieredCache
 
             cache: Any = AsyncTieredCache(
-                aredis.Redis(port=port), namespace="bench-tp", capacity=local
+                aredis.Redis(port=port),
+                namespace="bench-tp",
+                signing_key=SIGNING_KEY,
+                capacity=local,
             )
             await cache.wait_ready(5)
             self.closers.append(lambda: self.loop.run(cache.aclose()) if self.loop else None)
@@ -1052,7 +1075,9 @@ def fill_throughput(port: int, impl: str, n_keys: int) -> None:
     elif impl in (TIER, ATIER):
         from moka_py.redis import TieredCache
 
-        with TieredCache(redis.Redis(port=port), namespace="bench-tp", capacity=10) as cache:
+        with TieredCache(
+            redis.Redis(port=port), namespace="bench-tp", signing_key=SIGNING_KEY, capacity=10
+        ) as cache:
             if cache.get(names[0]) is None:
                 for chunk in chunks:
                     cache.set_many({k: value_of(0) for k in chunk})

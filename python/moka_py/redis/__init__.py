@@ -4,7 +4,15 @@ Install with ``pip install "moka-py[redis]"`` (it needs redis-py).
 """
 
 from ._async import AsyncTieredCache
-from ._core import Serializer, TierStats, encode_key
+from ._core import JSON, UNSAFE_PICKLE, Serializer, TierStats, encode_key
 from ._sync import TieredCache
 
-__all__ = ["AsyncTieredCache", "Serializer", "TierStats", "TieredCache", "encode_key"]
+__all__ = [
+    "JSON",
+    "UNSAFE_PICKLE",
+    "AsyncTieredCache",
+    "Serializer",
+    "TierStats",
+    "TieredCache",
+    "encode_key",
+]

@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._moka_py import Moka
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
-from ._shared import RELEASE_SCRIPT, RENEW_SCRIPT, Tier, ms, new_token
-from ._sync import POLL_SECONDS, call_key
+from ._envelope import Envelope
+from ._shared import RELEASE_SCRIPT, RENEW_SCRIPT, Tier, as_redis_error, ms, new_token
+from ._sync import BATCH, POLL_SECONDS, call_key
 
 __all__ = ["AsyncTieredCache"]
 
@@ -46,34 +48,48 @@ class AsyncTieredCache(Generic[K, V]):
         self,
         client: Any,
         namespace: str,
+        *,
         capacity: int = 10_000,
         ttl: float | None = 300.0,
         local_ttl: float | None = None,
         serializer: _core.Serializer | None = None,
+        signing_key: str | bytes | Sequence[str | bytes] | None = None,
         lock_timeout: float = 30.0,
+        wait_timeout: float = 30.0,
         timeout: float = 1.0,
         stats: bool = False,
     ) -> None:
         kind = kind_of(client, asynchronous=True)
-        ns, capacity, ttl_s, local_s, ser, lock_s, timeout_s = _core.check_options(
-            namespace, capacity, ttl, local_ttl, serializer, lock_timeout, timeout
+        opts = _core.check_options(
+            namespace,
+            capacity,
+            ttl,
+            local_ttl,
+            serializer,
+            signing_key,
+            lock_timeout,
+            timeout,
+            wait_timeout,
         )
-        self._names = _core.Names(ns)
+        self._names = _core.Names(opts.namespace)
+        envelope = Envelope(opts.namespace, self._names.channel, opts.keys)
         self._kind = kind
-        self._ttl = ttl_s
-        self._local_ttl = _core.local_bound(local_s, ttl_s)
-        self._serializer = ser
-        self._lock_timeout = lock_s
-        self._timeout = timeout_s
+        self._ttl = opts.ttl
+        self._local_ttl = opts.local_ttl
+        self._serializer = opts.serializer
+        self._lock_timeout = opts.lock_timeout
+        self._wait_timeout = opts.wait_timeout
+        self._timeout = timeout_s = opts.timeout
         self._own = bounded_async(client, kind, timeout_s)
         self._tier = Tier(
             names=self._names,
-            capacity=capacity,
+            capacity=opts.capacity,
             local_ttl=self._local_ttl,
             stats=stats,
             client=client,
             kind=kind,
             timeout=timeout_s,
+            envelope=envelope,
             seeds=[
                 (n.host, n.port)
                 for n in (client.get_nodes() or client.nodes_manager.startup_nodes.values())
@@ -120,24 +136,32 @@ class AsyncTieredCache(Generic[K, V]):
         except RedisError as err:
             self._tier.failed(err)
             raise
+        except RedisClusterException as err:
+            wrapped = as_redis_error(err)
+            self._tier.failed(wrapped)
+            raise wrapped from err
 
-    async def _publish(self, message: bytes) -> None:
-        if self._kind == Kind.CLUSTER:
-            await self._call(self._own.execute_command("SPUBLISH", self._names.channel, message))
-        else:
-            await self._call(self._own.publish(self._names.channel, message))
+    async def _publish(self, messages: list[bytes]) -> None:
+        for message in messages:
+            if self._kind == Kind.CLUSTER:
+                await self._call(
+                    self._own.execute_command("SPUBLISH", self._names.channel, message)
+                )
+            else:
+                await self._call(self._own.publish(self._names.channel, message))
 
-    async def _write(self, commands: Callable[[Any], None], message: bytes) -> list[Any]:
+    async def _write(self, commands: Callable[[Any], None], messages: list[bytes]) -> list[Any]:
         if self._kind == Kind.CLUSTER:
             pipe = self._own.pipeline(transaction=False)
             commands(pipe)
             results = await self._call(pipe.execute())
-            await self._publish(message)
+            await self._publish(messages)
             return list(results)
         pipe = self._own.pipeline(transaction=True)
         commands(pipe)
-        pipe.publish(self._names.channel, message)
-        return list(await self._call(pipe.execute()))[:-1]
+        for message in messages:
+            pipe.publish(self._names.channel, message)
+        return list(await self._call(pipe.execute()))[: -len(messages)]
 
     # ------------------------------------------------------------ reads
 
@@ -173,22 +197,24 @@ class AsyncTieredCache(Generic[K, V]):
         found, wanted = tier.split_local(keys)
         if not wanted:
             return found
-        tokens = [tier.rust.token(k) for _, _, k in wanted]
-        names = [self._names.value(enc) for _, enc, _ in wanted]
-        try:
-            if self._kind == Kind.CLUSTER:
-                payloads = await self._call(self._own.mget_nonatomic(names))
-            else:
-                payloads = await self._call(self._own.mget(names))
-        except RedisError:
-            payloads = None
-        for i, (key, enc, k) in enumerate(wanted):
-            if payloads is None:
-                ok, value = tier.fail_safe(k)
-            else:
-                ok, value = tier.accept(self._serializer, enc, k, payloads[i], tokens[i])
-            if ok:
-                found[key] = value
+        for start in range(0, len(wanted), BATCH):
+            batch = wanted[start : start + BATCH]
+            tokens = [tier.rust.token(k) for _, _, k in batch]
+            names = [self._names.value(enc) for _, enc, _ in batch]
+            try:
+                if self._kind == Kind.CLUSTER:
+                    payloads = await self._call(self._own.mget_nonatomic(names))
+                else:
+                    payloads = await self._call(self._own.mget(names))
+            except RedisError:
+                payloads = None
+            for i, (key, enc, k) in enumerate(batch):
+                if payloads is None:
+                    ok, value = tier.fail_safe(k)
+                else:
+                    ok, value = tier.accept(self._serializer, enc, k, payloads[i], tokens[i])
+                if ok:
+                    found[key] = value
         return found
 
     # ------------------------------------------------------------ writes
@@ -205,11 +231,10 @@ class AsyncTieredCache(Generic[K, V]):
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
-        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
+        payload = tier.pack(enc, data, ttl_s)
         try:
-            await self._write(
-                lambda p: p.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s)), msg
-            )
+            await self._write(lambda p: p.set(name, payload, px=ms(ttl_s)), msgs)
         except (RedisError, asyncio.CancelledError):
             tier.rust.invalidate(k)
             raise
@@ -230,14 +255,14 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         tokens = [tier.rust.token(k) for _, k, _, _ in prepared]
         px = ms(ttl_s)
-        msg = _core.message(_core.INVALIDATE, tier.origin, [enc for enc, _, _, _ in prepared])
+        msgs = tier.messages(_core.INVALIDATE, [enc for enc, _, _, _ in prepared])
 
         def commands(pipe: Any) -> None:
             for enc, _, _, data in prepared:
-                pipe.set(self._names.value(enc), _core.pack_value(data, ttl_s), px=px)
+                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s), px=px)
 
         try:
-            await self._write(commands, msg)
+            await self._write(commands, msgs)
         except (RedisError, asyncio.CancelledError):
             for _, k, _, _ in prepared:
                 tier.rust.invalidate(k)
@@ -252,9 +277,9 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
         try:
-            (old,) = await self._write(lambda p: p.getdel(name), msg)
+            (old,) = await self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
         if old is None:
@@ -271,7 +296,7 @@ class AsyncTieredCache(Generic[K, V]):
                     await self._unlink_on(node)
             else:
                 await self._unlink_on(None)
-            await self._publish(_core.message(_core.CLEAR, tier.origin))
+            await self._publish(tier.messages(_core.CLEAR))
         finally:
             tier.rust.invalidate_all()
 
@@ -314,7 +339,13 @@ class AsyncTieredCache(Generic[K, V]):
         flight = self._flights.get(slot)
         if flight is not None:
             self._tier.counts.add("waits")
-            return await asyncio.shield(flight)
+            try:
+                return await asyncio.wait_for(asyncio.shield(flight), self._wait_timeout)
+            except asyncio.TimeoutError:
+                # This process's load outlasted wait_timeout: load on our own.
+                return await self._load_unclaimed(  # type: ignore[no-any-return]
+                    enc, _core.plain_key(key), initializer, ttl, ttl_s
+                )
         flight = loop.create_future()
         self._flights[slot] = flight
         try:
@@ -356,6 +387,7 @@ class AsyncTieredCache(Generic[K, V]):
                 pass
 
         tier.add_waiter(enc, wake)
+        give_up = time.monotonic() + self._wait_timeout
         try:
             while True:
                 token = tier.rust.token(k)
@@ -378,9 +410,14 @@ class AsyncTieredCache(Generic[K, V]):
                     return value
                 if claimed:
                     return await self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    # Another process's load (or a claim nobody renews away)
+                    # outlasted wait_timeout: load on our own.
+                    return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
                 tier.counts.add("waits")
                 try:
-                    await asyncio.wait_for(woken.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(woken.wait(), min(POLL_SECONDS, left))
                 except asyncio.TimeoutError:
                     pass
                 woken.clear()
@@ -397,6 +434,33 @@ class AsyncTieredCache(Generic[K, V]):
         except BaseException:
             self._tier.counts.add("load_failures")
             raise
+
+    async def _load_unclaimed(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        ttl_s: float | None,
+    ) -> Any:
+        """``wait_timeout`` passed while another load held the key: load here,
+        store the value in Redis (over any) and tell the other processes."""
+        tier = self._tier
+        token = tier.rust.token(k)
+        value = await self._compute(initializer)
+        data = self._serializer.dumps(value)
+        name = self._names.value(enc)
+        payload = tier.pack(enc, data, ttl_s)
+        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        try:
+            await self._write(
+                lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
+            )
+        except RedisError:
+            tier.rust.fill(k, value, bound, token)
+            return value
+        tier.rust.put(k, value, bound, token)
+        return value
 
     async def _renew(self, lock_key: bytes, claim: bytes) -> None:
         period = self._lock_timeout / 3
@@ -443,7 +507,7 @@ class AsyncTieredCache(Generic[K, V]):
             try:
                 stored = bool(
                     await self._call(
-                        self._own.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s), nx=absent)
+                        self._own.set(name, tier.pack(enc, data, ttl_s), px=ms(ttl_s), nx=absent)
                     )
                 )
             except RedisError:
@@ -457,7 +521,7 @@ class AsyncTieredCache(Generic[K, V]):
             kind = _core.FILLED if stored else _core.RELEASED
             try:
                 await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim))
-                await self._publish(_core.message(kind, tier.origin, (enc,)))
+                await self._publish(tier.messages(kind, (enc,)))
             except (RedisError, asyncio.CancelledError):
                 pass
 
@@ -468,10 +532,12 @@ class AsyncTieredCache(Generic[K, V]):
         ttl: float | None = None,
         key: Callable[..., Any] | None = None,
         typed: bool = False,
+        name: str | None = None,
     ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
         """Caches an ``async def`` function's results in this cache (one call
-        per arguments across every process); ``f.cache_invalidate(*args,
-        **kwargs)`` is a coroutine that removes one result everywhere."""
+        per arguments across every process; ``name`` as for
+        ``TieredCache.cached``); ``f.cache_invalidate(*args, **kwargs)`` is a
+        coroutine that removes one result everywhere."""
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
 
@@ -481,7 +547,7 @@ class AsyncTieredCache(Generic[K, V]):
                     "AsyncTieredCache.cached decorates async def functions: use "
                     f"TieredCache for {getattr(fn, '__qualname__', fn)!r}"
                 )
-            make_key = call_key(fn, key, typed)
+            make_key = call_key(fn, key, typed, name)
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> R:

@@ -217,7 +217,8 @@ def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
     sentinel_kw = {k: settings[0][k] for k in _FEED_KEYS if k in settings[0]}
     for k in ("host", "port", "db"):
         sentinel_kw.pop(k, None)
-    sync = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    # (Typed from redis-py 8.2 on, untyped before.)
+    sync = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         [(s["host"], s["port"]) for s in settings],
         min_other_sentinels=manager.min_other_sentinels,
         sentinel_kwargs=_bounded(sentinel_kw, kw["socket_timeout"]),

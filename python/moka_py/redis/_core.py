@@ -7,18 +7,21 @@ shells (``_sync.py``, ``_async.py``) call these; none of it talks to Redis.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
-import struct
 import threading
 import time
 import uuid
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._envelope import MAX_KEY_BYTES, check_signing_key
+
 __all__ = [
+    "JSON",
+    "UNSAFE_PICKLE",
     "LoadStats",
     "Names",
     "Serializer",
@@ -38,7 +41,11 @@ class Serializer(Protocol):
 
 
 class _Pickle:
-    """The default serializer: pickle at its highest protocol."""
+    """pickle at its highest protocol: what the cache uses with a signing key
+    when no ``serializer=`` is given, and, as ``UNSAFE_PICKLE``, the explicit
+    opt-in to unsigned pickle."""
+
+    __slots__ = ()
 
     @staticmethod
     def dumps(obj: Any) -> bytes:
@@ -48,12 +55,41 @@ class _Pickle:
     def loads(data: bytes) -> Any:
         return pickle.loads(data)
 
+    def __repr__(self) -> str:
+        return "moka_py.redis.UNSAFE_PICKLE" if self is UNSAFE_PICKLE else "<pickle serializer>"
+
+
+class _Json:
+    """JSON (``json.dumps``/``json.loads``, UTF-8): runs no code of the bytes
+    it reads. Values are what JSON can hold: a tuple comes back as a list, a
+    dict's keys as strings."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+    def __repr__(self) -> str:
+        return "moka_py.redis.JSON"
+
 
 PICKLE = _Pickle()
+UNSAFE_PICKLE = _Pickle()
+JSON = _Json()
 
 # ---------------------------------------------------------------- keys
 
 _KEY_TYPES = "str, bytes, int, float, bool, None, uuid.UUID or a tuple of them"
+
+
+# Tuple keys nest at most this deep (deeper: ValueError), on encoding and on
+# decoding what the channel carries.
+MAX_KEY_DEPTH = 32
 
 
 def encode_key(key: object) -> bytes:
@@ -61,17 +97,24 @@ def encode_key(key: object) -> bytes:
 
     Keys equal in Python encode alike (``1``, ``1.0`` and ``True``; ``("a", 2)``
     and ``("a", 2.0)``), and keys of different kinds never do (``"1"`` is not
-    ``1``). Any other type raises ``TypeError``.
+    ``1``). Any other type raises ``TypeError``; a key whose encoding is over
+    64 KiB, or a tuple nested over 32 deep, ``ValueError``.
     """
     t = type(key)
     if t is str:
-        return b"s" + str.encode(key, "utf-8", "surrogatepass")  # type: ignore[arg-type]
-    if t is int:
+        out = b"s" + str.encode(key, "utf-8", "surrogatepass")  # type: ignore[arg-type]
+    elif t is int:
         return b"i%d" % key  # type: ignore[str-format]
-    return _encode_other(key)
+    else:
+        out = _encode_other(key, 0)
+    if len(out) > MAX_KEY_BYTES:
+        raise ValueError(
+            f"a key of moka_py.redis is at most {MAX_KEY_BYTES} bytes encoded, not {len(out)}"
+        )
+    return out
 
 
-def _encode_other(key: object) -> bytes:
+def _encode_other(key: object, depth: int) -> bytes:
     if key is None:
         return b"n"
     if isinstance(key, bool):
@@ -91,13 +134,23 @@ def _encode_other(key: object) -> bytes:
     if isinstance(key, uuid.UUID):
         return b"u" + key.hex.encode()
     if isinstance(key, tuple):
-        parts = [encode_key(item) for item in key]
+        if depth >= MAX_KEY_DEPTH:
+            raise ValueError(f"a tuple key of moka_py.redis nests at most {MAX_KEY_DEPTH} deep")
+        parts = [
+            b"s" + str.encode(item, "utf-8", "surrogatepass")
+            if type(item) is str
+            else b"i%d" % item
+            if type(item) is int
+            else _encode_other(item, depth + 1)
+            for item in key
+        ]
         return b"t" + b"".join(b"%d:" % len(p) + p for p in parts)
     raise TypeError(f"a key of moka_py.redis must be {_KEY_TYPES}, not {type(key).__name__}")
 
 
-def decode_key(data: bytes) -> object:
-    """The plain key that :func:`encode_key` encoded to ``data``."""
+def decode_key(data: bytes, depth: int = 0) -> object:
+    """The plain key that :func:`encode_key` encoded to ``data``; ``ValueError``
+    (or ``UnicodeDecodeError``) for bytes that no key encodes to."""
     tag, body = data[:1], data[1:]
     if tag == b"s":
         return body.decode("utf-8", "surrogatepass")
@@ -112,15 +165,21 @@ def decode_key(data: bytes) -> object:
     if tag == b"u":
         return uuid.UUID(hex=body.decode())
     if tag == b"t":
+        if depth >= MAX_KEY_DEPTH:
+            raise ValueError("a tuple key nested too deep")
         items: list[object] = []
         rest = body
         while rest:
-            size, _, rest = rest.partition(b":")
+            size, sep, rest = rest.partition(b":")
+            if not sep or not size.isdigit() or len(size) > 10:
+                raise ValueError("not an encoded tuple key")
             n = int(size)
-            items.append(decode_key(rest[:n]))
+            if n > len(rest):
+                raise ValueError("not an encoded tuple key")
+            items.append(decode_key(rest[:n], depth + 1))
             rest = rest[n:]
         return tuple(items)
-    raise ValueError(f"not an encoded key: {data!r}")
+    raise ValueError("not an encoded key")
 
 
 def plain_key(key: object) -> object:
@@ -182,82 +241,34 @@ class Names:
 
 
 # ---------------------------------------------------------------- payloads
+#
+# The bytes themselves (payloads and messages, signed or not) are made and
+# checked by ``_envelope``; here, what they say.
 
-_HEADER = struct.Struct(">BQ")
-_VERSION = 1
+# The kinds of message (the first byte of a message's body):
+#   b"i": keys invalidated
+#   b"c": the namespace was cleared
+#   b"f": a load stored the key (an invalidation that also wakes its waiters)
+#   b"r": a load gave up its claim without storing (wakes the waiters)
+INVALIDATE, CLEAR, FILLED, RELEASED = b"i", b"c", b"f", b"r"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def pack_value(data: bytes, ttl: float | None) -> bytes:
-    """What is stored in Redis: a version byte, the wall-clock deadline in
-    milliseconds (0: none), then the serialized value. The deadline lets a
-    reader bound its local copy without a second round trip."""
-    deadline = 0 if ttl is None else now_ms() + max(1, int(ttl * 1000))
-    return _HEADER.pack(_VERSION, deadline) + data
+def deadline_ms(ttl: float | None) -> int:
+    """The wall-clock deadline stored with a value (0: none). It lets a reader
+    bound its local copy without a second round trip."""
+    return 0 if ttl is None else now_ms() + max(1, int(ttl * 1000))
 
 
-def unpack_value(payload: bytes) -> tuple[bytes, float | None] | None:
-    """The serialized value and the seconds it has left (None: no deadline),
-    or None when the payload is not one of ours."""
-    if len(payload) < _HEADER.size:
-        return None
-    version, deadline = _HEADER.unpack_from(payload)
-    if version != _VERSION:
-        return None
-    left = None if deadline == 0 else (deadline - now_ms()) / 1000.0
-    return payload[_HEADER.size :], left
-
-
-def warn_undecodable(namespace: str, enc: bytes, err: BaseException | None) -> None:
-    why = f": {type(err).__name__}: {err}" if err is not None else ""
-    warnings.warn(
-        f"moka_py.redis: the value of {enc!r} in namespace {namespace!r} cannot be "
-        f"deserialized (written by another version?); treated as a miss{why}",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-
-
-# ---------------------------------------------------------------- messages
-#
-# One message per write on the namespace's channel: a kind byte, the sender's
-# 8-byte origin (a cache ignores its own), then the body.
-#   b"i": keys invalidated (each as 4-byte length + encoded key)
-#   b"c": the namespace was cleared
-#   b"f": a load stored the key (an invalidation that also wakes its waiters)
-#   b"r": a load gave up its claim without storing (wakes the waiters)
-
-INVALIDATE, CLEAR, FILLED, RELEASED = b"i", b"c", b"f", b"r"
-_LEN = struct.Struct(">I")
+def seconds_left(deadline: int) -> float | None:
+    return None if deadline == 0 else (deadline - now_ms()) / 1000.0
 
 
 def new_origin() -> bytes:
     return os.urandom(8)
-
-
-def message(kind: bytes, origin: bytes, keys: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
-    return kind + origin + b"".join(_LEN.pack(len(k)) + k for k in keys)
-
-
-def parse_message(data: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
-    """``(kind, origin, encoded keys)``, or None for a message of no known form."""
-    if len(data) < 9:
-        return None
-    kind, origin, body = data[:1], data[1:9], data[9:]
-    keys: list[bytes] = []
-    i = 0
-    while i < len(body):
-        if i + 4 > len(body):
-            return None
-        (n,) = _LEN.unpack_from(body, i)
-        if i + 4 + n > len(body):
-            return None
-        keys.append(bytes(body[i + 4 : i + 4 + n]))
-        i += 4 + n
-    return kind, origin, keys
 
 
 # ---------------------------------------------------------------- options
@@ -276,6 +287,11 @@ def check_namespace(namespace: object) -> str:
     return namespace
 
 
+# The longest ttl, local_ttl, lock_timeout, timeout or wait_timeout: 100 years
+# (what the local tier, Redis's PX and the payload's deadline all hold).
+MAX_SECONDS = 100 * 365 * 86400.0
+
+
 def check_seconds(value: object, name: str, *, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
         return None
@@ -284,7 +300,50 @@ def check_seconds(value: object, name: str, *, allow_none: bool = True) -> float
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{name} must be positive and finite, not {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} s (100 years), not {value!r}")
     return seconds
+
+
+_NEEDS_KEY = (
+    "the default serializer is pickle, and unpickling bytes that anyone who can write "
+    "this Redis may have written runs their code: pass signing_key= (32 or more secret "
+    "bytes, e.g. secrets.token_bytes(32), the same in every process), or "
+    "serializer=moka_py.redis.JSON, or serializer=moka_py.redis.UNSAFE_PICKLE if only "
+    "trusted code can write this Redis"
+)
+
+
+def check_serializer(serializer: object, signed: bool) -> Serializer:
+    """The serializer to use; ``TypeError`` for pickle without a signing key
+    (but ``UNSAFE_PICKLE``, the explicit opt-in) or an object that is not one."""
+    if serializer is None or serializer is pickle:
+        if not signed:
+            raise TypeError(_NEEDS_KEY)
+        return PICKLE
+    if callable(getattr(serializer, "dumps", None)) and callable(
+        getattr(serializer, "loads", None)
+    ):
+        return serializer  # type: ignore[return-value]
+    raise TypeError(
+        "serializer must have dumps(obj) -> bytes and loads(bytes) -> obj, "
+        f"not {type(serializer).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked options of a tiered cache (sync or asyncio)."""
+
+    namespace: str
+    capacity: int
+    ttl: float | None
+    local_ttl: float | None
+    serializer: Serializer
+    keys: list[bytes] = field(repr=False)
+    lock_timeout: float
+    timeout: float
+    wait_timeout: float
 
 
 def check_options(
@@ -293,9 +352,11 @@ def check_options(
     ttl: object,
     local_ttl: object,
     serializer: object,
+    signing_key: object,
     lock_timeout: object,
     timeout: object,
-) -> tuple[str, int, float | None, float | None, Serializer, float, float]:
+    wait_timeout: object,
+) -> Settings:
     ns = check_namespace(namespace)
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
@@ -305,19 +366,21 @@ def check_options(
     local_s = check_seconds(local_ttl, "local_ttl")
     lock_s = check_seconds(lock_timeout, "lock_timeout", allow_none=False)
     timeout_s = check_seconds(timeout, "timeout", allow_none=False)
-    if serializer is None:
-        ser: Serializer = PICKLE
-    elif callable(getattr(serializer, "dumps", None)) and callable(
-        getattr(serializer, "loads", None)
-    ):
-        ser = serializer  # type: ignore[assignment]
-    else:
-        raise TypeError(
-            "serializer must have dumps(obj) -> bytes and loads(bytes) -> obj, "
-            f"not {type(serializer).__name__}"
-        )
-    assert lock_s is not None and timeout_s is not None
-    return ns, capacity, ttl_s, local_s, ser, lock_s, timeout_s
+    wait_s = check_seconds(wait_timeout, "wait_timeout", allow_none=False)
+    keys = check_signing_key(signing_key)
+    ser = check_serializer(serializer, bool(keys))
+    assert lock_s is not None and timeout_s is not None and wait_s is not None
+    return Settings(
+        namespace=ns,
+        capacity=capacity,
+        ttl=ttl_s,
+        local_ttl=local_bound(local_s, ttl_s),
+        serializer=ser,
+        keys=keys,
+        lock_timeout=lock_s,
+        timeout=timeout_s,
+        wait_timeout=wait_s,
+    )
 
 
 def local_bound(local_ttl: float | None, left: float | None) -> float | None:
@@ -345,7 +408,10 @@ class TierStats:
     invalidation feed was lost (the local tier was then distrusted and
     dropped); ``redis_errors``: Redis calls that failed or timed out;
     ``stale_served``: reads answered from the local tier while Redis was
-    unreachable (fail-safe).
+    unreachable (fail-safe); ``rejected``: payloads and messages refused (not
+    signed with a key of this cache, forged, copied from another key, over the
+    bounds, or that the serializer could not read): each payload was a miss,
+    each message was dropped.
     """
 
     local_hits: int = 0
@@ -358,6 +424,7 @@ class TierStats:
     feed_losses: int = 0
     redis_errors: int = 0
     stale_served: int = 0
+    rejected: int = 0
 
     @property
     def hits(self) -> int:
@@ -388,6 +455,7 @@ class LoadStats:
         "feed_losses",
         "redis_errors",
         "stale_served",
+        "rejected",
     )
 
     def __init__(self) -> None:

@@ -12,6 +12,7 @@ keys: no user code runs under them and nothing waits on Redis under them.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,12 +23,13 @@ from typing import Any
 
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._moka_py import Moka, _Tier
 from . import _core
 from ._connect import Kind, feed_settings, release_feed
+from ._envelope import Envelope, Refused
 from ._feed import Feed
 
 __all__ = ["Tier", "Unavailable"]
@@ -40,6 +42,57 @@ BREAK_SECONDS = 1.0
 
 class Unavailable(RedisConnectionError):
     """Redis failed a moment ago; the cache does not wait for it again yet."""
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """A cluster client's ``RedisClusterException`` (no node reachable, slots
+    not covered), which redis-py does not raise as a ``RedisError``: the cache
+    treats it as Redis being unreachable."""
+
+
+def as_redis_error(err: RedisClusterException) -> RedisError:
+    out = ClusterUnavailable(f"Redis Cluster unavailable: {type(err).__name__}")
+    out.__cause__ = err
+    return out
+
+
+# Refusals are logged here, at most once per REFUSAL_LOG_SECONDS per cache,
+# with their count and a reason of our own words (never the key's bytes).
+log = logging.getLogger("moka_py.redis")
+REFUSAL_LOG_SECONDS = 60.0
+
+
+class _Refusals:
+    """Counts refused payloads and messages and logs them, rate-limited."""
+
+    __slots__ = ("_lock", "_namespace", "_next", "_since")
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._since = 0
+
+    def note(self, what: str, reason: str) -> None:
+        with self._lock:
+            self._since += 1
+            now = time.monotonic()
+            if now < self._next:
+                return
+            self._next = now + REFUSAL_LOG_SECONDS
+            count, self._since = self._since, 0
+        # Outside the lock: a handler is the user's code.
+        log.warning(
+            "namespace %r: refused %d payload(s) or message(s) from Redis since the last "
+            "report (this one: a %s, %s); a refused payload is a miss, a refused message is "
+            "dropped. Is every process configured with the same signing_key and serializer? "
+            "(TierStats.rejected counts them; this is logged at most every %.0f s)",
+            self._namespace,
+            count,
+            what,
+            reason,
+            REFUSAL_LOG_SECONDS,
+        )
 
 
 _MISSING: Any = object()
@@ -74,12 +127,15 @@ class Tier:
         client: Any,
         kind: str,
         timeout: float,
+        envelope: Envelope,
         seeds: list[tuple[str, int]] | None,
         slow_get: Callable[[Any, Any], Any],
         slow_aget: Callable[[Any, Any], Any],
         label: str,
     ) -> None:
         self.names = names
+        self.envelope = envelope
+        self._refusals = _Refusals(names.namespace)
         self.kind = kind
         self.timeout = timeout
         self.local_ttl = local_ttl
@@ -221,13 +277,23 @@ class Tier:
         self.counts.add("feed_losses")
 
     def _on_message(self, data: bytes) -> None:
-        parsed = _core.parse_message(data)
-        if parsed is None:
+        """One message from the channel: never raises (a message must not end
+        the feed's session), and does bounded work (``_envelope``'s bounds)."""
+        try:
+            self._act_on(data)
+        except Exception as err:
+            # A bug of ours, or a message the bounds did not foresee: drop it.
+            self.refused("message", Refused(f"unreadable ({type(err).__name__})"))
+
+    def _act_on(self, data: bytes) -> None:
+        try:
+            kind, origin, keys = self.envelope.open_message(data)
+        except Refused as err:
+            self.refused("message", err)
             return
-        kind, origin, keys = parsed
         if origin == self.origin:
             return
-        if kind == _core.CLEAR:
+        if keys is None or kind == _core.CLEAR:
             self.rust.invalidate_all()
             self.counts.add("invalidations")
             self._wake_all()
@@ -237,11 +303,16 @@ class Tier:
                 try:
                     key = _core.decode_key(enc)
                 except (ValueError, UnicodeDecodeError):
+                    self.refused("message", Refused("naming a key no cache encodes"))
                     continue
                 self.rust.invalidate(key)
                 self.counts.add("invalidations")
             if kind in (_core.FILLED, _core.RELEASED):
                 self.wake(enc)
+
+    def refused(self, what: str, err: Refused) -> None:
+        self.counts.add("rejected")
+        self._refusals.note(what, err.reason)
 
     # ------------------------------------------------------------ waiters
 
@@ -292,22 +363,34 @@ class Tier:
     def local_bound(self, left: float | None) -> float | None:
         return _core.local_bound(self.local_ttl, left)
 
+    def pack(self, enc: bytes, data: bytes, ttl: float | None) -> bytes:
+        """The payload to store for ``enc``'s serialized value ``data``."""
+        return self.envelope.pack(self.names.value(enc), data, _core.deadline_ms(ttl))
+
+    def messages(self, kind: bytes, keys: Iterable[bytes] = ()) -> list[bytes]:
+        """The messages that tell the other processes of a write of ``keys``."""
+        return self.envelope.messages(kind, self.origin, keys)
+
     def decode(
         self, serializer: _core.Serializer, enc: bytes, payload: bytes
     ) -> tuple[bool, Any, float | None]:
-        """``(ok, value, seconds left)`` of a payload read from Redis; a
-        payload that cannot be read is reported with a warning, not raised."""
-        unpacked = _core.unpack_value(payload)
-        if unpacked is None:
-            _core.warn_undecodable(self.names.namespace, enc, None)
+        """``(ok, value, seconds left)`` of a payload read from Redis: checked
+        first, deserialized after. A payload refused (or that the serializer
+        cannot read) is counted and logged (rate-limited), never raised."""
+        try:
+            data, deadline = self.envelope.open(self.names.value(enc), payload)
+        except Refused as err:
+            self.refused("payload", err)
             return False, None, None
-        data, left = unpacked
+        left = _core.seconds_left(deadline)
         if left is not None and left <= 0:
             return False, None, None
         try:
             value = serializer.loads(data)
         except Exception as err:
-            _core.warn_undecodable(self.names.namespace, enc, err)
+            self.refused(
+                "payload", Refused(f"that the serializer could not read ({type(err).__name__})")
+            )
             return False, None, None
         return True, value, left
 

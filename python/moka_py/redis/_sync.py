@@ -6,18 +6,20 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .._moka_py import Moka
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
+from ._envelope import Envelope
 from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     Tier,
+    as_redis_error,
     ms,
     new_token,
 )
@@ -32,6 +34,8 @@ _MISS: Any = object()
 # The longest a process's leader waits between two looks at Redis while
 # another process loads the key (a notice on the feed usually ends it sooner).
 POLL_SECONDS = 0.2
+# get_many reads at most this many keys per MGET.
+BATCH = 500
 
 
 class _Flight:
@@ -108,34 +112,48 @@ class TieredCache(Generic[K, V]):
         self,
         client: Any,
         namespace: str,
+        *,
         capacity: int = 10_000,
         ttl: float | None = 300.0,
         local_ttl: float | None = None,
         serializer: _core.Serializer | None = None,
+        signing_key: str | bytes | Sequence[str | bytes] | None = None,
         lock_timeout: float = 30.0,
+        wait_timeout: float = 30.0,
         timeout: float = 1.0,
         stats: bool = False,
     ) -> None:
         kind = kind_of(client, asynchronous=False)
-        ns, capacity, ttl_s, local_s, ser, lock_s, timeout_s = _core.check_options(
-            namespace, capacity, ttl, local_ttl, serializer, lock_timeout, timeout
+        opts = _core.check_options(
+            namespace,
+            capacity,
+            ttl,
+            local_ttl,
+            serializer,
+            signing_key,
+            lock_timeout,
+            timeout,
+            wait_timeout,
         )
-        self._names = _core.Names(ns)
+        self._names = _core.Names(opts.namespace)
+        envelope = Envelope(opts.namespace, self._names.channel, opts.keys)
         self._kind = kind
-        self._ttl = ttl_s
-        self._local_ttl = _core.local_bound(local_s, ttl_s)
-        self._serializer = ser
-        self._lock_timeout = lock_s
-        self._timeout = timeout_s
+        self._ttl = opts.ttl
+        self._local_ttl = opts.local_ttl
+        self._serializer = opts.serializer
+        self._lock_timeout = opts.lock_timeout
+        self._wait_timeout = opts.wait_timeout
+        self._timeout = timeout_s = opts.timeout
         self._own = bounded_sync(client, kind, timeout_s)
         self._tier = Tier(
             names=self._names,
-            capacity=capacity,
+            capacity=opts.capacity,
             local_ttl=self._local_ttl,
             stats=stats,
             client=client,
             kind=kind,
             timeout=timeout_s,
+            envelope=envelope,
             seeds=[(n.host, n.port) for n in client.get_nodes()] if kind == Kind.CLUSTER else None,
             slow_get=self._slow_get,
             slow_aget=self._no_aget,
@@ -171,21 +189,33 @@ class TieredCache(Generic[K, V]):
         except RedisError as err:
             self._tier.failed(err)
             raise
+        except RedisClusterException as err:
+            wrapped = as_redis_error(err)
+            self._tier.failed(wrapped)
+            raise wrapped from err
 
-    def _write(self, commands: Callable[[Any], None], message: bytes) -> list[Any]:
-        """Sends a write and its invalidation message: in one MULTI/EXEC on a
+    def _publish(self, messages: list[bytes]) -> None:
+        for message in messages:
+            if self._kind == Kind.CLUSTER:
+                self._call(self._own.execute_command, "SPUBLISH", self._names.channel, message)
+            else:
+                self._call(self._own.publish, self._names.channel, message)
+
+    def _write(self, commands: Callable[[Any], None], messages: list[bytes]) -> list[Any]:
+        """Sends a write and its invalidation messages: in one MULTI/EXEC on a
         single server (so no process can see one without the other), or the
-        commands then an ``SPUBLISH`` on a cluster."""
+        commands then ``SPUBLISH`` on a cluster."""
         if self._kind == Kind.CLUSTER:
             pipe = self._own.pipeline(transaction=False)
             commands(pipe)
             results = self._call(pipe.execute)
-            self._call(self._own.execute_command, "SPUBLISH", self._names.channel, message)
+            self._publish(messages)
             return list(results)
         pipe = self._own.pipeline(transaction=True)
         commands(pipe)
-        pipe.publish(self._names.channel, message)
-        return list(self._call(pipe.execute))[:-1]
+        for message in messages:
+            pipe.publish(self._names.channel, message)
+        return list(self._call(pipe.execute))[: -len(messages)]
 
     # ------------------------------------------------------------ reads
 
@@ -227,22 +257,24 @@ class TieredCache(Generic[K, V]):
         found, wanted = tier.split_local(keys)
         if not wanted:
             return found
-        tokens = [tier.rust.token(k) for _, _, k in wanted]
-        names = [self._names.value(enc) for _, enc, _ in wanted]
-        try:
-            if self._kind == Kind.CLUSTER:
-                payloads = self._call(self._own.mget_nonatomic, names)
-            else:
-                payloads = self._call(self._own.mget, names)
-        except RedisError:
-            payloads = None
-        for i, (key, enc, k) in enumerate(wanted):
-            if payloads is None:
-                ok, value = tier.fail_safe(k)
-            else:
-                ok, value = tier.accept(self._serializer, enc, k, payloads[i], tokens[i])
-            if ok:
-                found[key] = value
+        for start in range(0, len(wanted), BATCH):
+            batch = wanted[start : start + BATCH]
+            tokens = [tier.rust.token(k) for _, _, k in batch]
+            names = [self._names.value(enc) for _, enc, _ in batch]
+            try:
+                if self._kind == Kind.CLUSTER:
+                    payloads = self._call(self._own.mget_nonatomic, names)
+                else:
+                    payloads = self._call(self._own.mget, names)
+            except RedisError:
+                payloads = None
+            for i, (key, enc, k) in enumerate(batch):
+                if payloads is None:
+                    ok, value = tier.fail_safe(k)
+                else:
+                    ok, value = tier.accept(self._serializer, enc, k, payloads[i], tokens[i])
+                if ok:
+                    found[key] = value
         return found
 
     # ------------------------------------------------------------ writes
@@ -262,9 +294,10 @@ class TieredCache(Generic[K, V]):
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
-        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
+        payload = tier.pack(enc, data, ttl_s)
         try:
-            self._write(lambda p: p.set(name, _core.pack_value(data, ttl_s), px=ms(ttl_s)), msg)
+            self._write(lambda p: p.set(name, payload, px=ms(ttl_s)), msgs)
         except RedisError:
             tier.rust.invalidate(k)
             raise
@@ -287,14 +320,14 @@ class TieredCache(Generic[K, V]):
         tier = self._tier
         tokens = [tier.rust.token(k) for _, k, _, _ in prepared]
         px = ms(ttl_s)
-        msg = _core.message(_core.INVALIDATE, tier.origin, [enc for enc, _, _, _ in prepared])
+        msgs = tier.messages(_core.INVALIDATE, [enc for enc, _, _, _ in prepared])
 
         def commands(pipe: Any) -> None:
             for enc, _, _, data in prepared:
-                pipe.set(self._names.value(enc), _core.pack_value(data, ttl_s), px=px)
+                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s), px=px)
 
         try:
-            self._write(commands, msg)
+            self._write(commands, msgs)
         except RedisError:
             for _, k, _, _ in prepared:
                 tier.rust.invalidate(k)
@@ -310,9 +343,9 @@ class TieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        msg = _core.message(_core.INVALIDATE, tier.origin, (enc,))
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
         try:
-            (old,) = self._write(lambda p: p.getdel(name), msg)
+            (old,) = self._write(lambda p: p.getdel(name), msgs)
         except RedisError:
             tier.rust.invalidate(k)
             raise
@@ -329,11 +362,7 @@ class TieredCache(Generic[K, V]):
         tier = self._tier
         try:
             self._unlink_namespace()
-            msg = _core.message(_core.CLEAR, tier.origin)
-            if self._kind == Kind.CLUSTER:
-                self._call(self._own.execute_command, "SPUBLISH", self._names.channel, msg)
-            else:
-                self._call(self._own.publish, self._names.channel, msg)
+            self._publish(tier.messages(_core.CLEAR))
         finally:
             tier.rust.invalidate_all()
 
@@ -380,7 +409,9 @@ class TieredCache(Generic[K, V]):
                 flight = self._flights[enc] = _Flight()
         if not leader:
             self._tier.counts.add("waits")
-            flight.done.wait()
+            if not flight.done.wait(self._wait_timeout):
+                # This process's load outlasted wait_timeout: load on our own.
+                return self._load_unclaimed(enc, _core.plain_key(key), initializer, ttl, ttl_s)
             if flight.error is not None:
                 raise flight.error
             return flight.value
@@ -408,6 +439,7 @@ class TieredCache(Generic[K, V]):
         lock_key = self._names.lock(enc)
         woken = threading.Event()
         tier.add_waiter(enc, woken.set)
+        give_up = time.monotonic() + self._wait_timeout
         try:
             while True:
                 token = tier.rust.token(k)
@@ -426,8 +458,13 @@ class TieredCache(Generic[K, V]):
                     return self._load_alone(k, initializer, ttl, ttl_s, token)
                 if claimed:
                     return self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    # Another process's load (or a claim nobody renews away)
+                    # outlasted wait_timeout: load on our own.
+                    return self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
                 tier.counts.add("waits")
-                woken.wait(POLL_SECONDS)
+                woken.wait(min(POLL_SECONDS, left))
                 woken.clear()
         finally:
             tier.remove_waiter(enc, woken.set)
@@ -453,6 +490,33 @@ class TieredCache(Generic[K, V]):
         value = self._compute(initializer)
         bound = self._local_ttl if ttl is None else self._tier.local_bound(ttl_s)
         self._tier.rust.fill(k, value, bound, token)
+        return value
+
+    def _load_unclaimed(
+        self,
+        enc: bytes,
+        k: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        ttl_s: float | None,
+    ) -> Any:
+        """``wait_timeout`` passed while another load held the key: load here,
+        store the value in Redis (over any) and tell the other processes."""
+        tier = self._tier
+        token = tier.rust.token(k)
+        value = self._compute(initializer)
+        data = self._serializer.dumps(value)
+        name = self._names.value(enc)
+        payload = tier.pack(enc, data, ttl_s)
+        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        try:
+            self._write(
+                lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
+            )
+        except RedisError:
+            tier.rust.fill(k, value, bound, token)
+            return value
+        tier.rust.put(k, value, bound, token)
         return value
 
     def _lead(
@@ -494,7 +558,7 @@ class TieredCache(Generic[K, V]):
                     self._call(
                         self._own.set,
                         name,
-                        _core.pack_value(data, ttl_s),
+                        tier.pack(enc, data, ttl_s),
                         px=ms(ttl_s),
                         nx=absent,
                     )
@@ -508,13 +572,9 @@ class TieredCache(Generic[K, V]):
         finally:
             self._renewer.drop(lock_key)
             kind = _core.FILLED if stored else _core.RELEASED
-            msg = _core.message(kind, tier.origin, (enc,))
             try:
                 self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim)
-                if self._kind == Kind.CLUSTER:
-                    self._call(self._own.execute_command, "SPUBLISH", self._names.channel, msg)
-                else:
-                    self._call(self._own.publish, self._names.channel, msg)
+                self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
 
@@ -525,12 +585,15 @@ class TieredCache(Generic[K, V]):
         ttl: float | None = None,
         key: Callable[..., Any] | None = None,
         typed: bool = False,
+        name: str | None = None,
     ) -> Callable[[Callable[..., R]], Callable[..., R]]:
         """Caches a sync function's results in this cache: one call per
-        arguments across every process (``get_with``). The key is the
-        function's module and qualified name plus the arguments (or what
-        ``key(*args, **kwargs)`` returns); ``f.cache_invalidate(*args, **kwargs)``
-        removes one result everywhere."""
+        arguments across every process (``get_with``). The key is ``name``
+        (default: the function's module and qualified name) plus the arguments
+        (or what ``key(*args, **kwargs)`` returns); a function defined inside
+        another, or a lambda, needs ``name=``: its qualified name does not
+        tell two of them apart. ``f.cache_invalidate(*args, **kwargs)`` removes
+        one result everywhere."""
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
 
@@ -540,7 +603,7 @@ class TieredCache(Generic[K, V]):
                     "TieredCache.cached decorates sync functions: use AsyncTieredCache "
                     f"for async def {fn.__qualname__}"
                 )
-            make_key = call_key(fn, key, typed)
+            make_key = call_key(fn, key, typed, name)
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> R:
@@ -612,13 +675,35 @@ class TieredCache(Generic[K, V]):
         return f"TieredCache(namespace={self._names.namespace!r}, feed_up={self.feed_up})"
 
 
+def function_name(fn: Callable[..., Any], name: str | None) -> str:
+    """The identity of a decorated function in Redis: ``name``, or its module
+    and qualified name, which must tell it apart from every other function
+    (``ValueError`` for a nested function or a lambda without ``name``)."""
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        return name
+    qualname = getattr(fn, "__qualname__", None)
+    module = getattr(fn, "__module__", None)
+    if not isinstance(qualname, str):
+        raise ValueError(f"{fn!r} has no __qualname__: pass name= to cached()")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        raise ValueError(
+            f"{qualname} is defined inside a function or is a lambda, so its name is shared "
+            "by every function made there, and their results would share keys: pass "
+            "name= (one per function, e.g. name=f'price:{tenant}')"
+        )
+    return f"{module}.{qualname}"
+
+
 def call_key(
-    fn: Callable[..., Any], key: Callable[..., Any] | None, typed: bool
+    fn: Callable[..., Any], key: Callable[..., Any] | None, typed: bool, name: str | None = None
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
     """How a decorated function's call becomes a cache key: the function's
-    module and qualified name, then the arguments (keyword arguments sorted
-    by name), or ``key(*args, **kwargs)``; ``typed`` adds the types' names."""
-    prefix = f"{fn.__module__}.{fn.__qualname__}"
+    identity (:func:`function_name`), then the arguments (keyword arguments
+    sorted by name), or ``key(*args, **kwargs)``; ``typed`` adds the types'
+    names."""
+    prefix = function_name(fn, name)
     if key is not None:
         custom = key
 

@@ -1,0 +1,276 @@
+"""The envelope: the bytes a tiered cache writes to Redis and to its channel,
+and how each is signed and checked. Every reader and writer goes through here,
+so this is the one place to review.
+
+Nothing read from Redis or from the channel is trusted: anyone who can reach
+the server may have written it. A read is parsed with bounds first (length,
+count, depth), then its MAC is checked, and only then is anything
+deserialized. A refusal is a plain miss (a dropped message), never an
+exception: the caller counts it.
+
+Payload (the value of ``<ns>:v:<key>``), version 2, signed::
+
+    0x02 | key id (4) | deadline ms (8, big-endian; 0: none) | MAC (32) | data
+
+    MAC = HMAC-SHA256(payload key, 0x02 | key id | deadline
+                      | len(Redis key) (4) | Redis key | data)
+
+Payload, version 3, unsigned (a cache without a signing key)::
+
+    0x03 | deadline ms (8) | data
+
+Message (on ``<ns>:inv``), version 2, signed::
+
+    0x02 | key id (4) | MAC (32) | body
+    MAC = HMAC-SHA256(message key, 0x02 | key id | len(channel) (4) | channel | body)
+
+Message, version 3, unsigned: ``0x03 | body``. The body is a kind byte, the
+sender's 8-byte origin, then each key as a 4-byte length and its encoding.
+
+The version fixes the algorithm: a payload never names its own. A cache with a
+signing key accepts version 2 only; a cache without one, version 3 only (so
+values written before version 2, and values of a fleet configured otherwise,
+are refused alike). The payload and message keys are derived from each signing
+key per namespace (HMAC-SHA256 of the key over a label and the namespace); the
+key id is the first 4 bytes of an HMAC of the signing key, so it tells which
+of the rotation keys signed without revealing anything of it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_KEYS",
+    "Envelope",
+    "Refused",
+    "check_signing_key",
+]
+
+SIGNED, PLAIN = 2, 3
+_SIGNED_BYTE, _PLAIN_BYTE = bytes([SIGNED]), bytes([PLAIN])
+_MAC_SIZE = 32
+_KID_SIZE = 4
+_DEADLINE = struct.Struct(">Q")
+_LEN = struct.Struct(">I")
+_SIGNED_HEAD = 1 + _KID_SIZE + _DEADLINE.size + _MAC_SIZE  # 45
+_PLAIN_HEAD = 1 + _DEADLINE.size  # 9
+_MSG_SIGNED_HEAD = 1 + _KID_SIZE + _MAC_SIZE  # 37
+_BODY_HEAD = 9  # kind + origin
+
+# The shortest signing key (bytes): as long as the HMAC-SHA256 output.
+MIN_KEY_BYTES = 32
+# The longest encoded key a cache accepts (longer: ValueError at the call).
+MAX_KEY_BYTES = 64 * 1024
+# A message names at most this many keys and holds at most this many bytes of
+# keys; a writer splits a larger write's keys over several messages. A
+# received message over either bound is refused (signed) or taken as a CLEAR
+# (unsigned: it cannot be a cache's, and dropping everything is always safe).
+MAX_MESSAGE_KEYS = 1024
+MAX_MESSAGE_BYTES = 1024 * 1024
+_MAX_RECEIVED = _MSG_SIGNED_HEAD + _BODY_HEAD + MAX_MESSAGE_BYTES + MAX_KEY_BYTES + 4
+
+_KID_LABEL = b"moka_py.redis key id"
+_PAYLOAD_LABEL = b"moka_py.redis payload v2\x00"
+_MESSAGE_LABEL = b"moka_py.redis message v2\x00"
+
+
+class Refused(Exception):
+    """A payload or message that is not accepted; ``reason`` says why in
+    words that carry none of its bytes."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_signing_key(signing_key: object) -> list[bytes]:
+    """The signing keys as bytes, the signing one first ([] for None).
+    ``TypeError`` for a wrong type, ``ValueError`` for a key shorter than 32
+    bytes or a repeated key; neither message contains any key's bytes."""
+    if signing_key is None:
+        return []
+    items: Sequence[object]
+    if isinstance(signing_key, (str, bytes)):
+        items = [signing_key]
+    elif isinstance(signing_key, (list, tuple)):
+        items = signing_key
+        if not items:
+            raise ValueError("signing_key must not be an empty sequence")
+    else:
+        raise TypeError(
+            "signing_key must be a str or bytes of at least 32 bytes, or a list or tuple "
+            f"of them (the first signs), not {type(signing_key).__name__}"
+        )
+    keys: list[bytes] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            key = item.encode("utf-8")
+        elif isinstance(item, bytes):
+            key = bytes(item)
+        else:
+            raise TypeError(f"signing_key[{i}] must be a str or bytes, not {type(item).__name__}")
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"signing_key{'' if len(items) == 1 else f'[{i}]'} must be at least "
+                f"{MIN_KEY_BYTES} bytes, not {len(key)} (use secrets.token_bytes(32))"
+            )
+        if key in keys:
+            raise ValueError(f"signing_key[{i}] repeats an earlier key")
+        keys.append(key)
+    return keys
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.digest(key, data, "sha256")
+
+
+class _Keys:
+    """What one signing key gives a namespace: its id and the derived keys."""
+
+    __slots__ = ("kid", "message", "payload")
+
+    def __init__(self, key: bytes, namespace: bytes) -> None:
+        self.kid = _mac(key, _KID_LABEL)[:_KID_SIZE]
+        self.payload = _mac(key, _PAYLOAD_LABEL + namespace)
+        self.message = _mac(key, _MESSAGE_LABEL + namespace)
+
+
+class Envelope:
+    """Packs and opens the payloads and messages of one namespace."""
+
+    __slots__ = ("_by_kid", "_channel", "_signer", "signed")
+
+    def __init__(self, namespace: str, channel: bytes, keys: list[bytes]) -> None:
+        ns = namespace.encode()
+        derived = [_Keys(k, ns) for k in keys]
+        self._by_kid = {d.kid: d for d in derived}
+        if len(self._by_kid) != len(derived):
+            # Two different keys with one 4-byte id: 1 in 4 billion.
+            raise ValueError("two signing keys have the same key id: replace one of them")
+        self._signer = derived[0] if derived else None
+        self._channel = _LEN.pack(len(channel)) + channel
+        self.signed = self._signer is not None
+
+    def __repr__(self) -> str:
+        return f"<moka_py.redis envelope, {'signed' if self.signed else 'unsigned'}>"
+
+    def __reduce__(self) -> str:
+        raise TypeError("a moka_py.redis envelope holds secrets and cannot be pickled")
+
+    # ------------------------------------------------------------ payloads
+
+    def pack(self, redis_key: bytes, data: bytes, deadline_ms: int) -> bytes:
+        """The payload stored under ``redis_key`` for the serialized ``data``."""
+        signer = self._signer
+        if signer is None:
+            return _PLAIN_BYTE + _DEADLINE.pack(deadline_ms) + data
+        head = _SIGNED_BYTE + signer.kid + _DEADLINE.pack(deadline_ms)
+        mac = _mac(signer.payload, head + _LEN.pack(len(redis_key)) + redis_key + data)
+        return head + mac + data
+
+    def open(self, redis_key: bytes, payload: bytes) -> tuple[bytes, int]:
+        """``(data, deadline ms)`` of a payload read from ``redis_key``;
+        :class:`Refused` for anything this cache did not write there."""
+        if type(payload) is not bytes:
+            raise Refused("not a bytes value")
+        version = payload[:1]
+        if self._signer is None:
+            if version != _PLAIN_BYTE:
+                raise Refused(
+                    "signed by a cache with a signing key"
+                    if version == _SIGNED_BYTE
+                    else "not a moka_py.redis payload of this version"
+                )
+            if len(payload) < _PLAIN_HEAD:
+                raise Refused("truncated")
+            (deadline,) = _DEADLINE.unpack_from(payload, 1)
+            return payload[_PLAIN_HEAD:], deadline
+        if version != _SIGNED_BYTE:
+            raise Refused(
+                "unsigned" if version == _PLAIN_BYTE else "not a signed moka_py.redis payload"
+            )
+        if len(payload) < _SIGNED_HEAD:
+            raise Refused("truncated")
+        keys = self._by_kid.get(payload[1 : 1 + _KID_SIZE])
+        if keys is None:
+            raise Refused("signed with an unknown key")
+        head = payload[: 1 + _KID_SIZE + _DEADLINE.size]
+        data = payload[_SIGNED_HEAD:]
+        want = _mac(keys.payload, head + _LEN.pack(len(redis_key)) + redis_key + data)
+        if not hmac.compare_digest(want, payload[len(head) : _SIGNED_HEAD]):
+            raise Refused("bad signature")
+        (deadline,) = _DEADLINE.unpack_from(payload, 1 + _KID_SIZE)
+        return data, deadline
+
+    # ------------------------------------------------------------ messages
+
+    def _seal(self, body: bytes) -> bytes:
+        signer = self._signer
+        if signer is None:
+            return _PLAIN_BYTE + body
+        head = _SIGNED_BYTE + signer.kid
+        return head + _mac(signer.message, head + self._channel + body) + body
+
+    def messages(self, kind: bytes, origin: bytes, keys: Iterable[bytes] = ()) -> list[bytes]:
+        """The messages that tell the other processes about ``keys``: one, or
+        several when the keys are over a message's bounds."""
+        out: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        for k in keys:
+            if parts and (len(parts) >= MAX_MESSAGE_KEYS or size + len(k) > MAX_MESSAGE_BYTES):
+                out.append(self._seal(kind + origin + b"".join(parts)))
+                parts, size = [], 0
+            parts.append(_LEN.pack(len(k)) + k)
+            size += len(k)
+        if parts or not out:
+            out.append(self._seal(kind + origin + b"".join(parts)))
+        return out
+
+    def open_message(self, data: bytes) -> tuple[bytes, bytes, list[bytes] | None]:
+        """``(kind, origin, encoded keys)`` of a message received on the
+        channel; keys are None when the message must be taken as a CLEAR (an
+        unsigned message over the bounds). :class:`Refused` for a message
+        this cache must not act on."""
+        if len(data) > _MAX_RECEIVED:
+            if self._signer is None:
+                return b"c", b"", None
+            raise Refused("too large")
+        version = data[:1]
+        if self._signer is None:
+            if version != _PLAIN_BYTE:
+                raise Refused("not an unsigned moka_py.redis message")
+            body = data[1:]
+        else:
+            if version != _SIGNED_BYTE:
+                raise Refused("not a signed moka_py.redis message")
+            if len(data) < _MSG_SIGNED_HEAD + _BODY_HEAD:
+                raise Refused("truncated")
+            keys = self._by_kid.get(data[1 : 1 + _KID_SIZE])
+            if keys is None:
+                raise Refused("signed with an unknown key")
+            head = data[: 1 + _KID_SIZE]
+            body = data[_MSG_SIGNED_HEAD:]
+            want = _mac(keys.message, head + self._channel + body)
+            if not hmac.compare_digest(want, data[1 + _KID_SIZE : _MSG_SIGNED_HEAD]):
+                raise Refused("bad signature")
+        if len(body) < _BODY_HEAD:
+            raise Refused("truncated")
+        kind, origin = body[:1], body[1:_BODY_HEAD]
+        found: list[bytes] = []
+        i, end = _BODY_HEAD, len(body)
+        while i < end:
+            n = _LEN.unpack_from(body, i)[0] if i + 4 <= end else -1
+            if len(found) >= MAX_MESSAGE_KEYS or not 0 <= n <= MAX_KEY_BYTES or i + 4 + n > end:
+                if self._signer is not None:
+                    # Over the bounds yet signed: made by a holder of the key.
+                    raise Refused("malformed")
+                return kind, origin, None
+            found.append(body[i + 4 : i + 4 + n])
+            i += 4 + n
+        return kind, origin, found

@@ -1,0 +1,198 @@
+"""moka_py.redis's envelope without a server: what a signed and an unsigned
+cache write to Redis and to the channel, and what each refuses (_envelope.py).
+The same attacks against a real server are in test_redis_security.py."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moka_py.redis import _core
+from moka_py.redis._envelope import (
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_KEYS,
+    Envelope,
+    Refused,
+    check_signing_key,
+)
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+NS = "users"
+CHANNEL = b"users:inv"
+NAME = b"users:v:sk"
+
+
+def signed(*keys: bytes, ns: str = NS) -> Envelope:
+    return Envelope(ns, f"{ns}:inv".encode(), list(keys or (KEY,)))
+
+
+def plain() -> Envelope:
+    return Envelope(NS, CHANNEL, [])
+
+
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=2**63))
+def test_a_signed_payload_opens_to_what_was_packed(data: bytes, deadline: int) -> None:
+    env = signed()
+    assert env.open(NAME, env.pack(NAME, data, deadline)) == (data, deadline)
+    assert plain().open(NAME, plain().pack(NAME, data, deadline)) == (data, deadline)
+
+
+def test_every_byte_of_a_signed_payload_is_covered() -> None:
+    env = signed()
+    payload = env.pack(NAME, b"value", 12345)
+    for i in range(len(payload)):
+        forged = bytearray(payload)
+        forged[i] ^= 0x01
+        with pytest.raises(Refused):
+            env.open(NAME, bytes(forged))
+    with pytest.raises(Refused):
+        env.open(NAME, payload + b"x")
+    with pytest.raises(Refused, match="truncated"):
+        env.open(NAME, payload[:44])
+
+
+def test_a_payload_is_bound_to_its_key_namespace_and_signing_key() -> None:
+    env = signed()
+    payload = env.pack(NAME, b"value", 0)
+    with pytest.raises(Refused, match="bad signature"):
+        env.open(b"users:v:sother", payload)  # copied to another key
+    with pytest.raises(Refused, match="bad signature"):
+        signed(ns="orders").open(NAME, payload)  # same key, another namespace
+    with pytest.raises(Refused, match="unknown key"):
+        signed(OTHER).open(NAME, payload)
+
+
+def test_the_deadline_cannot_be_extended() -> None:
+    env = signed()
+    payload = env.pack(NAME, b"value", _core.deadline_ms(1.0))
+    forged = payload[:5] + struct.pack(">Q", 0) + payload[13:]
+    with pytest.raises(Refused, match="bad signature"):
+        env.open(NAME, forged)
+
+
+def test_the_payload_cannot_choose_its_algorithm() -> None:
+    """A forged payload that names another version (unsigned, or one from
+    before signing) is refused by a signed cache whatever follows."""
+    env = signed()
+    with pytest.raises(Refused, match="unsigned"):
+        env.open(NAME, plain().pack(NAME, b"value", 0))
+    with pytest.raises(Refused, match="not a signed"):
+        env.open(NAME, b"\x01" + bytes(8) + b"pickle")
+    for version in range(256):
+        if version != 2:
+            with pytest.raises(Refused):
+                env.open(NAME, bytes([version]) + bytes(60))
+
+
+def test_the_mac_is_hmac_sha256_over_the_documented_fields() -> None:
+    """The format in _envelope's docstring, recomputed independently."""
+    payload = signed().pack(NAME, b"value", 7)
+    kid = hmac.new(KEY, b"moka_py.redis key id", hashlib.sha256).digest()[:4]
+    derived = hmac.new(KEY, b"moka_py.redis payload v2\x00" + NS.encode(), hashlib.sha256).digest()
+    head = b"\x02" + kid + struct.pack(">Q", 7)
+    mac = hmac.new(
+        derived, head + struct.pack(">I", len(NAME)) + NAME + b"value", hashlib.sha256
+    ).digest()
+    assert payload == head + mac + b"value"
+
+
+def test_rotation_first_key_signs_every_key_verifies() -> None:
+    old, new = signed(OTHER), signed(KEY, OTHER)
+    assert new.open(NAME, old.pack(NAME, b"v", 0)) == (b"v", 0)
+    assert old.open(NAME, signed(OTHER, KEY).pack(NAME, b"v", 0)) == (b"v", 0)
+    with pytest.raises(Refused, match="unknown key"):
+        old.open(NAME, new.pack(NAME, b"v", 0))
+    msg = signed(OTHER).messages(_core.CLEAR, bytes(8))[0]
+    assert new.open_message(msg)[0] == _core.CLEAR
+
+
+def test_an_unsigned_cache_refuses_signed_and_old_payloads() -> None:
+    with pytest.raises(Refused, match="signed by a cache with a signing key"):
+        plain().open(NAME, signed().pack(NAME, b"v", 0))
+    with pytest.raises(Refused, match=r"not a moka_py\.redis payload"):
+        plain().open(NAME, b"\x01" + bytes(8) + b"v")
+    with pytest.raises(Refused, match="truncated"):
+        plain().open(NAME, b"\x03\x00")
+
+
+def test_messages_round_trip_and_are_signed_per_channel() -> None:
+    origin = os.urandom(8)
+    encs = [_core.encode_key(k) for k in ("a", 1, (1, "b"), b"\x00\xff")]
+    for env in (signed(), plain()):
+        (msg,) = env.messages(_core.INVALIDATE, origin, encs)
+        assert env.open_message(msg) == (_core.INVALIDATE, origin, encs)
+        (clear,) = env.messages(_core.CLEAR, origin)
+        assert env.open_message(clear) == (_core.CLEAR, origin, [])
+    (msg,) = signed().messages(_core.CLEAR, origin)
+    with pytest.raises(Refused, match="bad signature"):
+        signed(ns="orders").open_message(msg)
+    for i in range(len(msg)):
+        forged = bytearray(msg)
+        forged[i] ^= 0x80
+        with pytest.raises(Refused):
+            signed().open_message(bytes(forged))
+
+
+JUNK = [
+    b"",
+    b"c",
+    b"\x03",
+    b"\x03c",
+    b"\x02" + bytes(40),
+    b"\x03c" + bytes(8),
+    hashlib.sha512(b"junk").digest(),
+]
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=[f"junk{i}" for i in range(len(JUNK))])
+def test_a_signed_cache_refuses_any_unsigned_message(junk: bytes) -> None:
+    with pytest.raises(Refused):
+        signed().open_message(junk)
+
+
+def test_large_writes_are_split_into_bounded_messages() -> None:
+    origin = bytes(8)
+    encs = [_core.encode_key(i) for i in range(MAX_MESSAGE_KEYS * 2 + 5)]
+    for env in (signed(), plain()):
+        msgs = env.messages(_core.INVALIDATE, origin, encs)
+        assert len(msgs) == 3
+        got = [k for m in msgs for k in env.open_message(m)[2] or []]
+        assert got == encs
+    big = [_core.encode_key(b"x" * 60_000) + bytes([i]) for i in range(40)]
+    msgs = signed().messages(_core.INVALIDATE, origin, big)
+    assert len(msgs) == 3 and all(len(m) <= MAX_MESSAGE_BYTES + 100 for m in msgs)
+
+
+def test_an_unsigned_message_over_the_bounds_is_one_clear_in_bounded_time() -> None:
+    env = plain()
+    origin = bytes(8)
+    many = b"\x03i" + origin + b"".join(struct.pack(">I", 1) + b"s" for _ in range(5000))
+    assert env.open_message(many) == (b"i", origin, None)
+    lying = b"\x03i" + origin + struct.pack(">I", 2**31) + b"s"
+    assert env.open_message(lying) == (b"i", origin, None)
+    huge = b"\x03i" + origin + b"\x00" * (16 << 20)
+    assert env.open_message(huge)[2] is None
+    with pytest.raises(Refused, match="too large"):
+        signed().open_message(huge)
+
+
+def test_the_envelope_keeps_its_secrets() -> None:
+    env = signed()
+    assert "k" * 8 not in repr(env)
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(env)
+
+
+def test_signing_keys_as_str_and_bytes() -> None:
+    assert check_signing_key("é" * 16) == ["é".encode() * 16]
+    assert check_signing_key((KEY, OTHER)) == [KEY, OTHER]
+    assert check_signing_key(None) == []
