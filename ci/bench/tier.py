@@ -46,6 +46,8 @@ from typing import Any
 
 # Implementations (the tables' rows, in this order).
 TIER = "moka_py TieredCache"
+# The remote hit again, unsigned (serializer=UNSAFE_PICKLE): what signing costs.
+TIER_UNSIGNED = "moka_py TieredCache, UNSAFE_PICKLE"
 ATIER = "moka_py AsyncTieredCache"
 MOKA = "moka_py Moka"
 REDIS = "redis-py"
@@ -287,7 +289,7 @@ def hits(port: int, rounds: int, gone: dict[str, str]) -> dict[str, dict[str, fl
     import redis
 
     import moka_py
-    from moka_py.redis import TieredCache
+    from moka_py.redis import UNSAFE_PICKLE, TieredCache
 
     keys = str_keys()
     values = {k: value_of(i) for i, k in enumerate(keys)}
@@ -323,6 +325,17 @@ def hits(port: int, rounds: int, gone: dict[str, str]) -> dict[str, dict[str, fl
     # Remote hits: the local tier cleared before each pass (not timed).
     remote: dict[str, tuple[Callable[[list[Any]], None], Callable[[], None]]] = {}
     remote[TIER] = (get_loop(tier.get), tier.local.clear)
+    unsigned: Any = TieredCache(
+        redis.Redis(port=port),
+        namespace="bench-unsigned",
+        serializer=UNSAFE_PICKLE,
+        capacity=10_000,
+    )
+    closers.append(unsigned.close)
+    if not unsigned.wait_ready(5):
+        raise SystemExit("TieredCache: the invalidation feed did not come up")
+    unsigned.set_many(values)
+    remote[TIER_UNSIGNED] = (get_loop(unsigned.get), unsigned.local.clear)
     plain_client = redis.Redis(port=port)
     closers.append(plain_client.close)
     names = ["".join(["plain:", k]) for k in keys]

@@ -13,6 +13,7 @@ from .report import table
 
 COLORS = {
     tier.TIER: "#d62728",
+    tier.TIER_UNSIGNED: "#e377c2",
     tier.ATIER: "#ff9896",
     tier.MOKA: "#7f7f7f",
     tier.REDIS: "#1f77b4",
@@ -107,7 +108,7 @@ def targets_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
         cashews_gone,
     )
     check(
-        "remote hit: TieredCache.get at most 1.15x redis-py GET + pickle.loads",
+        "remote hit: TieredCache.get (signed) at most 1.15x redis-py GET + pickle.loads",
         ratio(remote.get(tier.TIER), remote.get(tier.REDIS)),
         1.15,
     )
@@ -233,11 +234,21 @@ def hits_md(r: dict[str, Any], meta: dict[str, Any]) -> tuple[str, str]:
     for case, call in (("remote", "sync"), ("async remote", "awaited")):
         per = hits.get(case, {})
         base = per.get(tier.REDIS)
-        for impl in (tier.REDIS, tier.TIER if case == "remote" else tier.ATIER):
+        impls = (
+            (tier.REDIS, tier.TIER, tier.TIER_UNSIGNED)
+            if case == "remote"
+            else (
+                tier.REDIS,
+                tier.ATIER,
+            )
+        )
+        for impl in impls:
             v = per.get(impl)
             if v is None:
                 continue
             label = name(impl, meta)
+            if impl == tier.TIER:
+                label += ", signed"
             if impl == tier.REDIS:
                 label += " `GET` + `pickle.loads`" + (
                     " (redis.asyncio)" if call == "awaited" else ""
