@@ -147,3 +147,27 @@ def forked_child(cache: TieredCache[Any, Any], key: Any, seen_from_parent: Any, 
     except BaseException as e:  # report, then let the process end
         out.put(repr(e))
         raise
+
+
+def forked_async_child(cache: Any, out: Any) -> None:
+    """Runs in a child made by os.fork() from a process whose AsyncTieredCache
+    was used (in a loop that has ended) before the fork: the child uses it in
+    a loop of its own."""
+    import asyncio
+
+    async def main() -> tuple[Any, Any]:
+        if not await cache.wait_ready(10):
+            raise RuntimeError("the child's feed did not come up")
+        await cache.set("k", "child")
+        cache.local.clear()
+
+        async def load() -> str:
+            return "child"
+
+        return await cache.get("k"), await cache.get_with(("loaded", "child"), load)
+
+    try:
+        out.put(asyncio.run(asyncio.wait_for(main(), 30)))
+    except BaseException as e:  # report, then let the process end
+        out.put(repr(e))
+        raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -187,3 +188,62 @@ def test_async_bad_client() -> None:
         AsyncTieredCache(redis.Redis(), namespace=NS, signing_key=SIGNING_KEY)
     with pytest.raises(TypeError, match="client"):
         AsyncTieredCache("redis://", namespace=NS, signing_key=SIGNING_KEY)
+
+
+async def _round_trip(cache: AsyncTieredCache[Any, Any], value: Any) -> tuple[Any, Any]:
+    """A write, a read from Redis (the local copy dropped) and a load, all
+    through the cache's own client of the running loop."""
+    assert await cache.wait_ready(5)
+    await cache.set("k", value)
+    cache.local.clear()
+
+    async def load() -> Any:
+        return value
+
+    return await cache.get("k"), await cache.get_with(("loaded", value), load)
+
+
+def test_one_cache_from_one_event_loop_after_another(
+    redis_db: RedisServer, unraisable: list[Any]
+) -> None:
+    """A cache made outside any loop, used by several asyncio.run() in turn
+    (as pytest-asyncio's loop per test does): each loop gets connections of
+    its own, and those of a closed loop are let go without a warning."""
+    cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(
+        redis_db.async_client(), namespace=NS, signing_key=SIGNING_KEY
+    )
+    try:
+        for i in range(3):
+            assert run(lambda i=i: _round_trip(cache, i)) == (i, i)  # type: ignore[misc]
+    finally:
+        run(cache.aclose)
+    import gc
+
+    gc.collect()
+    assert unraisable == []
+
+
+def test_an_async_cache_made_before_fork_works_in_the_child(
+    redis_db: RedisServer, unraisable: list[Any]
+) -> None:
+    fork = multiprocessing.get_context("fork")
+    cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(
+        redis_db.async_client(), namespace=NS, signing_key=SIGNING_KEY
+    )
+    try:
+        assert run(lambda: _round_trip(cache, "parent")) == ("parent", "parent")
+        out = fork.Queue()
+        with warnings.catch_warnings():
+            # 3.12+ warns that forking a process with threads may deadlock; the
+            # cache's own threads hold no lock the child needs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = fork.Process(target=redis_workers.forked_async_child, args=(cache, out))
+            child.start()
+        assert out.get(timeout=30) == ("child", "child")
+        child.join(30)
+        assert child.exitcode == 0
+        # The parent's connections were not the child's to close.
+        assert run(lambda: _round_trip(cache, "again")) == ("again", "again")
+    finally:
+        run(cache.aclose)
+    assert unraisable == []

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +40,103 @@ R = TypeVar("R")
 _MISS: Any = object()
 # asyncio.timeout (3.11+); 3.10 has only wait_for.
 _timeout: Any = getattr(asyncio, "timeout", None)
+
+
+class _LoopClients:
+    """The cache's own asyncio client of each event loop that uses it.
+
+    An asyncio connection belongs to the loop that opened it, so each loop
+    (a second ``asyncio.run()``, pytest-asyncio's loop per test, a forked
+    child's loop) gets a client of its own, made from the user's settings.
+    Clients of loops that have closed (and every client of the parent, in a
+    forked child) are let go: their sockets are closed without their loop.
+
+    The lock guards the map only: no Redis call, no user code runs under it.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        # id(loop) -> (weak reference to the loop, its client)
+        self._by_loop: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], Any]] = {}
+        # Made at construction (so that a setting the cache cannot carry over
+        # fails there), handed to the first loop that asks.
+        self._first: Any = make()
+
+    def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        stale: list[Any] = []
+        with self._lock:
+            if self._pid != os.getpid():
+                stale = [c for _, c in self._by_loop.values()]
+                self._by_loop.clear()
+                self._pid = os.getpid()
+            entry = self._by_loop.get(id(loop))
+            if entry is not None and entry[0]() is loop:
+                return entry[1]
+            for key, (ref, c) in list(self._by_loop.items()):
+                other = ref()
+                if other is None or other.is_closed():
+                    stale.append(c)
+                    del self._by_loop[key]
+            # (The first client has opened no connection yet: any loop may take it.)
+            client = self._first if self._first is not None else self._make()
+            self._first = None
+            self._by_loop[id(loop)] = (weakref.ref(loop), client)
+        for c in stale:
+            _let_go(c)
+        return client
+
+    def take(self) -> tuple[Any | None, list[Any]]:
+        """For ``aclose``: the running loop's client, and every other."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            current = None
+            others = [] if self._first is None else [self._first]
+            self._first = None
+            for ref, c in self._by_loop.values():
+                if loop is not None and ref() is loop and self._pid == os.getpid():
+                    current = c
+                else:
+                    others.append(c)
+            self._by_loop.clear()
+        return current, others
+
+
+def _connections(client: Any) -> list[Any]:
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
+    found: list[Any] = []
+    for node in client.get_nodes():
+        found += getattr(node, "_connections", ())
+    return found
+
+
+def _let_go(client: Any) -> None:
+    """Closes the sockets of a client whose loop is gone (closed, or the
+    parent's before a fork) without that loop: asyncio's transports cannot be
+    closed through a closed loop, so the socket is closed directly."""
+    for conn in _connections(client):
+        writer = getattr(conn, "_writer", None)
+        conn._writer = conn._reader = None
+        if writer is None:
+            continue
+        transport = writer.transport
+        try:
+            transport.abort()
+        except RuntimeError:  # its loop is closed
+            sock = getattr(transport, "_sock", None)
+            if sock is not None:
+                sock.close()
+                transport._sock = None
 
 
 class AsyncTieredCache(Generic[K, V]):
@@ -80,7 +180,7 @@ class AsyncTieredCache(Generic[K, V]):
         self._lock_timeout = opts.lock_timeout
         self._wait_timeout = opts.wait_timeout
         self._timeout = timeout_s = opts.timeout
-        self._own = bounded_async(client, kind, timeout_s)
+        self._clients = _LoopClients(lambda: bounded_async(client, kind, timeout_s))
         self._tier = Tier(
             names=self._names,
             capacity=opts.capacity,
@@ -112,6 +212,11 @@ class AsyncTieredCache(Generic[K, V]):
 
     def _ensure(self) -> None:
         self._tier.ensure()
+
+    @property
+    def _own(self) -> Any:
+        """The cache's own client for the running event loop."""
+        return self._clients.get()
 
     # ------------------------------------------------------------ Redis calls
 
@@ -597,10 +702,15 @@ class AsyncTieredCache(Generic[K, V]):
         """Stops the feed and closes the cache's own connections (the client
         given stays open)."""
         await asyncio.get_running_loop().run_in_executor(None, self._tier.close)
+        current, others = self._clients.take()
+        for other in others:
+            _let_go(other)
+        if current is None:
+            return
         try:
-            await self._own.aclose()
+            await current.aclose()
             if self._kind != Kind.CLUSTER:
-                await self._own.connection_pool.disconnect()
+                await current.connection_pool.disconnect()
         except Exception:
             pass
 
