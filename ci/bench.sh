@@ -27,7 +27,11 @@ if [ "${#only[@]}" -gt 0 ]; then
     [ -z "$(printf '%s\n' "${only[@]}" | grep -vx tier)" ] && gil_only=yes
 fi
 if [ "$tier" = yes ]; then
+    # The tier family runs on Redis 8 (redis-py's client-side cache refuses servers before
+    # 7.4), built once by ci/redis-servers.sh; MOKA_PY_REDIS_SERVER may name another.
     need_redis
+    MOKA_PY_REDIS_BIN=$(bash "$ROOT/ci/redis-servers.sh" "${MOKA_PY_REDIS_SERVER:-redis8}")
+    export MOKA_PY_REDIS_BIN
 fi
 
 bench=$(new_venv bench "$PY_GIL")

@@ -8,6 +8,8 @@
 # Extra arguments after the first go to pytest. An interpreter that is not found is
 # reported by name and skipped; under CI (CI=true) that fails the run.
 #   bash ci/test.sh rust                 only the Rust tests of the store layer (cargo test)
+#   MOKA_PY_REDIS_SERVER=valkey8 bash ci/test.sh 3.11 tests/test_redis_*.py
+#                                        the moka_py.redis tests on Valkey 8 (or redis8, redis7)
 # "all" runs the Rust tests first: `cargo test --lib` on an interpreter embedded from the
 # dev venv's python3 (without pyo3's extension-module feature, which only maturin enables).
 source "$(dirname "$0")/env.sh"
@@ -28,8 +30,15 @@ if [ -n "$rust" ]; then
     (cd "$ROOT" && PYO3_PYTHON="$PY_GIL" cargo test --lib -q)
     [ "${#SELECTED[@]}" -eq 0 ] && exit 0
 fi
-# The moka_py.redis tests start their own redis-server processes.
+# The moka_py.redis tests start their own redis-server processes: Debian's Redis 7 unless
+# MOKA_PY_REDIS_SERVER names another (redis7, redis8, valkey8; ci/redis-servers.sh installs
+# or builds it once).
 need_redis
+if [ -n "${MOKA_PY_REDIS_SERVER:-}" ]; then
+    MOKA_PY_REDIS_BIN=$(bash "$ROOT/ci/redis-servers.sh" "$MOKA_PY_REDIS_SERVER")
+    export MOKA_PY_REDIS_BIN
+    log "moka_py.redis tests on $MOKA_PY_REDIS_SERVER: $("$MOKA_PY_REDIS_BIN/redis-server" --version)"
+fi
 
 run_suite() {
     local venv="$1"

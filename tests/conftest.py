@@ -51,3 +51,17 @@ def unraisable() -> Iterator[list[Unraisable]]:
     finally:
         sys.unraisablehook = old
         seen.clear()
+
+
+def pytest_report_header() -> str:
+    """Which redis-server the moka_py.redis tests start (MOKA_PY_REDIS_SERVER)."""
+    import shutil
+    import subprocess
+
+    from redis_servers import binary
+
+    server = binary("redis-server")
+    if shutil.which(server) is None:
+        return f"redis-server: {server} not found"
+    out = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=10)
+    return f"redis-server: {server}: {out.stdout.strip()}"

@@ -68,8 +68,19 @@ class RedisServerError(RuntimeError):
     """A server did not start, stop or become ready in time."""
 
 
+# The directory of the redis-server and redis-cli to run (Redis 7, Redis 8 or Valkey 8:
+# `bash ci/test.sh` sets it from MOKA_PY_REDIS_SERVER through ci/redis-servers.sh);
+# unset, the ones on PATH.
+BIN_DIR = os.environ.get("MOKA_PY_REDIS_BIN") or None
+
+
+def binary(name: str) -> str:
+    """The path of `redis-server` or `redis-cli` (see BIN_DIR)."""
+    return str(Path(BIN_DIR) / name) if BIN_DIR else name
+
+
 def redis_server_installed() -> bool:
-    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+    return all(shutil.which(binary(b)) is not None for b in ("redis-server", "redis-cli"))
 
 
 # ---------------------------------------------------------------- ports
@@ -373,7 +384,7 @@ class RedisServer:
     def _spawn(self) -> bool:
         """Starts redis-server on self.port; False if that port is in use."""
         assert self._claim is not None
-        argv = ["redis-server"]
+        argv = [binary("redis-server")]
         if self.monitors is not None:
             conf = self.dir / "sentinel.conf"  # a Sentinel rewrites its own
             service, master = SENTINEL_SERVICE, self.monitors
@@ -579,7 +590,7 @@ class RedisCluster3:
             for s in self.servers:
                 s.start()
             create = subprocess.run(
-                ["redis-cli", *self._auth_args(), "--cluster", "create"]
+                [binary("redis-cli"), *self._auth_args(), "--cluster", "create"]
                 + [f"{h}:{p}" for h, p in self.nodes]
                 + ["--cluster-replicas", "0", "--cluster-yes"],
                 capture_output=True,

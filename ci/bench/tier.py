@@ -32,6 +32,7 @@ import bisect
 import importlib
 import importlib.metadata
 import multiprocessing
+import os
 import pickle
 import random
 import shutil
@@ -142,8 +143,15 @@ def csc_missing(port: int) -> str | None:
 # --- the server -------------------------------------------------------------
 
 
+def server_exe() -> str | None:
+    """The redis-server of the tier family: MOKA_PY_REDIS_BIN's (ci/bench.sh sets it to
+    Redis 8's, which redis-py's client-side cache needs), else the one on PATH."""
+    bin_dir = os.environ.get("MOKA_PY_REDIS_BIN")
+    return shutil.which(os.path.join(bin_dir, "redis-server") if bin_dir else "redis-server")
+
+
 def server_version() -> str:
-    exe = shutil.which("redis-server")
+    exe = server_exe()
     if exe is None:
         return ""
     out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
@@ -163,7 +171,7 @@ class Server:
     """A redis-server on a free loopback port, without persistence; stopped on exit."""
 
     def __init__(self) -> None:
-        exe = shutil.which("redis-server")
+        exe = server_exe()
         if exe is None:
             raise SystemExit("redis-server is not installed (ci/bench.sh installs it)")
         self.port = free_port()
