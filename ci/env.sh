@@ -57,6 +57,27 @@ need_redis() {
     fi
 }
 
+# need_trixie_src: a deb-src entry for Debian trixie on the machine's own Debian mirror, for
+# the source packages built here (CPython 3.13 by ci/python-ft.sh, Redis 8 and Valkey 8 by
+# ci/redis-servers.sh).
+need_trixie_src() {
+    local srclist=/etc/apt/sources.list.d/moka-py-trixie-src.sources mirror
+    [ -f "$srclist" ] && return 0
+    mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
+                grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
+        | grep -E '/debian/?$' | head -n1 || true)
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    log "adding deb-src trixie from $mirror"
+    as_root tee "$srclist" >/dev/null <<SRC
+Types: deb-src
+URIs: $mirror
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    as_root apt-get update -qq >&2
+}
+
 # need_venv PYTHON: PYTHON can create a venv with pip. Debian's own python3 needs the
 # python3-venv package for that (its venv module lacks ensurepip); other interpreters
 # (pyenv, a source build) carry both and are left alone.

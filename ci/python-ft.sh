@@ -30,22 +30,7 @@ apt_install build-essential pkg-config libssl-dev libffi-dev zlib1g-dev libbz2-d
     libsqlite3-dev libreadline-dev uuid-dev xz-utils dpkg-dev
 
 # A deb-src entry for trixie on the machine's own Debian mirror.
-srclist=/etc/apt/sources.list.d/moka-py-trixie-src.sources
-if [ ! -f "$srclist" ]; then
-    mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
-                grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
-        | grep -E '/debian/?$' | head -n1 || true)
-    mirror="${mirror:-http://deb.debian.org/debian}"
-    log "adding deb-src trixie from $mirror"
-    as_root tee "$srclist" >/dev/null <<SRC
-Types: deb-src
-URIs: $mirror
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    as_root apt-get update -qq >&2
-fi
+need_trixie_src
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -25,26 +25,6 @@ case "$name" in
 esac
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/moka-py"
-# The version is the trixie source package's, read from apt once the deb-src entry exists.
-need_trixie_src() {
-    local srclist=/etc/apt/sources.list.d/moka-py-trixie-src.sources mirror
-    if [ ! -f "$srclist" ]; then
-        mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
-                    grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
-            | grep -E '/debian/?$' | head -n1 || true)
-        mirror="${mirror:-http://deb.debian.org/debian}"
-        log "adding deb-src trixie from $mirror"
-        as_root tee "$srclist" >/dev/null <<SRC
-Types: deb-src
-URIs: $mirror
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-        as_root apt-get update -qq >&2
-    fi
-}
-
 # A build already in the cache (any version of this major) is used as it is.
 for bin in "$cache/$src-$want_major".*/bin; do
     if [ -x "$bin/redis-server" ] && "$bin/redis-server" --version >/dev/null 2>&1; then
