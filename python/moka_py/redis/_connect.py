@@ -7,10 +7,23 @@ password, TLS, ``client_name``, the Sentinel service...) whose every command
 is bounded by the cache's ``timeout`` and is not retried, and a connection of
 the same settings for its invalidation feed. The user's client stays theirs:
 the cache never closes it.
+
+Every one of those connections keeps the security of the user's: TLS (its
+certificates, CA, verification mode and every other ``ssl_*`` setting),
+username, password and credential provider, and the same for the look-ups
+that find a Sentinel service's master. ``_keep`` compares what each
+connection of the cache will use with the user's client once it is built, so
+a setting lost on the way (a shape of client, or a redis-py version, that
+moves it somewhere else) refuses the cache at construction instead of
+connecting with less: TLS dropped would send the password in clear. A
+connection class the cache cannot reproduce (a custom asyncio class, which the
+feed's thread would need as a sync one) is refused the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import redis
@@ -93,23 +106,116 @@ def _pool_kwargs(client: Any) -> dict[str, Any]:
     return dict(client.connection_pool.connection_kwargs)
 
 
+# ------------------------------------------------------------ what must be kept
+
+# The settings besides TLS that make a connection's security: who it
+# authenticates as.
+_AUTH_KEYS = ("username", "password", "credential_provider")
+_TLS_CLASSES = (redis.connection.SSLConnection, redis.asyncio.connection.SSLConnection)
+
+
+def _is_tls(cls: type) -> bool:
+    return issubclass(cls, _TLS_CLASSES)
+
+
+def _cluster_class(kw: dict[str, Any], *, asynchronous: bool) -> type:
+    """The connection class of a cluster client's nodes (``ssl=True`` or a
+    ``connection_class`` in its settings)."""
+    cls: type | None = kw.get("connection_class")
+    if cls is not None:
+        return cls
+    if asynchronous:
+        return (
+            redis.asyncio.connection.SSLConnection
+            if kw.get("ssl")
+            else redis.asyncio.connection.Connection
+        )
+    return redis.connection.SSLConnection if kw.get("ssl") else redis.connection.Connection
+
+
+@functools.cache
+def _ssl_defaults(cls: type) -> dict[str, Any]:
+    """The ``ssl_*`` parameters of a TLS class (sync or asyncio) and their
+    defaults: what a connection uses for a setting it is not given."""
+    base = next(b for b in cls.__mro__ if b in _TLS_CLASSES)
+    params = inspect.signature(base.__init__).parameters
+    return {k: p.default for k, p in params.items() if k.startswith("ssl_")}
+
+
+def _security(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
+    """What a connection of class ``cls`` made with ``kw`` authenticates with,
+    and how it protects and verifies the link (an ``ssl_*`` setting not in
+    ``kw`` at its default)."""
+    out = {k: kw.get(k) for k in _AUTH_KEYS}
+    out["TLS"] = _is_tls(cls)
+    if out["TLS"]:
+        out.update(_ssl_defaults(cls))
+        out.update((k, v) for k, v in kw.items() if k.startswith("ssl_"))
+    return out
+
+
+def _keep(what: str, user: tuple[type, dict[str, Any]], ours: tuple[type, dict[str, Any]]) -> None:
+    """Refuses (``ValueError``) a connection of the cache's that would not keep
+    every security setting of the user's client. A setting that only the
+    cache's class knows (the sync TLS class has OCSP settings the asyncio one
+    has not) must be at its default. The message names the settings, never
+    their values."""
+    want, have = _security(*user), _security(*ours)
+    defaults = _ssl_defaults(ours[0]) if have["TLS"] else {}
+    lost = sorted(
+        k for k in want.keys() | have.keys() if want.get(k, defaults.get(k)) != have.get(k)
+    )
+    if want["TLS"] != have["TLS"]:
+        lost = ["TLS", *(k for k in lost if not k.startswith("ssl_") and k != "TLS")]
+    if lost:
+        raise ValueError(
+            f"moka_py.redis cannot make {what} with the client's security settings: "
+            f"{', '.join(lost)} would differ from the client's. Refusing rather than "
+            "connect with less; please report the client's shape (redis-py "
+            f"{redis.__version__})"
+        )
+
+
+def _refuse_class(cls: type, what: str, allowed: str) -> TypeError:
+    return TypeError(
+        f"moka_py.redis cannot reproduce the connection class "
+        f"{cls.__module__}.{cls.__qualname__} for {what}: it makes its own connections "
+        f"from the client's settings, and only knows {allowed}. Refusing rather than "
+        "connect without what that class does"
+    )
+
+
+# ------------------------------------------------------------ the cache's own client
+
+
 def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
     """A sync client of the same settings as ``client`` (sync), bounded."""
     if kind == Kind.CLUSTER:
-        kw = _bounded(dict(client.nodes_manager.connection_kwargs), timeout)
+        user = dict(client.nodes_manager.connection_kwargs)
+        kw = _bounded(user, timeout)
         for k in ("host", "port", "retry_on_error"):
             kw.pop(k, None)
         nodes = [
             redis.cluster.ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
             for n in client.get_nodes()
         ]
-        return redis.cluster.RedisCluster(
+        own = redis.cluster.RedisCluster(
             startup_nodes=nodes,
             require_full_coverage=False,
             **kw,
         )
+        ours = dict(own.nodes_manager.connection_kwargs)
+        _keep(
+            "its own cluster client",
+            (_cluster_class(user, asynchronous=False), user),
+            (_cluster_class(ours, asynchronous=False), ours),
+        )
+        return own
     pool = client.connection_pool
     kw = _bounded(_pool_kwargs(client), timeout)
+    # The class carries TLS for a Sentinel client, where `ssl=True` became
+    # the pool's connection_class and is not in connection_kwargs.
+    kw["connection_class"] = pool.connection_class
     from redis.sentinel import SentinelConnectionPool
 
     new_pool: Any
@@ -118,7 +224,12 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
         make: Any = SentinelConnectionPool
         new_pool = make(pool.service_name, pool.sentinel_manager, **kw)
     else:
-        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kw)
+        new_pool = redis.ConnectionPool(**kw)
+    _keep(
+        "its own client",
+        (pool.connection_class, pool.connection_kwargs),
+        (new_pool.connection_class, new_pool.connection_kwargs),
+    )
     return redis.Redis(connection_pool=new_pool)
 
 
@@ -126,24 +237,52 @@ def bounded_async(client: Any, kind: str, timeout: float) -> Any:
     """An asyncio client of the same settings as ``client`` (asyncio), bounded."""
     if kind == Kind.CLUSTER:
         raw = dict(client.connection_kwargs)
+        user_cls = _cluster_class(raw, asynchronous=True)
+        if user_cls not in (
+            redis.asyncio.connection.Connection,
+            redis.asyncio.connection.SSLConnection,
+        ):
+            raise _refuse_class(
+                user_cls,
+                "its own asyncio cluster client",
+                "redis.asyncio.Connection and SSLConnection (ssl=True)",
+            )
         kw = _bounded(
-            {k: v for k, v in raw.items() if k in _ASYNC_CLUSTER_KEYS}, timeout, asynchronous=True
+            {k: v for k, v in raw.items() if k in _ASYNC_CLUSTER_KEYS or k.startswith("ssl_")},
+            timeout,
+            asynchronous=True,
         )
         kw.pop("retry_on_error", None)
+        # The asyncio cluster client takes TLS as ssl=True (it builds the
+        # connection class itself) and every ssl_* setting as an argument.
+        kw["ssl"] = _is_tls(user_cls)
         # An asyncio cluster client knows only its startup nodes until its
         # first command.
         known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
         nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in known]
-        return redis.asyncio.cluster.RedisCluster(
+        own = redis.asyncio.cluster.RedisCluster(
             startup_nodes=nodes, require_full_coverage=False, **kw
         )
+        ours = dict(own.connection_kwargs)
+        _keep(
+            "its own asyncio cluster client",
+            (user_cls, raw),
+            (_cluster_class(ours, asynchronous=True), ours),
+        )
+        return own
     pool = client.connection_pool
     kw = _bounded(_pool_kwargs(client), timeout, asynchronous=True)
     new_pool = redis.asyncio.ConnectionPool(connection_class=pool.connection_class, **kw)
+    _keep(
+        "its own asyncio client",
+        (pool.connection_class, pool.connection_kwargs),
+        (new_pool.connection_class, new_pool.connection_kwargs),
+    )
     return redis.asyncio.Redis(connection_pool=new_pool)
 
 
-# The settings an asyncio cluster client of the cache's own takes from the user's.
+# The settings an asyncio cluster client of the cache's own takes from the
+# user's (with every ssl_* one).
 _ASYNC_CLUSTER_KEYS = frozenset(
     {
         "client_name",
@@ -156,19 +295,13 @@ _ASYNC_CLUSTER_KEYS = frozenset(
         "socket_keepalive",
         "socket_keepalive_options",
         "socket_read_size",
-        "ssl",
-        "ssl_ca_certs",
-        "ssl_ca_data",
-        "ssl_cert_reqs",
-        "ssl_certfile",
-        "ssl_check_hostname",
-        "ssl_keyfile",
-        "ssl_min_version",
-        "ssl_ciphers",
     }
 )
 
-# The settings a sync connection of the feed takes from an asyncio client.
+# ------------------------------------------------------------ the feed
+
+# The settings a sync connection of the feed takes from an asyncio client
+# (with every ssl_* one when the connection is TLS).
 _FEED_KEYS = (
     "host",
     "port",
@@ -190,6 +323,32 @@ _ASYNC_TO_SYNC: dict[type, type] = {
         redis.connection.UnixDomainSocketConnection
     ),
 }
+_ASYNC_SENTINEL_TO_SYNC: dict[type, type] = {
+    redis.asyncio.sentinel.SentinelManagedConnection: redis.sentinel.SentinelManagedConnection,
+    redis.asyncio.sentinel.SentinelManagedSSLConnection: (
+        redis.sentinel.SentinelManagedSSLConnection
+    ),
+}
+
+
+def _sync_class(cls: type, table: dict[type, type], what: str) -> type:
+    """The sync counterpart of the asyncio connection class ``cls``; a class
+    that is not one of redis-py's own (``table``) is refused."""
+    sync = table.get(cls)
+    if sync is None:
+        allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in table)
+        raise _refuse_class(cls, what, allowed)
+    return sync
+
+
+def _async_to_sync_kwargs(raw: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The settings of an asyncio connection that its sync counterpart of
+    class ``cls`` takes: ``_FEED_KEYS``, and every ``ssl_*`` one for TLS
+    (the sync SSL classes take every setting the asyncio ones do)."""
+    keep = {k: raw[k] for k in _FEED_KEYS if k in raw}
+    if _is_tls(cls):
+        keep.update((k, v) for k, v in raw.items() if k.startswith("ssl_"))
+    return keep
 
 
 class _FeedSentinelPool(redis.sentinel.SentinelConnectionPool):
@@ -208,60 +367,72 @@ def release_feed(kw: dict[str, Any]) -> None:
             sentinel.close()
 
 
-def _sync_sentinel_pool(pool: Any, kw: dict[str, Any]) -> Any:
+def _sync_sentinel_pool(pool: Any, cls: type, kw: dict[str, Any]) -> Any:
     """A sync ``SentinelConnectionPool`` for the service of an asyncio one:
-    the same sentinels, asked with the same settings."""
+    the same sentinels, asked with the same settings (TLS and credentials
+    included), and connections of class ``cls`` to the master."""
     manager = pool.sentinel_manager
-    settings = [s.connection_pool.connection_kwargs for s in manager.sentinels]
+    pools = [s.connection_pool for s in manager.sentinels]
     # Every sentinel is asked with the same settings (the user's sentinel_kwargs).
-    sentinel_kw = {k: settings[0][k] for k in _FEED_KEYS if k in settings[0]}
-    for k in ("host", "port", "db"):
+    sentinel_cls = _sync_class(
+        pools[0].connection_class, _ASYNC_TO_SYNC, "the feed's look-ups of the Sentinel master"
+    )
+    sentinel_kw = _async_to_sync_kwargs(pools[0].connection_kwargs, sentinel_cls)
+    for k in ("host", "port", "db", "path"):
         sentinel_kw.pop(k, None)
+    # (A sync Redis takes TLS as ssl=True.)
+    sentinel_kw["ssl"] = _is_tls(sentinel_cls)
     # (Typed from redis-py 8.2 on, untyped before.)
     sync = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-        [(s["host"], s["port"]) for s in settings],
+        [(p.connection_kwargs["host"], p.connection_kwargs["port"]) for p in pools],
         min_other_sentinels=manager.min_other_sentinels,
         sentinel_kwargs=_bounded(sentinel_kw, kw["socket_timeout"]),
     )
-    return _FeedSentinelPool(pool.service_name, sync, **kw)  # type: ignore[no-untyped-call]
+    for theirs, mine in zip(pools, sync.sentinels, strict=True):
+        _keep(
+            "the feed's look-ups of the Sentinel master",
+            (theirs.connection_class, theirs.connection_kwargs),
+            (mine.connection_pool.connection_class, mine.connection_pool.connection_kwargs),
+        )
+    return _FeedSentinelPool(  # type: ignore[no-untyped-call]
+        pool.service_name, sync, connection_class=cls, **kw
+    )
 
 
 def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[str, Any]]:
     """The connection class and settings of the feed's sync connection, for a
     sync or an asyncio ``client`` (the feed runs on a thread of its own either
     way). For a cluster, ``host``/``port`` are filled in per node."""
+    asynchronous = isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster))
+    what = "its invalidation feed's connection"
     if kind == Kind.CLUSTER:
         raw = dict(
-            client.nodes_manager.connection_kwargs
-            if hasattr(client, "nodes_manager")
-            else client.connection_kwargs
+            client.connection_kwargs if asynchronous else client.nodes_manager.connection_kwargs
         )
-        cls: type = redis.connection.Connection
-        if raw.get("ssl") or raw.get("connection_class") in (
-            redis.connection.SSLConnection,
-            redis.asyncio.connection.SSLConnection,
-        ):
-            cls = redis.connection.SSLConnection
+        user_cls = _cluster_class(raw, asynchronous=asynchronous)
     else:
         pool = client.connection_pool
         raw = dict(pool.connection_kwargs)
-        cls = _ASYNC_TO_SYNC.get(pool.connection_class) or pool.connection_class
+        user_cls = pool.connection_class
         if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
             # The feed's thread needs a sync connection to the service's
             # master: one through a sync Sentinel of the same sentinels.
-            kw = {k: raw[k] for k in _FEED_KEYS if k in raw and k not in ("host", "port")}
-            kw = _bounded(kw, timeout)
-            kw["connection_pool"] = _sync_sentinel_pool(pool, kw)
-            return redis.sentinel.SentinelManagedConnection, kw
-    if cls in _ASYNC_TO_SYNC.values() and isinstance(
-        client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
-    ):
-        keep = {k: raw[k] for k in _FEED_KEYS if k in raw}
-        keep.update({k: v for k, v in raw.items() if k.startswith("ssl_")})
-        raw = keep
-    kw = _bounded(raw, timeout)
+            cls = _sync_class(user_cls, _ASYNC_SENTINEL_TO_SYNC, what)
+            kw = _bounded(_async_to_sync_kwargs(raw, cls), timeout)
+            for k in ("host", "port"):
+                kw.pop(k, None)
+            kw["connection_pool"] = _sync_sentinel_pool(pool, cls, kw)
+            _keep(what, (user_cls, raw), (cls, kw))
+            return cls, kw
+    if asynchronous:
+        cls = _sync_class(user_cls, _ASYNC_TO_SYNC, what)
+        kw = _bounded(_async_to_sync_kwargs(raw, cls), timeout)
+    else:
+        cls = user_cls
+        kw = _bounded(raw, timeout)
     for k in ("connection_class", "ssl", "max_connections"):
         kw.pop(k, None)
-    if cls is not redis.connection.SSLConnection:
+    if not _is_tls(cls):
         kw = {k: v for k, v in kw.items() if not k.startswith("ssl_")}
+    _keep(what, (user_cls, raw), (cls, kw))
     return cls, kw
