@@ -10,6 +10,10 @@ loaded by conftest.py as a plugin (`pytest_plugins = ["redis_fixtures"]`).
   `own_redis_cluster`: one of the test's own, for failing its nodes.
 - `redis_sentinel`: a server of the test's own and a Sentinel watching it as
   the master of `SENTINEL_SERVICE`: `(master, sentinel)`.
+- `tls_files`: a CA, server and client certificates (and a wrong CA), made
+  once per session by openssl; `redis_tls_server` (per module),
+  `redis_tls_cluster` (per session) and `redis_tls_sentinel` (per test) are
+  the same servers TLS-only (no plaintext port), with a password.
 
 Under pytest-run-parallel (`--parallel-threads`), the threads of one test share
 its fixtures: a test that injects faults must be marked `thread_unsafe`.
@@ -27,8 +31,13 @@ from redis_servers import (
     RedisCluster3,
     RedisServer,
     RedisServerError,
+    TLSFiles,
+    make_tls_files,
     redis_server_installed,
 )
+
+# The password of the TLS servers: what must never cross the network in clear.
+TLS_PASSWORD = "moka-py-tls-password-never-in-clear"
 
 
 def _need_redis_server() -> None:
@@ -112,6 +121,60 @@ def redis_sentinel() -> Iterator[tuple[RedisServer, RedisServer]]:
     _need_redis_server()
     master = RedisServer()
     sentinel = RedisServer(monitors=master)
+    try:
+        _started(master)
+        _started(sentinel)
+        yield master, sentinel
+    finally:
+        sentinel.close()
+        master.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A CA, a server certificate (127.0.0.1), a client certificate and a
+    wrong CA, made once per session (per worker) by openssl."""
+    try:
+        return make_tls_files(tmp_path_factory.mktemp("tls"))
+    except RedisServerError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def redis_tls_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
+    """A TLS-only server (`--port 0`: a plaintext connection fails) with the
+    password TLS_PASSWORD, shared by the test module; its `client()`,
+    `async_client()` and `url` use TLS with the client certificate."""
+    _need_redis_server()
+    server = RedisServer("--requirepass", TLS_PASSWORD, tls=tls_files)
+    try:
+        _started(server)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_cluster(tls_files: TLSFiles) -> Iterator[RedisCluster3]:
+    """A TLS-only three-master cluster (its bus too) with the password
+    TLS_PASSWORD, shared by the session (per worker)."""
+    _need_redis_server()
+    cluster = RedisCluster3("--requirepass", TLS_PASSWORD, tls=tls_files)
+    try:
+        _started(cluster)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_tls_sentinel(tls_files: TLSFiles) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A TLS-only master with the password TLS_PASSWORD and a TLS-only
+    Sentinel that watches it over TLS (`tls-replication yes`); both ended
+    after the test."""
+    _need_redis_server()
+    master = RedisServer("--requirepass", TLS_PASSWORD, tls=tls_files)
+    sentinel = RedisServer(monitors=master, tls=tls_files)
     try:
         _started(master)
         _started(sentinel)

@@ -1,6 +1,7 @@
 """Real redis-server processes for the tests of moka_py.redis: `RedisServer` (one
-server) and `RedisCluster3` (a three-master cluster). Plain classes; the pytest
-fixtures that own them are in redis_fixtures.py.
+server) and `RedisCluster3` (a three-master cluster), each in plaintext or
+TLS-only (`tls=TLSFiles`, made by `make_tls_files` with openssl). Plain classes;
+the pytest fixtures that own them are in redis_fixtures.py.
 
 Every server listens on 127.0.0.1 only, on a port picked by `free_port`, keeps
 nothing on disk (`--save "" --appendonly no`, its own temporary directory) and
@@ -36,13 +37,16 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import redis
 import redis.asyncio
@@ -224,14 +228,228 @@ def _close_leftovers() -> None:
     _reaper.shutdown()
 
 
-def _ping_raw(port: int, timeout: float) -> bytes | None:
-    """The first reply line to PING, or None when nothing answers."""
+def _ping_raw(port: int, timeout: float, tls: TLSFiles | None = None) -> bytes | None:
+    """The first reply line to PING (over TLS with `tls`), or None when nothing
+    answers."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64)
-    except OSError:
+        with socket.create_connection((HOST, port), timeout=timeout) as raw:
+            if tls is None:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(64)
+            with tls.context().wrap_socket(raw, server_hostname=HOST) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64)
+    except OSError:  # ssl.SSLError included
         return None
+
+
+# ---------------------------------------------------------------- TLS
+
+
+OPENSSL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA, a server certificate it signed (for 127.0.0.1 and localhost,
+    usable as a client certificate too: redis-server presents it to the nodes
+    and masters it connects to), a client certificate it signed, and a second
+    CA that signed none of them (`wrong_ca`). Made by `make_tls_files`."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    wrong_ca: Path
+
+    @classmethod
+    def at(cls, directory: Path) -> TLSFiles:
+        """The files `make_tls_files(directory)` made (for a child interpreter
+        that is told only the directory)."""
+        d = Path(directory)
+        return cls(
+            d / "ca.crt", d / "server.crt", d / "server.key",
+            d / "client.crt", d / "client.key", d / "wrong-ca.crt",
+        )  # fmt: skip
+
+    def server_args(self) -> list[str]:
+        """redis-server's certificate arguments. Clients must present a
+        certificate of the CA (tls-auth-clients defaults to yes)."""
+        return [
+            "--tls-cert-file", str(self.server_cert),
+            "--tls-key-file", str(self.server_key),
+            "--tls-ca-cert-file", str(self.ca),
+        ]  # fmt: skip
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py's TLS settings for a client of these servers (`ssl=True`
+        is the caller's: a URL says `rediss://` instead)."""
+        return {
+            "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.client_cert),
+            "ssl_keyfile": str(self.client_key),
+            "ssl_cert_reqs": "required",
+        }
+
+    def url_query(self) -> str:
+        return "&".join(f"{k}={quote(str(v), safe='')}" for k, v in self.client_kwargs().items())
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's TLS arguments."""
+        return [
+            "--tls",
+            "--cacert", str(self.ca),
+            "--cert", str(self.client_cert),
+            "--key", str(self.client_key),
+        ]  # fmt: skip
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    run = subprocess.run(
+        ["openssl", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=OPENSSL_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if run.returncode != 0:
+        raise RedisServerError(f"openssl {args[0]} failed:\n{run.stderr[-3000:]}")
+
+
+def _make_ca(d: Path, name: str) -> tuple[Path, Path]:
+    cert, key = d / f"{name}.crt", d / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "2", "-subj", f"/CN=moka-py tests {name}",
+        "-keyout", key, "-out", cert,
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash",
+        cwd=d,
+    )  # fmt: skip
+    return cert, key
+
+
+def _make_leaf(d: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+    cert, key, csr, ext = (d / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-subj", f"/CN=moka-py tests {name}", "-keyout", key, "-out", csr,
+        cwd=d,
+    )  # fmt: skip
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n" + extensions
+    )
+    _openssl(
+        "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+        "-days", "2", "-extfile", ext, "-out", cert,
+        cwd=d,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Makes a CA, a server and a client certificate, and a wrong CA, in
+    `directory` (with `openssl`; about a tenth of a second)."""
+    if shutil.which("openssl") is None:
+        raise RedisServerError("openssl is not installed (the TLS tests make their certificates)")
+    ca = _make_ca(directory, "ca")
+    server = _make_leaf(
+        directory,
+        "server",
+        ca,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    client = _make_leaf(directory, "client", ca, "extendedKeyUsage=clientAuth\n")
+    _make_ca(directory, "wrong-ca")
+    files = TLSFiles.at(directory)
+    assert (files.ca, files.server_cert, files.client_cert) == (ca[0], server[0], client[0])
+    return files
+
+
+class PlainListener:
+    """A plain TCP listener on 127.0.0.1 posing as a Redis server (the master a
+    Sentinel announces, a cluster's startup node). It answers nothing: it keeps
+    the first `limit` bytes each connection sends within `read_timeout`, then
+    closes it, so a test can read what a client sent in clear (`received`,
+    one entry per closed connection). `with` starts and closes it."""
+
+    def __init__(self, limit: int = 4096, read_timeout: float = 0.5) -> None:
+        self._limit = limit
+        self._read_timeout = read_timeout
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self.host, self.port = HOST, int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._received: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, name="PlainListener", daemon=True)
+
+    def __enter__(self) -> PlainListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def received(self) -> list[bytes]:
+        with self._lock:
+            return list(self._received)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            with self._lock:
+                self._threads.append(t)
+            t.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        data = b""
+        deadline = time.monotonic() + self._read_timeout
+        with conn:
+            while len(data) < self._limit and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                conn.settimeout(left)
+                try:
+                    chunk = conn.recv(self._limit - len(data))
+                except OSError:  # the timeout included
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        with self._lock:
+            self._received.append(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(STOP_TIMEOUT)
+        self._sock.close()
 
 
 # ---------------------------------------------------------------- one server
@@ -247,12 +465,22 @@ class RedisServer:
     `args` are extra redis-server arguments (`"--requirepass", "secret"`);
     with `--requirepass`, `client()` and `async_client()` default to that
     password. `cluster=True` makes a cluster node (used by RedisCluster3).
+    `tls=TLSFiles` makes a TLS-only server (`--port 0 --tls-port P`: no
+    plaintext port at all; TLS on the cluster bus and from a Sentinel to its
+    master too), whose clients default to TLS with those certificates.
+    `monitors` makes a Sentinel of a server, or of any address (a test's
+    listener posing as the master), down after `down_after_ms` unanswered.
     Fault injection: `kill`, `stop`, `restart`, `pause`/`resume`, `client_kill`.
     The methods hold a lock, so threads of one test may share a server.
     """
 
     def __init__(
-        self, *args: str, cluster: bool = False, monitors: RedisServer | None = None
+        self,
+        *args: str,
+        cluster: bool = False,
+        monitors: RedisServer | tuple[str, int] | None = None,
+        tls: TLSFiles | None = None,
+        down_after_ms: int = 1000,
     ) -> None:
         if not redis_server_installed():
             raise RedisServerError(INSTALL_HINT)
@@ -262,6 +490,8 @@ class RedisServer:
         # A Sentinel (redis-server --sentinel) watching `monitors` as the
         # master of the service SENTINEL_SERVICE.
         self.monitors = monitors
+        self.down_after_ms = down_after_ms
+        self.tls = tls
         self.password: str | None = None
         if "--requirepass" in self.args:
             self.password = self.args[self.args.index("--requirepass") + 1]
@@ -285,8 +515,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """`redis://...`, or for TLS `rediss://...?ssl_ca_certs=...` with the
+        client's certificate settings."""
         auth = f":{self.password}@" if self.password is not None else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        if self.tls is None:
+            return f"redis://{auth}{self.host}:{self.port}/0"
+        return f"rediss://{auth}{self.host}:{self.port}/0?{self.tls.url_query()}"
 
     @property
     def pid(self) -> int:
@@ -388,14 +622,27 @@ class RedisServer:
         if self.monitors is not None:
             conf = self.dir / "sentinel.conf"  # a Sentinel rewrites its own
             service, master = SENTINEL_SERVICE, self.monitors
-            conf.write_text(
-                f"sentinel monitor {service} {master.host} {master.port} 1\n"
-                f"sentinel down-after-milliseconds {service} 1000\n"
-            )
+            host, port = (master.host, master.port) if isinstance(master, RedisServer) else master
+            lines = [
+                f"sentinel monitor {service} {host} {port} 1",
+                f"sentinel down-after-milliseconds {service} {self.down_after_ms}",
+            ]
+            if isinstance(master, RedisServer) and master.password is not None:
+                lines.append(f"sentinel auth-pass {service} {master.password}")
+            conf.write_text("\n".join(lines) + "\n")
             argv += [str(conf), "--sentinel"]
+        if self.tls is None:
+            listen = ["--port", str(self._claim.port)]
+        else:
+            listen = ["--port", "0", "--tls-port", str(self._claim.port)]
+            listen += self.tls.server_args()
+            # A Sentinel reaches its master, and a replica its master, over TLS.
+            listen += ["--tls-replication", "yes"]
+            if self.cluster:
+                listen += ["--tls-cluster", "yes"]
         argv += [
             "--bind", self.host,
-            "--port", str(self._claim.port),
+            *listen,
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.dir),
@@ -421,7 +668,7 @@ class RedisServer:
             _live.add(self)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            reply = _ping_raw(self._claim.port, timeout=0.5)
+            reply = _ping_raw(self._claim.port, timeout=0.5, tls=self.tls)
             if self._proc.poll() is not None:
                 log = log_path.read_bytes()[offset:].decode(errors="replace")
                 self._end(signal.SIGKILL)
@@ -444,6 +691,7 @@ class RedisServer:
             socket_timeout=STOP_TIMEOUT,
             socket_connect_timeout=STOP_TIMEOUT,
             decode_responses=True,
+            **self._tls_kwargs(),
         )
         try:
             ours = int(self._admin.info("server")["process_id"]) == self._proc.pid
@@ -482,11 +730,18 @@ class RedisServer:
 
     # -- clients
 
+    def _tls_kwargs(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        return {"ssl": True, **self.tls.client_kwargs()}
+
     def _client_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs.setdefault("host", self.host)
         kwargs.setdefault("port", self.port)
         if self.password is not None:
             kwargs.setdefault("password", self.password)
+        for k, v in self._tls_kwargs().items():
+            kwargs.setdefault(k, v)
         return kwargs
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -568,10 +823,12 @@ class RedisCluster3:
     with `redis-cli --cluster create`. `start()` (or `with`) returns once every
     node reports cluster_state:ok and all agree on the slot map."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, tls: TLSFiles | None = None) -> None:
         """`args` go to each node's redis-server (a `--requirepass` is used by
-        `redis-cli --cluster create` and the clients too)."""
-        self.servers = [RedisServer(*args, cluster=True) for _ in range(3)]
+        `redis-cli --cluster create` and the clients too). `tls=TLSFiles`: a
+        TLS-only cluster, its bus included (`--tls-cluster yes`)."""
+        self.tls = tls
+        self.servers = [RedisServer(*args, cluster=True, tls=tls) for _ in range(3)]
         self._clients: list[redis.cluster.RedisCluster] = []
         self._lock = threading.Lock()
 
@@ -590,7 +847,12 @@ class RedisCluster3:
             for s in self.servers:
                 s.start()
             create = subprocess.run(
-                [binary("redis-cli"), *self._auth_args(), "--cluster", "create"]
+                [
+                    binary("redis-cli"),
+                    *self._auth_args(),
+                    *(self.tls.cli_args() if self.tls else []),
+                ]
+                + ["--cluster", "create"]
                 + [f"{h}:{p}" for h, p in self.nodes]
                 + ["--cluster-replicas", "0", "--cluster-yes"],
                 capture_output=True,
@@ -659,6 +921,8 @@ class RedisCluster3:
         password = self.servers[0].password
         if password is not None:
             kwargs.setdefault("password", password)
+        for k, v in self.servers[0]._tls_kwargs().items():
+            kwargs.setdefault(k, v)
         return kwargs
 
     def client(self, **kwargs: Any) -> redis.cluster.RedisCluster:

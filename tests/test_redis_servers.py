@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ import redis.asyncio
 import redis_servers
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis_servers import HOST, RedisCluster3, RedisServer
+from redis_servers import HOST, SENTINEL_SERVICE, RedisCluster3, RedisServer, TLSFiles
 from support import TESTS_DIR, wait_for
 
 
@@ -277,3 +278,44 @@ def test_cluster_node_restart_rejoins(own_redis_cluster: RedisCluster3) -> None:
     own_redis_cluster.wait_ready(timeout=15)
     c.set("users:after", b"1")
     assert c.get("users:after") == b"1"
+
+
+def _refused(**kwargs: Any) -> bool:
+    """Whether a client of these settings fails to PING (and is closed)."""
+    with redis.Redis(socket_timeout=2, retry=no_retry(), **kwargs) as c:
+        try:
+            c.ping()
+        except redis.ConnectionError:
+            return True
+    return False
+
+
+def test_a_tls_server_takes_only_tls_with_a_client_certificate(
+    redis_tls_server: RedisServer, tls_files: TLSFiles
+) -> None:
+    s = redis_tls_server
+    assert s.client().ping()
+    assert redis.Redis.from_url(s.url).ping()
+    plain = {"host": s.host, "port": s.port, "password": s.password}
+    assert _refused(**plain)  # no plaintext port (--port 0)
+    assert _refused(**plain, ssl=True, ssl_ca_certs=str(tls_files.ca))  # no client certificate
+    assert _refused(
+        **plain, ssl=True, **{**tls_files.client_kwargs(), "ssl_ca_certs": str(tls_files.wrong_ca)}
+    )
+
+
+def test_a_tls_cluster_and_a_tls_sentinel(
+    redis_tls_cluster: RedisCluster3, redis_tls_sentinel: tuple[RedisServer, RedisServer]
+) -> None:
+    c = redis_tls_cluster.client()
+    for i in range(30):
+        c.set(f"users:tls:{i}", i)
+    assert len(redis_tls_cluster.masters()) == 3
+    for node in redis_tls_cluster.servers:
+        assert _refused(host=node.host, port=node.port, password=node.password)
+        assert len(node.admin.keys("users:tls:*")) > 0  # every master holds some
+    master, sentinel = redis_tls_sentinel
+    assert _refused(host=sentinel.host, port=sentinel.port)
+    # The Sentinel reaches its TLS-only master (over TLS): it knows its run id.
+    wait_for(lambda: sentinel.admin.sentinel_master(SENTINEL_SERVICE)["runid"] != "", timeout=5)
+    assert sentinel.admin.sentinel_master(SENTINEL_SERVICE)["port"] == master.port
