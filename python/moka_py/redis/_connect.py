@@ -399,11 +399,15 @@ def _sync_sentinel_pool(pool: Any, cls: type, kw: dict[str, Any]) -> Any:
     )
 
 
+def _is_asyncio(client: object) -> bool:
+    return isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster))
+
+
 def feed_settings(client: Any, kind: str, timeout: float) -> tuple[type, dict[str, Any]]:
     """The connection class and settings of the feed's sync connection, for a
     sync or an asyncio ``client`` (the feed runs on a thread of its own either
     way). For a cluster, ``host``/``port`` are filled in per node."""
-    asynchronous = isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster))
+    asynchronous = _is_asyncio(client)
     what = "its invalidation feed's connection"
     if kind == Kind.CLUSTER:
         raw = dict(
