@@ -205,11 +205,15 @@ def bounded_sync(client: Any, kind: str, timeout: float) -> Any:
             **kw,
         )
         ours = dict(own.nodes_manager.connection_kwargs)
-        _keep(
-            "its own cluster client",
-            (_cluster_class(user, asynchronous=False), user),
-            (_cluster_class(ours, asynchronous=False), ours),
-        )
+        try:
+            _keep(
+                "its own cluster client",
+                (_cluster_class(user, asynchronous=False), user),
+                (_cluster_class(ours, asynchronous=False), ours),
+            )
+        except ValueError:
+            own.close()  # (a sync cluster client connects as it is made)
+            raise
         return own
     pool = client.connection_pool
     kw = _bounded(_pool_kwargs(client), timeout)
