@@ -14,6 +14,7 @@ from redis_servers import RedisCluster3
 from support import SIGNING_KEY, wait_for
 
 from moka_py.redis import AsyncTieredCache, TieredCache
+from moka_py.redis._shared import BREAK_SECONDS
 
 pytestmark = pytest.mark.thread_unsafe  # one cluster per worker, flushed by each test
 
@@ -144,3 +145,36 @@ def test_the_feed_survives_its_master_restarting(own_redis_cluster: RedisCluster
         assert b.wait_ready(10) and a.wait_ready(10)
         a.set("k", 2)
         wait_for(lambda: b.get("k") == 2, timeout=10)
+
+
+def test_a_cluster_with_every_node_down_is_redis_down(own_redis_cluster: RedisCluster3) -> None:
+    """redis-py's cluster client raises RedisClusterException (not a RedisError)
+    when no node answers: the cache treats it as Redis being unreachable (the
+    fail-safe answers reads from the local tier; writes raise RedisError)."""
+    import redis
+
+    client = own_redis_cluster.client()
+    with TieredCache(
+        client, namespace=NS, signing_key=SIGNING_KEY, timeout=0.5, stats=True
+    ) as cache:
+        assert cache.wait_ready(10)
+        cache.set("k", "kept")
+        for server in own_redis_cluster.servers:
+            server.kill()
+        wait_for(lambda: not cache.feed_up, timeout=10)
+        # Each round after the breaker closed again: the first call of a round
+        # reaches the client (a connection error, then, once the client wants
+        # to find the nodes again, RedisClusterException).
+        for _ in range(2):
+            time.sleep(BREAK_SECONDS + 0.1)
+            assert cache.get("k") == "kept"
+            time.sleep(BREAK_SECONDS + 0.1)
+            assert cache.get("absent", "default") == "default"
+            time.sleep(BREAK_SECONDS + 0.1)
+            assert cache.get_many(["k", "absent"]) == {"k": "kept"}
+            time.sleep(BREAK_SECONDS + 0.1)
+            with pytest.raises(redis.RedisError):
+                cache.set("other", "unwritten")
+        stats = cache.stats()
+        assert stats.stale_served >= 4 and stats.redis_errors >= 8
+        assert cache.get_with("new", lambda: "loaded alone") == "loaded alone"
