@@ -42,6 +42,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::stats::CacheStats>()?;
     m.add_class::<py::refresh::Claim>()?;
     m.add_class::<py::tier::Tier>()?;
+    m.add_class::<py::mac::Mac>()?;
     py::ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(py::cached::make_key, m)?)?;
     m.add_function(wrap_pyfunction!(py::refresh::_write_unraisable, m)?)?;

@@ -196,3 +196,23 @@ def test_signing_keys_as_str_and_bytes() -> None:
     assert check_signing_key("é" * 16) == ["é".encode() * 16]
     assert check_signing_key((KEY, OTHER)) == [KEY, OTHER]
     assert check_signing_key(None) == []
+
+
+def test_the_rust_mac_is_hmac_sha256_and_keeps_its_key() -> None:
+    import pickle
+
+    from moka_py._moka_py import _Mac
+
+    for key in (b"", b"k" * 32, b"k" * 64, b"k" * 200):
+        mac = _Mac(key)
+        for parts in ((), (b"",), (b"a", b"bc"), (b"x" * 70_000, b"y")):
+            want = hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+            assert mac.sign(*parts) == want
+            assert mac.verify(want, *parts)
+            assert not mac.verify(want[:-1] + bytes([want[-1] ^ 1]), *parts)
+            assert not mac.verify(want[:31], *parts)
+    assert repr(_Mac(b"secret" * 8)) == "<moka_py._moka_py._Mac>"
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(_Mac(b"k" * 32))
+    with pytest.raises(TypeError, match="bytes"):
+        _Mac(b"k" * 32).sign("text")  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ __all__ = [
     "Moka",
     "Ready",
     "_Claim",
+    "_Mac",
     "_Tier",
     "_write_unraisable",
     "make_key",
@@ -343,6 +344,16 @@ def _write_unraisable(exc: BaseException, obj: object) -> None:
     """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""
 
 @final
+class _Mac:
+    """HMAC-SHA256 under one key (src/py/mac.rs), for the envelope of
+    ``moka_py.redis``. Internal: the key is never shown or pickled."""
+
+    def __new__(cls, key: bytes) -> Self: ...
+    def sign(self, *parts: bytes) -> bytes:
+        """The 32-byte MAC of the concatenated ``parts``."""
+    def verify(self, mac: bytes, *parts: bytes) -> bool:
+        """Whether ``mac`` is the MAC of the concatenated ``parts`` (constant time)."""
+
 class _Tier:
     """The local tier of ``moka_py.redis`` (src/tier.rs): the Rust hot path of
     ``TieredCache.get`` and the sequence numbers that keep the tier coherent.

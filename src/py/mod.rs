@@ -2,10 +2,12 @@
 //! (`store/`). `moka` is the `Moka` class; `bulk` its batch methods and
 //! `refresh` its reloads, both over the store; `cached` the `@cached`
 //! wrapper; `ready` the finished awaitable of `aget_with`; `stats` the
-//! snapshot of the statistics; `tier` the local tier of `moka_py.redis`.
+//! snapshot of the statistics; `tier` the local tier of `moka_py.redis`,
+//! `mac` the HMAC of its signed payloads and messages.
 
 pub(crate) mod bulk;
 pub(crate) mod cached;
+pub(crate) mod mac;
 pub(crate) mod moka;
 pub(crate) mod ready;
 pub(crate) mod refresh;

@@ -42,6 +42,8 @@ import hmac
 import struct
 from collections.abc import Iterable, Sequence
 
+from .._moka_py import _Mac
+
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_MESSAGE_BYTES",
@@ -125,19 +127,21 @@ def check_signing_key(signing_key: object) -> list[bytes]:
     return keys
 
 
-def _mac(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, "sha256")
+def _derive(key: bytes, label: bytes) -> bytes:
+    return hmac.digest(key, label, "sha256")
 
 
 class _Keys:
-    """What one signing key gives a namespace: its id and the derived keys."""
+    """What one signing key gives a namespace: its id, and the MACs under the
+    derived keys (Rust's HMAC-SHA256, ``_Mac``: the key's pads absorbed once,
+    compared in constant time)."""
 
     __slots__ = ("kid", "message", "payload")
 
     def __init__(self, key: bytes, namespace: bytes) -> None:
-        self.kid = _mac(key, _KID_LABEL)[:_KID_SIZE]
-        self.payload = _mac(key, _PAYLOAD_LABEL + namespace)
-        self.message = _mac(key, _MESSAGE_LABEL + namespace)
+        self.kid = _derive(key, _KID_LABEL)[:_KID_SIZE]
+        self.payload = _Mac(_derive(key, _PAYLOAD_LABEL + namespace))
+        self.message = _Mac(_derive(key, _MESSAGE_LABEL + namespace))
 
 
 class Envelope:
@@ -170,7 +174,7 @@ class Envelope:
         if signer is None:
             return _PLAIN_BYTE + _DEADLINE.pack(deadline_ms) + data
         head = _SIGNED_BYTE + signer.kid + _DEADLINE.pack(deadline_ms)
-        mac = _mac(signer.payload, head + _LEN.pack(len(redis_key)) + redis_key + data)
+        mac = signer.payload.sign(head, _LEN.pack(len(redis_key)), redis_key, data)
         return head + mac + data
 
     def open(self, redis_key: bytes, payload: bytes) -> tuple[bytes, int]:
@@ -201,8 +205,8 @@ class Envelope:
             raise Refused("signed with an unknown key")
         head = payload[: 1 + _KID_SIZE + _DEADLINE.size]
         data = payload[_SIGNED_HEAD:]
-        want = _mac(keys.payload, head + _LEN.pack(len(redis_key)) + redis_key + data)
-        if not hmac.compare_digest(want, payload[len(head) : _SIGNED_HEAD]):
+        mac = payload[len(head) : _SIGNED_HEAD]
+        if not keys.payload.verify(mac, head, _LEN.pack(len(redis_key)), redis_key, data):
             raise Refused("bad signature")
         (deadline,) = _DEADLINE.unpack_from(payload, 1 + _KID_SIZE)
         return data, deadline
@@ -214,7 +218,7 @@ class Envelope:
         if signer is None:
             return _PLAIN_BYTE + body
         head = _SIGNED_BYTE + signer.kid
-        return head + _mac(signer.message, head + self._channel + body) + body
+        return head + signer.message.sign(head, self._channel, body) + body
 
     def messages(self, kind: bytes, origin: bytes, keys: Iterable[bytes] = ()) -> list[bytes]:
         """The messages that tell the other processes about ``keys``: one, or
@@ -256,8 +260,8 @@ class Envelope:
                 raise Refused("signed with an unknown key")
             head = data[: 1 + _KID_SIZE]
             body = data[_MSG_SIGNED_HEAD:]
-            want = _mac(keys.message, head + self._channel + body)
-            if not hmac.compare_digest(want, data[1 + _KID_SIZE : _MSG_SIGNED_HEAD]):
+            mac = data[1 + _KID_SIZE : _MSG_SIGNED_HEAD]
+            if not keys.message.verify(mac, head, self._channel, body):
                 raise Refused("bad signature")
         if len(body) < _BODY_HEAD:
             raise Refused("truncated")

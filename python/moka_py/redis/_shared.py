@@ -365,6 +365,12 @@ class Tier:
 
     def pack(self, enc: bytes, data: bytes, ttl: float | None) -> bytes:
         """The payload to store for ``enc``'s serialized value ``data``."""
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"the serializer's dumps() must return bytes, not {type(data).__name__}"
+                )
+            data = bytes(data)
         return self.envelope.pack(self.names.value(enc), data, _core.deadline_ms(ttl))
 
     def messages(self, kind: bytes, keys: Iterable[bytes] = ()) -> list[bytes]:
