@@ -10,6 +10,7 @@
 #   bash ci/test.sh rust                 only the Rust tests of the store layer (cargo test)
 # "all" runs the Rust tests first: `cargo test --lib` on an interpreter embedded from the
 # dev venv's python3 (without pyo3's extension-module feature, which only maturin enables).
+# The test requirements come from the lock, ci/lock/TAG/test.txt (`bash ci/lock.sh`).
 source "$(dirname "$0")/env.sh"
 which="${1:-all}"
 [ $# -gt 0 ] && shift
