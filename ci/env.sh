@@ -86,6 +86,7 @@ lock_inputs() {
         bench) echo ci/requirements-bench.txt ;;
         moka-py-0.5.0) echo ci/requirements-moka-py-0.5.0.txt ;;
         moka-py-0.5.0-suite) echo ci/requirements-moka-py-0.5.0-suite.txt ;;
+        oldest) echo ci/requirements-oldest.txt ci/requirements-test.txt ;;
         *) echo "lock_inputs: no set $1" >&2; return 1 ;;
     esac
 }

@@ -16,6 +16,8 @@
 #   ci/lock/TAG/bench.txt       the benchmark's peers          the same, and 3.13t
 #   ci/lock/TAG/moka-py-0.5.0.txt         the benchmark's peer moka-py 0.5.0     (the same)
 #   ci/lock/TAG/moka-py-0.5.0-suite.txt   moka-py 0.5.0's own suite's test deps  (all five)
+#   ci/lock/3.11/oldest.txt     the test requirements with the oldest redis-py and Django
+#                               that pyproject.toml admits (ci/requirements-oldest.txt)
 # The GIL interpreters are resolved for by version (--python-version), none needs to be
 # installed; 3.13t by its interpreter (ci/python-ft.sh builds it once), whose wheel tags
 # only uv can tell, with --only-binary :all: as everything is installed there. On 3.13t,
@@ -63,6 +65,7 @@ for tag in "${TARGETS[@]}"; do
         compile "$set" "$tag" --python-version "$tag"
     done
 done
+compile oldest 3.11 --python-version 3.11
 
 # 3.13t: its interpreter, and wheels only.
 target_python 3.13t || { echo "ci/lock.sh needs CPython 3.13t" >&2; exit 1; }
