@@ -182,13 +182,18 @@ install_into() {
     "$UV" pip install -q --python "$venv/bin/python" --reinstall --no-deps --no-index "$@" >&2
 }
 
-# install_wheel VENV: builds the release wheel for VENV's interpreter and installs it.
+# install_wheel VENV: builds the release wheel for VENV's interpreter and installs it. The
+# build names the interpreter the venv was made from, not the venv: PyO3's build script
+# runs again whenever that path changes, so the venvs of one interpreter (dev, py3.11, the
+# --deps legs, bench) share one build in the target directory instead of recompiling PyO3
+# and this crate in turn.
 install_wheel() {
     local venv="$1" out
     out="$ROOT/target/wheels/$(basename "$venv")"
     rm -rf "$out"
     log "maturin build --release for $(basename "$venv")"
-    "$VENVS/dev/bin/maturin" build --release -q -i "$venv/bin/python" -o "$out" >&2
+    "$VENVS/dev/bin/maturin" build --release -q \
+        -i "$("$venv/bin/python" -c 'import sys; print(sys._base_executable)')" -o "$out" >&2
     install_into "$venv" "$out"/*.whl
 }
 
