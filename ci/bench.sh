@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds moka_py in release mode, installs the peers in their own virtual
-# environments, runs every case of the benchmark side by side, prints the
-# Markdown tables and writes them with the charts to bench-out/.
+# environments from the lock (ci/lock/TAG/bench.txt, `bash ci/lock.sh`), runs every
+# case of the benchmark side by side, prints the Markdown tables and writes them with
+# the charts to bench-out/.
 #   bash ci/bench.sh [--quick] [--out DIR]
 #       [--only latency|scaling|scaling_gil|hit_ratio|memory|tier]
 # Environments (under .venvs/): bench (GIL: moka_py, the peers, matplotlib),
@@ -10,7 +11,6 @@
 # its peers) runs in bench alone, on redis-server servers of its own.
 source "$(dirname "$0")/env.sh"
 dev_venv
-req="$ROOT/ci/requirements-bench.txt"
 
 # The families asked for: all of them unless --only says otherwise.
 only=()
@@ -35,8 +35,8 @@ if [ "$tier" = yes ]; then
 fi
 
 bench=$(new_venv bench "$PY_GIL")
-log "peers (current PyPI versions) and matplotlib in bench"
-"$bench/bin/python" -m pip install -q --upgrade -r "$req" >&2
+log "peers and matplotlib in bench (ci/lock/$(python_tag "$PY_GIL")/bench.txt)"
+sync_venv "$bench" bench
 install_wheel "$bench"
 
 # The package ci/bench/ runs as ci.bench with the repository on PYTHONPATH; its
@@ -49,45 +49,22 @@ if [ "$gil_only" = yes ]; then
 fi
 
 peer=$(new_venv bench-moka-py-0.5.0 "$PY_GIL")
-"$peer/bin/python" -m pip install -q "moka-py==0.5.0" >&2
+sync_venv "$peer" moka-py-0.5.0
 
 # Free-threaded 3.13t. Its own target directory keeps both builds cached.
-ft=$(new_venv bench-ft "$(bash "$ROOT/ci/python-ft.sh")")
+ftpy=$(bash "$ROOT/ci/python-ft.sh")
+ft=$(new_venv bench-ft "$ftpy")
+log "peers on 3.13t: those of ci/lock/3.13t/bench.txt, which have a wheel there"
+sync_venv "$ft" bench --only-binary :all:
 CARGO_TARGET_DIR="$ROOT/target/bench-ft" install_wheel "$ft"
-log "peers on 3.13t, each from a wheel or not at all"
+# The peers that ci/lock.sh found no wheel for on 3.13t, and why.
 status="$ft/peers-status.tsv"
-: >"$status"
-ft_pip() { "$ft/bin/python" -m pip install -q --upgrade --only-binary :all: "$@" >"$ft/pip.log" 2>&1; }
-# why: the reason in pip's log, in a few words.
-why() {
-    local versions
-    versions=$(sed -nE 's/.*from versions: ([^)]*)\).*/\1/p' "$ft/pip.log" | head -n1)
-    case "$versions" in
-        "") echo "pip could not install it, see $ft/pip.log" ;;
-        none) echo "no wheel for 3.13t" ;;
-        *) echo "no wheel for 3.13t; pip finds 3.13t wheels of $versions only" ;;
-    esac
-}
-while read -r name _; do
-    if ft_pip "$name"; then
-        continue
-    fi
-    if [ "$name" = theine ] && ft_pip --no-deps theine theine-core typing-extensions; then
-        # theine's cache imports theine-core and typing-extensions only.
-        printf '%s\t%s\n' theine "installed without its dependency zstandard, which has no \
-wheel for 3.13t and which theine's cache does not import" >>"$status"
-        continue
-    fi
-    printf '%s\t%s\n' "$name" "$(why)" >>"$status"
-done < <(grep -vE '^[[:space:]]*(#|$)|gil-only' "$req")
+sed -n 's/^# ft-status: //p' "$(lock_file bench 3.13t)" >"$status"
 ft_peer_args=()
-if "$ft/bin/python" -m pip install -q --dry-run --only-binary :all: "moka-py==0.5.0" \
-    >"$ft/pip.log" 2>&1; then
-    ft_peer=$(new_venv bench-ft-moka-py-0.5.0 "$(bash "$ROOT/ci/python-ft.sh")")
-    "$ft_peer/bin/python" -m pip install -q --only-binary :all: "moka-py==0.5.0" >&2
+if [ -f "$LOCK/3.13t/moka-py-0.5.0.txt" ]; then
+    ft_peer=$(new_venv bench-ft-moka-py-0.5.0 "$ftpy")
+    sync_venv "$ft_peer" moka-py-0.5.0 --only-binary :all:
     ft_peer_args=(--ft-peer-python "$ft_peer/bin/python")
-else
-    printf '%s\t%s\n' "moka-py==0.5.0" "$(why)" >>"$status"
 fi
 
 log "benchmark (progress on stderr)"

@@ -21,7 +21,7 @@ log "maturin build --release --zig --compatibility manylinux2014 for bench-zig"
 # As ci/wheels.sh builds it, in the same target directory.
 PATH="$VENVS/dev/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/zig" "$VENVS/dev/bin/maturin" build \
     --release -q -i "$zig/bin/python" --zig --compatibility manylinux2014 -o "$out" >&2
-"$zig/bin/python" -m pip install -q --force-reinstall --no-deps "$out"/*.whl >&2
+install_into "$zig" "$out"/*.whl
 
 log "latency, native build and zig-linked wheel side by side (progress on stderr)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -78,9 +78,9 @@ SRC
     as_root apt-get update -qq >&2
 }
 
-# need_venv PYTHON: PYTHON can create a venv with pip. Debian's own python3 needs the
-# python3-venv package for that (its venv module lacks ensurepip); other interpreters
-# (pyenv, a source build) carry both and are left alone.
+# need_venv PYTHON: PYTHON can create a venv with pip (the bootstrap venv of uv, below).
+# Debian's own python3 needs the python3-venv package for that (its venv module lacks
+# ensurepip); other interpreters (pyenv, a source build) carry both and are left alone.
 need_venv() {
     "$1" -c 'import venv, ensurepip' 2>/dev/null && return 0
     case "$(readlink -f "$1")" in
@@ -89,49 +89,140 @@ need_venv() {
     esac
 }
 
-# new_venv NAME PYTHON: creates the venv once; prints its path.
+# The lock: every package that the scripts install into a venv comes from a file
+# ci/lock/TAG/SET.txt (exact versions, every file's sha256), where TAG is the interpreter
+# ("3.11", "3.13t": python_tag) and SET one of LOCK_SETS, written by `bash ci/lock.sh`
+# from the version ranges of the requirements files that lock_inputs names (the sets of
+# each TAG: ci/lock.sh).
+LOCK="$ROOT/ci/lock"
+
+# lock_inputs SET: the requirements files (paths from ROOT) that SET's locks are made of.
+lock_inputs() {
+    case "$1" in
+        uv) echo ci/requirements-uv.txt ;;
+        test) echo ci/requirements-test.txt ;;
+        # The build and lint tools, and the test requirements (ci/lint.sh runs mypy over
+        # tests/typed_usage.py, which imports them), resolved together.
+        dev) echo ci/requirements-dev.txt ci/requirements-test.txt ;;
+        bench) echo ci/requirements-bench.txt ;;
+        moka-py-0.5.0) echo ci/requirements-moka-py-0.5.0.txt ;;
+        moka-py-0.5.0-suite) echo ci/requirements-moka-py-0.5.0-suite.txt ;;
+        oldest) echo ci/requirements-oldest.txt ci/requirements-test.txt ;;
+        *) echo "lock_inputs: no set $1" >&2; return 1 ;;
+    esac
+}
+
+# lock_digest SET: the sha256 of SET's input files, which ci/lock.sh writes into the
+# first line of each lock it makes, so that a lock older than its inputs is refused.
+lock_digest() {
+    local f files=()
+    for f in $(lock_inputs "$1"); do files+=("$ROOT/$f"); done
+    cat "${files[@]}" | sha256sum | cut -d' ' -f1
+}
+
+# lock_file SET TAG: prints the path of SET's lock for TAG. Fails, saying so, when there
+# is none or when its inputs have changed since it was made.
+lock_file() {
+    local f="$LOCK/$2/$1.txt"
+    [ "$1" = uv ] && f="$LOCK/uv.txt"
+    if [ ! -f "$f" ]; then
+        echo "no lock ${f#"$ROOT/"} (set $1, CPython $2): run bash ci/lock.sh" >&2
+        return 1
+    fi
+    if [ "$(head -n1 "$f")" != "# inputs: $(lock_digest "$1")" ]; then
+        echo "${f#"$ROOT/"} is older than $(lock_inputs "$1"): run bash ci/lock.sh" >&2
+        return 1
+    fi
+    echo "$f"
+}
+
+# python_tag PYTHON: "3.11", or "3.13t" for a free-threaded build: the TAG of its locks.
+python_tag() {
+    "$1" -c 'import sys, sysconfig
+print("%d.%d%s" % (*sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))'
+}
+
+# need_uv: sets UV to uv, the installer and venv maker of every other venv: the exact
+# version of ci/lock/uv.txt (with its hashes), installed by pip into a venv of its own,
+# $VENVS/uv, made by PY_GIL's venv module. Reinstalled when ci/lock/uv.txt changes.
+# uv finds interpreters only where the scripts point it (it never downloads one), and its
+# cache is uv's default (~/.cache/uv, or UV_CACHE_DIR).
+need_uv() {
+    local boot="$VENVS/uv" lock
+    UV="$boot/bin/uv"
+    export UV_PYTHON_DOWNLOADS=never
+    lock=$(lock_file uv "")
+    if [ ! -x "$UV" ] || ! cmp -s "$lock" "$boot/uv.stamp"; then
+        log "installing uv into $boot (pip, $(sed -n 's/^\(uv==[^ ]*\).*/\1/p' "$lock"), ci/lock/uv.txt)"
+        need_venv "$PY_GIL"
+        rm -rf "$boot"
+        "$PY_GIL" -m venv "$boot"
+        "$boot/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+            --require-hashes -r "$lock" >&2
+        cp "$lock" "$boot/uv.stamp"
+    fi
+}
+
+# new_venv NAME PYTHON: creates the venv once (uv venv: no pip inside; every install goes
+# through uv); prints its path.
 new_venv() {
     local venv="$VENVS/$1"
+    need_uv
     if [ ! -x "$venv/bin/python" ]; then
         log "creating venv $1 ($2)"
-        need_venv "$2"
-        "$2" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q --upgrade pip >&2
+        "$UV" venv -q --python "$2" "$venv" >&2
     fi
     echo "$venv"
 }
 
-# make_venv NAME PYTHON [pip flags...]: a venv with the test requirements.
+# sync_venv VENV SET [uv flags...]: makes VENV hold exactly SET's lock for its interpreter
+# (uv pip sync: installs what is missing, removes what the lock does not name, checks
+# every hash). A no-op, in milliseconds, when it already does.
+sync_venv() {
+    local venv="$1" set="$2" lock
+    shift 2
+    need_uv
+    lock=$(lock_file "$set" "$(python_tag "$venv/bin/python")")
+    "$UV" pip sync -q --python "$venv/bin/python" --require-hashes "$@" "$lock" >&2
+}
+
+# make_venv NAME PYTHON [uv flags...]: a venv with the locked test requirements.
 make_venv() {
     local venv
     venv=$(new_venv "$1" "$2")
     shift 2
-    "$venv/bin/python" -m pip install -q "$@" -r "$ROOT/ci/requirements-test.txt" >&2
+    sync_venv "$venv" test "$@"
     echo "$venv"
 }
 
-# install_wheel VENV: builds the release wheel for VENV's interpreter and installs it.
+# install_into VENV FILE...: installs those wheel files into VENV, no dependencies, no index.
+install_into() {
+    local venv="$1"
+    shift
+    need_uv
+    "$UV" pip install -q --python "$venv/bin/python" --reinstall --no-deps --no-index "$@" >&2
+}
+
+# install_wheel VENV: builds the release wheel for VENV's interpreter and installs it. The
+# build names the interpreter the venv was made from, not the venv: PyO3's build script
+# runs again whenever that path changes, so the venvs of one interpreter (dev, py3.11, the
+# --deps legs, bench) share one build in the target directory instead of recompiling PyO3
+# and this crate in turn.
 install_wheel() {
     local venv="$1" out
     out="$ROOT/target/wheels/$(basename "$venv")"
     rm -rf "$out"
     log "maturin build --release for $(basename "$venv")"
-    "$VENVS/dev/bin/maturin" build --release -q -i "$venv/bin/python" -o "$out" >&2
-    "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$out"/*.whl >&2
+    "$VENVS/dev/bin/maturin" build --release -q \
+        -i "$("$venv/bin/python" -c 'import sys; print(sys._base_executable)')" -o "$out" >&2
+    install_into "$venv" "$out"/*.whl
 }
 
-# dev_venv: the venv of the build and lint tools, (re)installed when a requirements file
-# has changed since it was last installed.
+# dev_venv: the venv of the build and lint tools, synced with its lock (ci/lock/TAG/dev.txt
+# for PY_GIL's TAG) on every run.
 dev_venv() {
-    local stamp="$VENVS/dev/requirements.stamp"
     need_cc
-    new_venv dev "$PY_GIL" >/dev/null
-    if ! cat "$ROOT"/ci/requirements-{dev,test}.txt | cmp -s - "$stamp"; then
-        log "installing the dev requirements"
-        "$VENVS/dev/bin/python" -m pip install -q -r "$ROOT/ci/requirements-dev.txt" \
-            -r "$ROOT/ci/requirements-test.txt" >&2
-        cat "$ROOT"/ci/requirements-{dev,test}.txt >"$stamp"
-    fi
+    sync_venv "$(new_venv dev "$PY_GIL")" dev
 }
 
 # python_is PYTHON VERSION: PYTHON runs and is CPython VERSION ("3.12", "3.13t"); prints its

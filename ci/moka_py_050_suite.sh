@@ -21,13 +21,10 @@ source "$(dirname "$0")/env.sh"
 VERSION=0.5.0
 # sha256 of moka_py-0.5.0.tar.gz as published on PyPI (files there never change).
 SDIST_SHA256=e5e4fe102ec1e65c752efa4f341e42823de50c1034e27e31cc4b4242b131938c
-# The versions upstream's dependency groups pin ("ci" and "dev"), plus
-# pytest-timeout so that a hang fails the run instead of stalling it.
-TEST_DEPS=(pytest==9.1.1 pytest-asyncio==1.4.0 pytest-benchmark==5.2.3 "pytest-timeout>=2.3")
 
 which="${1:-gil}"
 [ $# -gt 0 ] && shift
-pip_flags=()
+uv_flags=()
 case "$which" in
     gil)
         python="$PY_GIL"
@@ -36,7 +33,7 @@ case "$which" in
     ft)
         python="$(bash "$ROOT/ci/python-ft.sh")"
         name=moka-py-suite-ft
-        pip_flags=(--only-binary :all:)
+        uv_flags=(--only-binary :all:)
         ;;
     *)
         python="$(command -v "$which")" || { echo "no interpreter: $which" >&2; exit 2; }
@@ -47,8 +44,9 @@ esac
 
 dev_venv
 venv="$(new_venv "$name" "$python")"
-log "test dependencies: ${TEST_DEPS[*]}"
-"$venv/bin/python" -m pip install -q "${pip_flags[@]}" "${TEST_DEPS[@]}" >&2
+# The versions upstream's dependency groups pin, from the lock (ci/lock/TAG/moka-py-0.5.0-suite.txt).
+log "test dependencies: ci/lock/$(python_tag "$python")/moka-py-0.5.0-suite.txt"
+sync_venv "$venv" moka-py-0.5.0-suite "${uv_flags[@]}"
 install_wheel "$venv"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/moka-py-${VERSION}-suite.XXXXXX")"
@@ -58,9 +56,13 @@ else
     trap 'rm -rf "$tmp"' EXIT
 fi
 
+# The venvs that uv makes have no pip: pip download runs in uv's own venv (ci/env.sh,
+# need_uv). --no-binary for moka-py alone: its build backend, which pip installs to read the
+# sdist's metadata (maturin==1.14.1, pinned by moka-py's pyproject.toml), comes as a wheel
+# (--no-binary :all: compiled maturin from source: 9 minutes on 2 cores when not cached).
 log "pip download moka-py==$VERSION (sdist)"
-"$venv/bin/python" -m pip download -q --no-deps --no-binary :all: \
-    -d "$tmp/dl" "moka-py==$VERSION" >&2
+"$VENVS/uv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+    --no-binary moka-py -d "$tmp/dl" "moka-py==$VERSION" >&2
 sdist="$tmp/dl/moka_py-$VERSION.tar.gz"
 echo "$SDIST_SHA256  $sdist" | sha256sum -c --quiet -
 mkdir "$tmp/sdist"

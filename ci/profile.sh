@@ -19,7 +19,7 @@ venv=$(new_venv profile "$PY_GIL")
 CARGO_TARGET_DIR="$ROOT/target/profile" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     install_wheel "$venv"
 peer=$(new_venv bench-moka-py-0.5.0 "$PY_GIL")
-"$peer/bin/python" -m pip install -q "moka-py==0.5.0" >&2
+sync_venv "$peer" moka-py-0.5.0
 log "callgrind, two runs per operation (progress on stderr)"
 # The package ci/profile/ runs as ci.profile (a top-level "profile" would
 # shadow the standard library's) with the repository on PYTHONPATH; the

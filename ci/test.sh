@@ -12,16 +12,41 @@
 #                                        the moka_py.redis tests on Valkey 8 (or redis8, redis7)
 # "all" runs the Rust tests first: `cargo test --lib` on an interpreter embedded from the
 # dev venv's python3 (without pyo3's extension-module feature, which only maturin enables).
+# The test requirements come from the lock, ci/lock/TAG/test.txt (`bash ci/lock.sh`).
+#
+# Both ends of the ranges that pyproject.toml declares for its dependencies (redis>=5,
+# django>=4.2): the tests of moka_py.redis and moka_py.django (tests/test_redis_*.py,
+# tests/test_django.py, or the pytest arguments given) on CPython DEPS_PY, 3.11,
+#   bash ci/test.sh --deps oldest        with the oldest releases admitted, at their latest
+#                                        patch (ci/requirements-oldest.txt, locked in
+#                                        ci/lock/3.11/oldest.txt): redis-py 5.0.x, Django 4.2.x
+#   bash ci/test.sh --deps newest        with the newest releases on PyPI today, the lock
+#                                        ignored (resolved afresh from the ranges of
+#                                        ci/requirements-test.txt at each run)
 source "$(dirname "$0")/env.sh"
-which="${1:-all}"
-[ $# -gt 0 ] && shift
+DEPS_PY=3.11
+deps=
+if [ "${1:-}" = --deps ]; then
+    deps="${2:-}"
+    case "$deps" in
+        oldest | newest) shift 2 ;;
+        *) echo "usage: $0 --deps oldest|newest [pytest arguments...]" >&2; exit 2 ;;
+    esac
+    which=deps
+else
+    which="${1:-all}"
+    [ $# -gt 0 ] && shift
+fi
 rust=
 [ "$which" = all ] && rust=1
-if [ "$which" = rust ]; then
+if [ "$which" = deps ]; then
+    SELECTED=()
+elif [ "$which" = rust ]; then
     rust=1
     SELECTED=()
 elif ! select_targets "$which"; then
     echo "usage: $0 [all|rust|$(IFS=,; echo "${TARGETS[*]}")|gil|gil313|ft[,...]] [pytest arguments...]" >&2
+    echo "       $0 --deps oldest|newest [pytest arguments...]" >&2
     exit 2
 fi
 dev_venv
@@ -47,6 +72,63 @@ run_suite() {
     log "pytest on $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0], "free-threaded" if not getattr(sys, "_is_gil_enabled", lambda: True)() else "GIL")')"
     (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider "${@:-tests}")
 }
+
+# deps_oldest_check: ci/requirements-oldest.txt names, for each dependency of
+# pyproject.toml's extras (NAME>=X.Y), NAME==X.Y.* (the lower bound's latest patch).
+deps_oldest_check() {
+    "$TARGET_PY" - "$ROOT/pyproject.toml" "$ROOT/ci/requirements-oldest.txt" <<'EOF'
+import re
+import sys
+import tomllib
+
+with open(sys.argv[1], "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+with open(sys.argv[2]) as f:
+    pins = {ln.split("#")[0].strip() for ln in f} - {""}
+want = set()
+for req in {r for reqs in extras.values() for r in reqs}:
+    m = re.fullmatch(r"([A-Za-z0-9_.-]+)>=(\d+)(?:\.(\d+))?", req.replace(" ", ""))
+    if not m:
+        sys.exit(f"pyproject.toml: {req!r} is not NAME>=X.Y, which --deps oldest understands")
+    want.add(f"{m[1]}=={m[2]}.{m[3] or 0}.*")
+if pins != want:
+    sys.exit(f"ci/requirements-oldest.txt names {sorted(pins)}; pyproject.toml's lower bounds "
+             f"ask for {sorted(want)}")
+EOF
+}
+
+# deps_leg oldest|newest [pytest arguments...]: the tests of moka_py.redis and moka_py.django
+# on DEPS_PY with the oldest or the newest releases of their dependencies.
+deps_leg() {
+    local leg="$1" venv files=() f
+    shift
+    target_python "$DEPS_PY" || { report_missing; exit 1; }
+    venv=$(new_venv "py$DEPS_PY-$leg" "$TARGET_PY")
+    if [ "$leg" = oldest ]; then
+        deps_oldest_check
+        sync_venv "$venv" oldest
+    else
+        log "resolving the newest releases of ci/requirements-test.txt (the lock ignored)"
+        (cd "$ROOT" && "$UV" pip compile -q --upgrade --no-header --python "$venv/bin/python" \
+            ci/requirements-test.txt -o "$venv/newest.txt")
+        "$UV" pip sync -q --python "$venv/bin/python" "$venv/newest.txt" >&2
+    fi
+    log "--deps $leg: $("$UV" pip list --python "$venv/bin/python" --format=freeze 2>/dev/null \
+        | grep -iE '^(redis|django)==' | paste -sd' ') on $DEPS_PY"
+    for f in "$ROOT"/tests/test_redis_*.py "$ROOT/tests/test_django.py"; do
+        files+=("tests/${f##*/}")
+    done
+    if [ $# -eq 0 ]; then
+        run_suite "$venv" "${files[@]}"
+    else
+        run_suite "$venv" "$@"
+    fi
+}
+
+if [ -n "$deps" ]; then
+    deps_leg "$deps" "$@"
+    exit 0
+fi
 
 for v in "${SELECTED[@]}"; do
     target_python "$v" || continue

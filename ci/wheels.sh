@@ -102,7 +102,6 @@ for py in "${pythons[@]}"; do
     fi
 
     log "smoke test of $(basename "$wheel") in a fresh venv without Rust"
-    need_venv "$py"
     venv=$(mktemp -d)
     (
         export PATH="$NO_RUST_PATH"
@@ -111,8 +110,9 @@ for py in "${pythons[@]}"; do
             echo "cargo or rustc is still on PATH" >&2
             exit 1
         fi
-        "$py" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q --no-index --only-binary :all: "$wheel" >&2
+        "$UV" venv -q --allow-existing --python "$py" "$venv" >&2
+        "$UV" pip install -q --python "$venv/bin/python" --no-index --only-binary :all: \
+            "$wheel" >&2
         smoke "$venv/bin/python"
     )
     rm -rf "$venv"
@@ -127,14 +127,20 @@ for f in Cargo.toml Cargo.lock build.rs src/lib.rs pyproject.toml python/moka_py
     grep -qxF "$f" <<<"$contents" || { echo "$sdist lacks $f" >&2; exit 1; }
 done
 
-# pip builds the sdist as a user without a wheel would: maturin from PyPI (build isolation)
-# and cargo. The Rust target directory of ci/test.sh's builds is shared, so only this
-# crate and PyO3 are compiled again.
+# pip builds the sdist as a user without a wheel would (`pip install dist/*.tar.gz`, as the
+# README says), in a venv of the interpreter's own venv module and its bundled pip: maturin
+# from PyPI (build isolation) and cargo. maturin's version is the dev lock's (PIP_CONSTRAINT,
+# which reaches pip's build environment); not its hashes, which pip refuses for a build
+# requirement given as a range. The Rust target directory of ci/test.sh's builds is shared,
+# so only this crate and PyO3 are compiled again.
 py=$("$PY_GIL" -c 'import sys; print(sys.executable)')
 log "pip install $(basename "$sdist") into a fresh venv ($py), and the smoke test"
 venv=$(mktemp -d)
+need_venv "$py"
 "$py" -m venv "$venv"
-CARGO_TARGET_DIR="$ROOT/target" "$venv/bin/python" -m pip install -q "$sdist" >&2
+grep -E '^maturin==' "$(lock_file dev "$(python_tag "$py")")" | cut -d' ' -f1 >"$venv/build.txt"
+PIP_CONSTRAINT="$venv/build.txt" CARGO_TARGET_DIR="$ROOT/target" "$venv/bin/python" -m pip \
+    install -q --disable-pip-version-check "$sdist" >&2
 smoke "$venv/bin/python"
 rm -rf "$venv"
 ls -l dist/
