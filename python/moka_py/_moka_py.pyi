@@ -354,6 +354,7 @@ class _Mac:
     def verify(self, mac: bytes, *parts: bytes) -> bool:
         """Whether ``mac`` is the MAC of the concatenated ``parts`` (constant time)."""
 
+@final
 class _Tier:
     """The local tier of ``moka_py.redis`` (src/tier.rs): the Rust hot path of
     ``TieredCache.get`` and the sequence numbers that keep the tier coherent.
