@@ -149,11 +149,17 @@ def forked_child(cache: TieredCache[Any, Any], key: Any, seen_from_parent: Any, 
         raise
 
 
-def forked_async_child(cache: Any, out: Any) -> None:
+def forked_async_child(cache: Any, out: Any, from_running_loop: bool = False) -> None:
     """Runs in a child made by os.fork() from a process whose AsyncTieredCache
-    was used (in a loop that has ended) before the fork: the child uses it in
-    a loop of its own."""
+    was used before the fork (in a loop that has ended, or, with
+    `from_running_loop`, in the loop that forked): the child uses it in a loop
+    of its own."""
     import asyncio
+
+    if from_running_loop:
+        # The forking thread's running loop is the parent's; before 3.12 the
+        # child still sees it as running.
+        asyncio.events._set_running_loop(None)
 
     async def main() -> tuple[Any, Any]:
         if not await cache.wait_ready(10):

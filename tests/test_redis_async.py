@@ -247,3 +247,39 @@ def test_an_async_cache_made_before_fork_works_in_the_child(
     finally:
         run(cache.aclose)
     assert unraisable == []
+
+
+def test_a_child_forked_while_the_loop_runs_leaves_the_parent_its_connections(
+    redis_db: RedisServer, unraisable: list[Any]
+) -> None:
+    """The parent forks from inside its running loop; the child lets go of
+    the parent's connections. It must close only its own copies of the
+    sockets: the epoll instance of the parent's loop is shared with the
+    child, and removing a socket from it there would leave the parent
+    waiting for replies that never wake it."""
+    fork = multiprocessing.get_context("fork")
+
+    async def main() -> None:
+        cache: AsyncTieredCache[Any, Any] = AsyncTieredCache(
+            redis_db.async_client(), namespace=NS, signing_key=SIGNING_KEY, timeout=2.0
+        )
+        try:
+            assert await _round_trip(cache, "parent") == ("parent", "parent")
+            out = fork.Queue()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child = fork.Process(
+                    target=redis_workers.forked_async_child, args=(cache, out, True)
+                )
+                child.start()
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, out.get, True, 30) == ("child", "child")
+            await loop.run_in_executor(None, child.join, 30)
+            assert child.exitcode == 0
+            # The same connections of the parent's loop, after the child's exit.
+            assert await _round_trip(cache, "again") == ("again", "again")
+        finally:
+            await cache.aclose()
+
+    run(main)
+    assert unraisable == []

@@ -150,6 +150,11 @@ def test_json_runs_no_code_and_round_trips() -> None:
     assert repr(JSON) == "moka_py.redis.JSON"
 
 
+class PickleAlias:
+    dumps = staticmethod(pickle.dumps)
+    loads = staticmethod(pickle.loads)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -170,6 +175,9 @@ def test_json_runs_no_code_and_round_trips() -> None:
         # pickle needs a signing key; the message says what to pass.
         ({"signing_key": None}, TypeError, "signing_key=.*JSON.*UNSAFE_PICKLE"),
         ({"signing_key": None, "serializer": pickle}, TypeError, "signing_key="),
+        # pickle's loads under another name (as cloudpickle and _pickle have it).
+        ({"signing_key": None, "serializer": PickleAlias}, TypeError, "signing_key="),
+        ({"signing_key": "\udc80" * 40}, ValueError, "not valid Unicode"),
         ({"signing_key": b"short"}, ValueError, "at least 32 bytes, not 5"),
         ({"signing_key": "x" * 31}, ValueError, "at least 32 bytes, not 31"),
         ({"signing_key": [b"k" * 32, b"short"]}, ValueError, r"signing_key\[1\] must be at least"),

@@ -261,6 +261,14 @@ def test_a_hanging_loader_in_this_process_does_not_block_its_other_callers(
     redis_db: RedisServer,
 ) -> None:
     release = threading.Event()
+    loads: list[int] = []
+    lock = threading.Lock()
+
+    def mine() -> str:
+        with lock:
+            loads.append(1)
+        return "mine"
+
     with TieredCache(
         redis_db.client(), namespace=NS, signing_key=SIGNING_KEY, wait_timeout=0.5
     ) as cache:
@@ -270,7 +278,18 @@ def test_a_hanging_loader_in_this_process_does_not_block_its_other_callers(
         leader.start()
         try:
             wait_for(lambda: redis_db.admin.exists("users:l:sk"), timeout=10)
-            assert get_with_in_time(cache, "k", "mine") == "mine"
+            got: list[Any] = []
+            waiters = [
+                threading.Thread(target=lambda: got.append(cache.get_with("k", mine)))
+                for _ in range(4)
+            ]
+            for t in waiters:
+                t.start()
+            for t in waiters:
+                t.join(30)
+            assert not any(t.is_alive() for t in waiters), "get_with waited for the leader"
+            # One of the four took over (one load), the others waited for it.
+            assert got == ["mine"] * 4 and loads == [1]
         finally:
             release.set()
             leader.join(30)

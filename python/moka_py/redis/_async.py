@@ -67,9 +67,10 @@ class _LoopClients:
     def get(self) -> Any:
         loop = asyncio.get_running_loop()
         stale: list[Any] = []
+        inherited: list[Any] = []
         with self._lock:
             if self._pid != os.getpid():
-                stale = [c for _, c in self._by_loop.values()]
+                inherited = [c for _, c in self._by_loop.values()]
                 self._by_loop.clear()
                 self._pid = os.getpid()
             entry = self._by_loop.get(id(loop))
@@ -85,26 +86,30 @@ class _LoopClients:
             self._first = None
             self._by_loop[id(loop)] = (weakref.ref(loop), client)
         for c in stale:
-            _let_go(c)
+            _let_go(c, forked=False)
+        for c in inherited:
+            _let_go(c, forked=True)
         return client
 
-    def take(self) -> tuple[Any | None, list[Any]]:
-        """For ``aclose``: the running loop's client, and every other."""
+    def take(self) -> tuple[Any | None, list[Any], bool]:
+        """For ``aclose``: the running loop's client, every other, and
+        whether those others are a parent's (this process was forked)."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         with self._lock:
+            forked = self._pid != os.getpid()
             current = None
             others = [] if self._first is None else [self._first]
             self._first = None
             for ref, c in self._by_loop.values():
-                if loop is not None and ref() is loop and self._pid == os.getpid():
+                if loop is not None and ref() is loop and not forked:
                     current = c
                 else:
                     others.append(c)
             self._by_loop.clear()
-        return current, others
+        return current, others, forked
 
 
 def _connections(client: Any) -> list[Any]:
@@ -120,23 +125,29 @@ def _connections(client: Any) -> list[Any]:
     return found
 
 
-def _let_go(client: Any) -> None:
-    """Closes the sockets of a client whose loop is gone (closed, or the
-    parent's before a fork) without that loop: asyncio's transports cannot be
-    closed through a closed loop, so the socket is closed directly."""
+def _let_go(client: Any, *, forked: bool) -> None:
+    """Closes the sockets of a client whose loop is gone: closed (its
+    transports cannot be closed through it, so the socket is closed directly),
+    or, in a forked child, the parent's. There only this process's copy of
+    each socket is closed, and the loop is never touched: its selector (the
+    epoll instance) is shared with the parent, whose loop may still run and
+    would lose its sockets' registrations."""
     for conn in _connections(client):
         writer = getattr(conn, "_writer", None)
         conn._writer = conn._reader = None
         if writer is None:
             continue
         transport = writer.transport
-        try:
-            transport.abort()
-        except RuntimeError:  # its loop is closed
-            sock = getattr(transport, "_sock", None)
-            if sock is not None:
-                sock.close()
-                transport._sock = None
+        if not forked:
+            try:
+                transport.abort()
+                continue
+            except RuntimeError:  # its loop is closed
+                pass
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            sock.close()
+            transport._sock = None
 
 
 class AsyncTieredCache(Generic[K, V]):
@@ -441,20 +452,32 @@ class AsyncTieredCache(Generic[K, V]):
         self._ensure()
         loop = asyncio.get_running_loop()
         slot = (id(loop), enc)
+        k = _core.plain_key(key)
         flight = self._flights.get(slot)
-        if flight is not None:
+        takeover = False
+        while flight is not None:
             self._tier.counts.add("waits")
             try:
                 return await asyncio.wait_for(asyncio.shield(flight), self._wait_timeout)
             except asyncio.TimeoutError:
-                # This process's load outlasted wait_timeout: load on our own.
-                return await self._load_unclaimed(  # type: ignore[no-any-return]
-                    enc, _core.plain_key(key), initializer, ttl, ttl_s
-                )
+                # This process's load outlasted wait_timeout: one caller takes
+                # over and loads on its own; the others wait for it in turn.
+                current = self._flights.get(slot)
+                if current is None:
+                    # A load that took over has ended: load as usual (its
+                    # value is in Redis by now, which the load reads first).
+                    break
+                if current is flight and not flight.done():
+                    takeover = True
+                    break
+                flight = current
         flight = loop.create_future()
         self._flights[slot] = flight
         try:
-            value = await self._load_fleet(enc, _core.plain_key(key), initializer, ttl, ttl_s)
+            if takeover:
+                value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+            else:
+                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s)
         except BaseException as err:
             if not flight.done():
                 if isinstance(err, asyncio.CancelledError):
@@ -627,8 +650,9 @@ class AsyncTieredCache(Generic[K, V]):
             try:
                 await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim))
                 await self._publish(tier.messages(kind, (enc,)))
-            except (RedisError, asyncio.CancelledError):
-                pass
+            except RedisError:
+                pass  # the claim lapses after lock_timeout; waiters poll
+            # (A cancellation here goes on to the caller: the claim lapses too.)
 
     # ------------------------------------------------------------ decorator
 
@@ -702,9 +726,9 @@ class AsyncTieredCache(Generic[K, V]):
         """Stops the feed and closes the cache's own connections (the client
         given stays open)."""
         await asyncio.get_running_loop().run_in_executor(None, self._tier.close)
-        current, others = self._clients.take()
+        current, others, forked = self._clients.take()
         for other in others:
-            _let_go(other)
+            _let_go(other, forked=forked)
         if current is None:
             return
         try:

@@ -148,36 +148,46 @@ def _encode_other(key: object, depth: int) -> bytes:
     raise TypeError(f"a key of moka_py.redis must be {_KEY_TYPES}, not {type(key).__name__}")
 
 
-def decode_key(data: bytes, depth: int = 0) -> object:
+def decode_key(data: bytes) -> object:
     """The plain key that :func:`encode_key` encoded to ``data``; ``ValueError``
-    (or ``UnicodeDecodeError``) for bytes that no key encodes to."""
-    tag, body = data[:1], data[1:]
+    (or ``UnicodeDecodeError``) for bytes that no key encodes to. Linear in
+    ``len(data)`` whatever the bytes (they may come from the channel)."""
+    return _decode(data, 0, len(data), 0)
+
+
+def _decode(data: bytes, start: int, end: int, depth: int) -> object:
+    tag = data[start : start + 1]
+    body = start + 1
     if tag == b"s":
-        return body.decode("utf-8", "surrogatepass")
+        return data[body:end].decode("utf-8", "surrogatepass")
     if tag == b"i":
-        return int(body)
+        return int(data[body:end])
     if tag == b"n":
+        if body != end:
+            raise ValueError("not an encoded key")
         return None
     if tag == b"f":
-        return float(body)
+        return float(data[body:end])
     if tag == b"b":
-        return bytes(body)
+        return data[body:end]
     if tag == b"u":
-        return uuid.UUID(hex=body.decode())
+        return uuid.UUID(hex=data[body:end].decode())
     if tag == b"t":
         if depth >= MAX_KEY_DEPTH:
             raise ValueError("a tuple key nested too deep")
         items: list[object] = []
-        rest = body
-        while rest:
-            size, sep, rest = rest.partition(b":")
-            if not sep or not size.isdigit() or len(size) > 10:
+        i = body
+        while i < end:
+            colon = data.find(b":", i, min(end, i + 11))
+            size = data[i:colon]
+            if colon < 0 or not size.isdigit():
                 raise ValueError("not an encoded tuple key")
             n = int(size)
-            if n > len(rest):
+            i = colon + 1
+            if i + n > end:
                 raise ValueError("not an encoded tuple key")
-            items.append(decode_key(rest[:n], depth + 1))
-            rest = rest[n:]
+            items.append(_decode(data, i, i + n, depth + 1))
+            i += n
         return tuple(items)
     raise ValueError("not an encoded key")
 
@@ -317,9 +327,15 @@ _NEEDS_KEY = (
 def check_serializer(serializer: object, signed: bool) -> Serializer:
     """The serializer to use; ``TypeError`` for pickle without a signing key
     (but ``UNSAFE_PICKLE``, the explicit opt-in) or an object that is not one."""
+    # pickle itself, or its loads under another name (cloudpickle's, _pickle's).
+    pickle_like = (
+        serializer is None
+        or serializer is pickle
+        or getattr(serializer, "loads", None) is pickle.loads
+    )
+    if pickle_like and not signed:
+        raise TypeError(_NEEDS_KEY)
     if serializer is None or serializer is pickle:
-        if not signed:
-            raise TypeError(_NEEDS_KEY)
         return PICKLE
     if callable(getattr(serializer, "dumps", None)) and callable(
         getattr(serializer, "loads", None)
@@ -466,6 +482,10 @@ class LoadStats:
         with self._lock:
             self._counts[field] += n
 
+    def new_lock(self) -> None:
+        """A fresh lock (in a child after a fork)."""
+        self._lock = threading.Lock()
+
     def snapshot(self, local_hits: int) -> TierStats:
         with self._lock:
             return TierStats(local_hits=local_hits, **self._counts)
@@ -481,4 +501,7 @@ class NoStats:
     __slots__ = ()
 
     def add(self, field: str, n: int = 1) -> None:
+        pass
+
+    def new_lock(self) -> None:
         pass

@@ -111,7 +111,14 @@ def check_signing_key(signing_key: object) -> list[bytes]:
     keys: list[bytes] = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            key = item.encode("utf-8")
+            try:
+                key = item.encode("utf-8")
+            except UnicodeEncodeError:
+                # (The error would carry the key: raised without it.)
+                raise ValueError(
+                    f"signing_key{'' if len(items) == 1 else f'[{i}]'} is a str that is not "
+                    "valid Unicode (a lone surrogate): pass bytes"
+                ) from None
         elif isinstance(item, bytes):
             key = bytes(item)
         else:

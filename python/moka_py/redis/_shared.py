@@ -73,6 +73,9 @@ class _Refusals:
         self._next = 0.0
         self._since = 0
 
+    def new_lock(self) -> None:
+        self._lock = threading.Lock()
+
     def note(self, what: str, reason: str) -> None:
         with self._lock:
             self._since += 1
@@ -164,6 +167,10 @@ class Tier:
         self.down_until = 0.0
         self._lock = threading.Lock()
         self._waiters: dict[bytes, set[Callable[[], None]]] = {}
+        # The counters' locks too: a fork while the feed thread held one
+        # would leave the child's first count waiting for ever.
+        self.counts.new_lock()
+        self._refusals.new_lock()
         self.rust.trusted = False
         self.feed: Feed | None = None
 

@@ -87,7 +87,10 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait(self._period)
+                # (A stop() made before this thread first waited has notified
+                # no one: look first, or the thread outlives close() by a period.)
+                if not self._stop:
+                    self._cond.wait(self._period)
                 if self._stop:
                     return
                 claims = list(self._claims.items())
@@ -402,28 +405,48 @@ class TieredCache(Generic[K, V]):
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
+        k = _core.plain_key(key)
+        takeover = False
         with self._flights_lock:
             flight = self._flights.get(enc)
-            leader = flight is None
             if flight is None:
                 flight = self._flights[enc] = _Flight()
-        if not leader:
+                leader = True
+            else:
+                leader = False
+        while not leader:
             self._tier.counts.add("waits")
-            if not flight.done.wait(self._wait_timeout):
-                # This process's load outlasted wait_timeout: load on our own.
-                return self._load_unclaimed(enc, _core.plain_key(key), initializer, ttl, ttl_s)
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
+            if flight.done.wait(self._wait_timeout):
+                if flight.error is not None:
+                    raise flight.error
+                return flight.value
+            # This process's load outlasted wait_timeout: one caller takes over
+            # and loads on its own; the others wait for it in turn.
+            with self._flights_lock:
+                current = self._flights.get(enc)
+                if current is None:
+                    # A load that took over has ended: load as usual (its
+                    # value is in Redis by now, which the load reads first).
+                    flight = self._flights[enc] = _Flight()
+                    leader = True
+                elif current is flight and not flight.done.is_set():
+                    flight = self._flights[enc] = _Flight()
+                    leader = takeover = True
+                else:
+                    flight = current
         try:
-            flight.value = self._load_fleet(enc, _core.plain_key(key), initializer, ttl, ttl_s)
+            if takeover:
+                flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+            else:
+                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s)
             return flight.value
         except BaseException as err:
             flight.error = err
             raise
         finally:
             with self._flights_lock:
-                self._flights.pop(enc, None)
+                if self._flights.get(enc) is flight:
+                    del self._flights[enc]
             flight.done.set()
 
     def _load_fleet(
