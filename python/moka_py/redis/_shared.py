@@ -370,6 +370,12 @@ class Tier:
     def local_bound(self, left: float | None) -> float | None:
         return _core.local_bound(self.local_ttl, left)
 
+    def write_bound(self, ttl: float | None, ttl_s: float | None) -> float | None:
+        """How long this process keeps a value it wrote: the cache's local
+        bound, or, for a per-call ``ttl`` (checked as ``ttl_s``), the shorter
+        of it and ``local_ttl``."""
+        return self.local_ttl if ttl is None else self.local_bound(ttl_s)
+
     def pack(self, enc: bytes, data: bytes, ttl: float | None) -> bytes:
         """The payload to store for ``enc``'s serialized value ``data``."""
         if type(data) is not bytes:
@@ -414,13 +420,24 @@ class Tier:
         the value kept locally unless ``k`` was invalidated since ``token``, or
         ``(False, None)``; counted as a remote hit or a miss."""
         if payload is not None:
-            ok, value, left = self.decode(serializer, enc, payload)
+            ok, value = self.take(serializer, enc, k, payload, token)
             if ok:
-                self.counts.add("remote_hits")
-                self.rust.fill(k, value, self.local_bound(left), token)
                 return True, value
         self.counts.add("misses")
         return False, None
+
+    def take(
+        self, serializer: _core.Serializer, enc: bytes, k: Any, payload: bytes, token: int
+    ) -> tuple[bool, Any]:
+        """A payload read from Redis for ``k``: ``(True, value)``, counted as a
+        remote hit and kept locally unless ``k`` was invalidated since
+        ``token``, or ``(False, None)`` when it is refused or expired."""
+        ok, value, left = self.decode(serializer, enc, payload)
+        if not ok:
+            return False, None
+        self.counts.add("remote_hits")
+        self.rust.fill(k, value, self.local_bound(left), token)
+        return True, value
 
     def fail_safe(self, k: Any) -> tuple[bool, Any]:
         """Redis did not answer a read of ``k``: the local copy if there is one

@@ -142,7 +142,6 @@ class TieredCache(Generic[K, V]):
         envelope = Envelope(opts.namespace, self._names.channel, opts.keys)
         self._kind = kind
         self._ttl = opts.ttl
-        self._local_ttl = opts.local_ttl
         self._serializer = opts.serializer
         self._lock_timeout = opts.lock_timeout
         self._wait_timeout = opts.wait_timeout
@@ -151,7 +150,7 @@ class TieredCache(Generic[K, V]):
         self._tier = Tier(
             names=self._names,
             capacity=opts.capacity,
-            local_ttl=self._local_ttl,
+            local_ttl=opts.local_ttl,
             stats=stats,
             client=client,
             kind=kind,
@@ -304,7 +303,7 @@ class TieredCache(Generic[K, V]):
         except RedisError:
             tier.rust.invalidate(k)
             raise
-        tier.rust.put(k, value, self._local_ttl if ttl is None else tier.local_bound(ttl_s), token)
+        tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
 
     def set_many(
         self, items: Mapping[K, V] | Iterable[tuple[K, V]], ttl: float | None = None
@@ -335,7 +334,7 @@ class TieredCache(Generic[K, V]):
             for _, k, _, _ in prepared:
                 tier.rust.invalidate(k)
             raise
-        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        bound = tier.write_bound(ttl, ttl_s)
         for (_, k, value, _), token in zip(prepared, tokens, strict=True):
             tier.rust.put(k, value, bound, token)
 
@@ -469,10 +468,8 @@ class TieredCache(Generic[K, V]):
                 try:
                     payload = self._call(self._own.get, name)
                     if payload is not None:
-                        ok, value, left = tier.decode(self._serializer, enc, payload)
+                        ok, value = tier.take(self._serializer, enc, k, payload, token)
                         if ok:
-                            tier.counts.add("remote_hits")
-                            tier.rust.fill(k, value, tier.local_bound(left), token)
                             return value
                     claim = new_token()
                     lock_ms = ms(self._lock_timeout)
@@ -511,7 +508,7 @@ class TieredCache(Generic[K, V]):
         """Redis is unreachable: load in this process, keep the value locally
         (for at most the entry's bounds), store nothing in Redis."""
         value = self._compute(initializer)
-        bound = self._local_ttl if ttl is None else self._tier.local_bound(ttl_s)
+        bound = self._tier.write_bound(ttl, ttl_s)
         self._tier.rust.fill(k, value, bound, token)
         return value
 
@@ -531,7 +528,7 @@ class TieredCache(Generic[K, V]):
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
         payload = tier.pack(enc, data, ttl_s)
-        bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+        bound = tier.write_bound(ttl, ttl_s)
         try:
             self._write(
                 lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
@@ -567,10 +564,8 @@ class TieredCache(Generic[K, V]):
             except RedisError:
                 again = None
             if again is not None:
-                ok, value, left = tier.decode(self._serializer, enc, again)
+                ok, value = tier.take(self._serializer, enc, k, again, token)
                 if ok:
-                    tier.counts.add("remote_hits")
-                    tier.rust.fill(k, value, tier.local_bound(left), token)
                     return value
             value = self._compute(initializer)
             data = self._serializer.dumps(value)
@@ -589,7 +584,7 @@ class TieredCache(Generic[K, V]):
             except RedisError:
                 stored = False
             if stored:
-                bound = self._local_ttl if ttl is None else tier.local_bound(ttl_s)
+                bound = tier.write_bound(ttl, ttl_s)
                 tier.rust.put(k, value, bound, token)
             return value
         finally:
