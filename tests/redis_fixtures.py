@@ -23,7 +23,8 @@ Without redis-server the fixtures fail (never skip) and say how to install it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from redis_servers import (
@@ -35,6 +36,8 @@ from redis_servers import (
     make_tls_files,
     redis_server_installed,
 )
+
+S = TypeVar("S", RedisServer, RedisCluster3)
 
 # The password of the TLS servers: what must never cross the network in clear.
 TLS_PASSWORD = "moka-py-tls-password-never-in-clear"
@@ -52,17 +55,26 @@ def _started(server: RedisServer | RedisCluster3) -> None:
         pytest.fail(str(e), pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """A server shared by the test module: use `redis_db` for an empty one,
-    `own_redis_server` to change the server itself."""
+def _serving(make: Callable[[], S]) -> Iterator[S]:
+    """The body of a fixture of one server or cluster: made by `make()` and
+    started (or the test fails saying why), ended after the test."""
     _need_redis_server()
-    server = RedisServer()
+    server = make()
     try:
         _started(server)
         yield server
     finally:
-        server.close()
+        if isinstance(server, RedisCluster3):
+            server.stop()
+        else:
+            server.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A server shared by the test module: use `redis_db` for an empty one,
+    `own_redis_server` to change the server itself."""
+    yield from _serving(RedisServer)
 
 
 @pytest.fixture
@@ -79,39 +91,21 @@ def redis_db(redis_server: RedisServer) -> RedisServer:
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServer]:
     """A server of the test's own, ended (resumed first if paused) after it."""
-    _need_redis_server()
-    server = RedisServer()
-    try:
-        _started(server)
-        yield server
-    finally:
-        server.close()
+    yield from _serving(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster3]:
     """A three-master cluster shared by the session (each xdist worker has its
     own); call `flushall()` for an empty one."""
-    _need_redis_server()
-    cluster = RedisCluster3()
-    try:
-        _started(cluster)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serving(RedisCluster3)
 
 
 @pytest.fixture
 def own_redis_cluster() -> Iterator[RedisCluster3]:
     """A cluster of the test's own (about 2 s to start), for failing its nodes
     through `.servers`."""
-    _need_redis_server()
-    cluster = RedisCluster3()
-    try:
-        _started(cluster)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serving(RedisCluster3)
 
 
 @pytest.fixture
@@ -145,26 +139,14 @@ def redis_tls_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
     """A TLS-only server (`--port 0`: a plaintext connection fails) with the
     password TLS_PASSWORD, shared by the test module; its `client()`,
     `async_client()` and `url` use TLS with the client certificate."""
-    _need_redis_server()
-    server = RedisServer("--requirepass", TLS_PASSWORD, tls=tls_files)
-    try:
-        _started(server)
-        yield server
-    finally:
-        server.close()
+    yield from _serving(lambda: RedisServer("--requirepass", TLS_PASSWORD, tls=tls_files))
 
 
 @pytest.fixture(scope="session")
 def redis_tls_cluster(tls_files: TLSFiles) -> Iterator[RedisCluster3]:
     """A TLS-only three-master cluster (its bus too) with the password
     TLS_PASSWORD, shared by the session (per worker)."""
-    _need_redis_server()
-    cluster = RedisCluster3("--requirepass", TLS_PASSWORD, tls=tls_files)
-    try:
-        _started(cluster)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serving(lambda: RedisCluster3("--requirepass", TLS_PASSWORD, tls=tls_files))
 
 
 @pytest.fixture
