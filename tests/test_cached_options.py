@@ -287,14 +287,18 @@ def test_module_level_function_runs_in_a_process_pool() -> None:
 
 
 class CountingKey:
-    """Compared by Python (its own `__eq__`), counting its `__hash__` calls."""
+    """Compared by Python (its own `__eq__`), counting its `__hash__` calls
+    (under a lock: on 3.13t, threads hashing at once would lose updates of a
+    plain `+= 1`)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.hashes = 0
+        self._count_lock = threading.Lock()
 
     def __hash__(self) -> int:
-        self.hashes += 1
+        with self._count_lock:
+            self.hashes += 1
         return hash(self.n)
 
     def __eq__(self, other: object) -> bool:
@@ -306,9 +310,11 @@ class CountingIdentity:
 
     def __init__(self) -> None:
         self.hashes = 0
+        self._count_lock = threading.Lock()
 
     def __hash__(self) -> int:
-        self.hashes += 1
+        with self._count_lock:
+            self.hashes += 1
         return 7
 
 
