@@ -480,3 +480,105 @@ def test_finalizer_reenters_the_cache(scenario: Callable[[], None]) -> None:
 @pytest.mark.parametrize("scenario", CLEARS, ids=scenario_id)
 def test_finalizer_clears_the_cache(scenario: Callable[[], None]) -> None:
     run_isolated(scenario)
+
+
+# --- finalizers that write, whose writes let go of more finalizers ---------------------
+
+CHAIN = 5000  # finalizers in a row: five times the default recursion limit
+
+
+def chain_in_finalizers() -> None:
+    """Value n's finalizer writes value n + 1 over the key, replaces it and runs
+    the pending tasks, so the cache lets go of n + 1 inside n's finalizer: a chain
+    of CHAIN finalizers, each started by a write made in the one before. Released
+    one frame deeper each time, the chain nests finalizers (it ended in a
+    RecursionError, and lost the finalizer's write, once deeper than the
+    recursion limit); handed to the release loop already running on this thread,
+    it stays one finalizer deep, and every finalizer's own write is kept."""
+    from moka_py import Moka
+
+    cache: Moka[object, object] = Moka(2 * CHAIN)
+    ran: list[int] = []
+    depth = [0, 0]  # now, deepest
+    seen: list[str] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda args: seen.append(f"{args.exc_type.__name__}: {args.exc_value}")
+
+    class Link:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __del__(self) -> None:
+            depth[0] += 1
+            depth[1] = max(depth)
+            ran.append(self.n)
+            if self.n + 1 < CHAIN:
+                cache.set("k", Link(self.n + 1))
+                cache.set("k", "replaced")
+                # Pushes the replaced entry out of moka's deferred garbage.
+                cache.run_pending_tasks()
+            cache.set(("written", self.n), self.n)
+            depth[0] -= 1
+
+    try:
+        cache.set("k", Link(0))
+        cache.set("k", "replaced")
+        cache.run_pending_tasks()
+    finally:
+        sys.unraisablehook = old_hook
+    assert seen == []
+    assert sorted(ran) == list(range(CHAIN))
+    assert depth == [0, 1], f"finalizers nested {depth[1]} deep"
+    assert cache.get("k") == "replaced"
+    assert [n for n in range(CHAIN) if cache.get(("written", n)) != n] == []
+
+
+def scenario_chain_in_finalizers() -> None:
+    chain_in_finalizers()
+
+
+def scenario_threads_write_from_finalizers() -> None:
+    """Six threads write values whose finalizer writes another such value into a
+    cache whose entries expire after 20 ms, in rounds: every release that moka's
+    expiry or a replacement makes runs a finalizer that writes again. On 3.13t
+    this raised RecursionError from finalizers before releases were trampolined.
+    No exception may reach sys.unraisablehook, no thread may hang."""
+    from moka_py import Moka
+
+    seen: list[str] = []
+    sys.unraisablehook = lambda args: seen.append(f"{args.exc_type.__name__}: {args.exc_value}")
+    cache: Moka[int, object] = Moka(64, ttl=0.02)
+    written = [0] * 6
+
+    class Rewrites:
+        def __init__(self, i: int, n: int) -> None:
+            self.i, self.n = i, n
+
+        def __del__(self) -> None:
+            if self.n < 50:
+                written[self.i] += 1
+                cache.set(self.i * 1000 + self.n % 7, Rewrites(self.i, self.n + 1))
+
+    def work(i: int) -> None:
+        stop = time.monotonic() + 0.4
+        n = 0
+        while time.monotonic() < stop:
+            cache.set(i * 1000 + n % 97, Rewrites(i, 0))
+            n += 1
+
+    for _ in range(5):
+        run_threads(work, 6, timeout=20)
+    cache.clear()
+    gc.collect()
+    assert seen == [], seen[:5]
+    assert all(written), written
+
+
+@pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
+def test_a_chain_of_finalizers_does_not_recurse() -> None:
+    run_isolated(scenario_chain_in_finalizers)
+
+
+@pytest.mark.thread_unsafe  # as above
+def test_threads_writing_from_finalizers_do_not_recurse() -> None:
+    run_isolated(scenario_threads_write_from_finalizers, timeout=60)

@@ -144,6 +144,10 @@ struct Local {
     spare: Cell<Vec<Item>>,
     /// Whether `items` may hold something.
     pending: Cell<bool>,
+    /// Whether [`run_queued`] is running on this thread: a release it makes
+    /// (a finalizer or listener that calls the cache) queues its own releases
+    /// for that loop instead of running them one frame deeper.
+    running: Cell<bool>,
     /// [`FRESH`], [`LIVE`] (the guard is registered) or [`GONE`].
     state: Cell<u8>,
 }
@@ -176,6 +180,7 @@ thread_local! {
             items: RefCell::new(Vec::new()),
             spare: Cell::new(Vec::new()),
             pending: Cell::new(false),
+            running: Cell::new(false),
             state: Cell::new(FRESH),
         })
     };
@@ -231,7 +236,9 @@ fn register(local: &Local) -> bool {
 /// holding no lock. `exiting` says whether this thread must not run Python
 /// code any more (`exit.rs`): then what is queued is leaked. What it runs
 /// (listeners, finalizers) may call the cache again; their own queue items
-/// are handled by the same loop.
+/// are handled by the same loop, never by a nested one: a chain of
+/// finalizers each of which writes to the cache (and so lets go of the next
+/// value) stays one finalizer deep, however long it is (a trampoline).
 #[inline]
 pub(crate) fn run(py: Python<'_>, exiting: fn() -> bool) {
     if LOCAL.with(|local| local.pending.get()) || HAS_ORPHANS.load(Ordering::Relaxed) {
@@ -239,9 +246,38 @@ pub(crate) fn run(py: Python<'_>, exiting: fn() -> bool) {
     }
 }
 
+/// Marks this thread as releasing for as long as it lives (also when a
+/// release unwinds), so that a nested [`run`] leaves its items to this loop.
+struct Running;
+
+impl Running {
+    /// `None` when this thread is already releasing (or is ending).
+    fn enter() -> Option<Self> {
+        let nested = LOCAL
+            .try_with(|local| local.running.replace(true))
+            .unwrap_or(true);
+        if nested {
+            None
+        } else {
+            Some(Running)
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(|local| local.running.set(false));
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
+    // Nested in a release of this thread: the outer loop, which goes on
+    // until the queue is empty, takes what this call would have run.
+    let Some(_running) = Running::enter() else {
+        return;
+    };
     loop {
         // The queue gets the spare buffer (a release that runs the cache
         // again while this batch is out, and finds none, starts a new one).
