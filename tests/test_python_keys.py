@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from support import PyKey, run_isolated, run_threads
@@ -606,6 +606,49 @@ def test_equal_numbers_are_one_key_inside_tuples_and_at_extremes(native: Any, ot
     c[other] = "other"
     assert c[native] == "other"
     assert len(c) == 1
+
+
+class Pair(NamedTuple):
+    name: str
+    n: int
+
+
+NAN = float("nan")
+DEEP: Any = "leaf"
+for _ in range(20):
+    DEEP = (DEEP, 1)
+# Stored keys, and for each the probes a read looks it up with: tuples whose items are
+# all native are compared only with entries of their hash, item by item (Repr::Lazy in
+# src/store/key.rs); what they find must be what a dict finds.
+TUPLE_PROBES: list[tuple[Any, list[Any]]] = [
+    (("user", 1, True), [("user", 1.0, 1), ("user", True, 1.0), ("user", 2, True), ("user", 1)]),
+    (Pair("user", 1), [("user", 1), ("user", 1.0), Pair("user", 1), ("user", 2)]),
+    ((1, ("a", b"x"), None), [(True, ("a", b"x"), None), (1, ("a", "x"), None), (1, ("a",), None)]),
+    ((2**70, "a"), [(2.0**70, "a"), (2**70 + 1, "a")]),
+    ((1, Decimal(2)), [(1, 2), (1.0, 2.0), (1, 3)]),
+    ((-1, "x"), [(-2, "x"), (-1, "x")]),  # hash(-1) == hash(-2): same hash, one is unequal
+    ((NAN, 1), [(NAN, 1), (float("nan"), 1)]),
+    (("é", 1), [("é", 1), ("e", 1)]),
+    ((), [(), ((),)]),
+    ((0.5, "k"), [(0.5, "k"), (0.25, "k")]),
+    (DEEP, [DEEP, (DEEP, 1)]),
+]
+
+
+@pytest.mark.parametrize(("stored", "probes"), TUPLE_PROBES, ids=repr)
+def test_tuple_reads_find_what_a_dict_finds(stored: Any, probes: list[Any]) -> None:
+    c: Moka[Any, str] = Moka(10)
+    d: dict[Any, str] = {}
+    for target in (c, d):
+        target[stored] = "stored"
+    for probe in probes:
+        want = d.get(probe)
+        assert c.get(probe) == want, probe
+        assert (probe in c) == (probe in d), probe
+        assert c.get_with(probe, lambda: "loaded") == d.setdefault(probe, "loaded"), probe
+        assert c.get(probe) == d[probe], probe
+    assert len(c) == len(d)
+    assert sorted(map(repr, c.keys())) == sorted(map(repr, d.keys()))
 
 
 # Ints are hashed in Rust with CPython's rule (src/key.rs, int_hash); a number of

@@ -161,7 +161,7 @@ impl CachedFunction {
     }
 
     /// A call whose key was not found (`hash` and `lookup` from
-    /// `key_ref_hashed`). Kept out of line, so that the hit path and PyO3's
+    /// `read_key_hashed`). Kept out of line, so that the hit path and PyO3's
     /// argument parsing stay inlined in `__call__`'s trampoline.
     #[inline(never)]
     fn miss<'py>(
@@ -309,7 +309,7 @@ impl CachedFunction {
         let key = self.key_of(py, args, kwargs)?;
         let cache = self.cache.get();
         // The key's hash is kept for the miss: `__hash__` runs once per call.
-        let (hash, lookup) = cache.key_ref_hashed(&key)?;
+        let (hash, lookup) = cache.read_key_hashed(&key)?;
         if let Some((found, stale)) = cache.read_for_load(py, lookup.as_ref()) {
             self.hits.add(1, Ordering::Relaxed);
             if let Some(seen) = stale {

@@ -130,7 +130,7 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let found = self.read(py, self.key_ref(key)?.as_ref());
+        let found = self.read(py, self.read_key(key)?.as_ref());
         Ok(found.unwrap_or_else(|| default.unwrap_or_else(|| py.None())))
     }
 
@@ -149,7 +149,7 @@ impl Moka {
         let (this, py) = (slf.get(), slf.py());
         let (ttl, tti) = options::durations(ttl, tti)?;
         // The key's hash is kept for the miss: `__hash__` runs once per call.
-        let (hash, lookup) = this.key_ref_hashed(key)?;
+        let (hash, lookup) = this.read_key_hashed(key)?;
         if let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) {
             if let Some(seen) = stale {
                 let call = refresh::Call {
@@ -185,7 +185,7 @@ impl Moka {
         let durations = options::durations(ttl, tti)?;
         let none = py.None();
         let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
-        let (hash, lookup) = this.key_ref_hashed(key)?;
+        let (hash, lookup) = this.read_key_hashed(key)?;
         let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) else {
             return aload(py, "load")?
                 .call1((slf, key, initializer, ttl, tti))
@@ -331,14 +331,14 @@ impl Moka {
 
     /// `key in cache`: does not count as an access (for `tti` or eviction).
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(match self.key_ref(key)? {
+        Ok(match self.read_key(key)? {
             Some(key) => self.store.contains(py, &key),
             None => false,
         })
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.read(py, self.key_ref(key)?.as_ref())
+        self.read(py, self.read_key(key)?.as_ref())
             .ok_or_else(|| key_error(key))
     }
 

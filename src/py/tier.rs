@@ -113,7 +113,7 @@ impl Tier {
             return Ok(None);
         }
         let local = self.local.get();
-        Ok(local.read(py, local.key_ref(key)?.as_ref()))
+        Ok(local.read(py, local.read_key(key)?.as_ref()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seqs> {

@@ -393,6 +393,12 @@ impl Store {
         Ok(self.key_ref_hashed(obj)?.1)
     }
 
+    /// [`Store::key_ref`] for a read (see [`Store::read_key_hashed`]).
+    #[inline]
+    pub(crate) fn read_key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<KeyRef>> {
+        Ok(self.read_key_hashed(obj)?.1)
+    }
+
     /// [`Store::key_ref`] with `obj`'s hash, for [`Store::owned_hashed`]: a
     /// miss of `@cached` then runs the arguments' `__hash__` once, not twice.
     #[inline]
@@ -400,7 +406,29 @@ impl Store {
         &self,
         obj: &Bound<'_, PyAny>,
     ) -> PyResult<(isize, Option<KeyRef>)> {
-        let (hash, repr) = key::describe(obj)?;
+        self.resolve(obj, key::describe(obj)?)
+    }
+
+    /// [`Store::key_ref_hashed`] for a read ([`Store::read`],
+    /// [`Store::read_for_load`], [`Store::contains`]: attached on every
+    /// build): a tuple of native items is compared only with entries of its
+    /// hash, and built only when one is found (`key::describe_read`).
+    #[inline]
+    pub(crate) fn read_key_hashed(
+        &self,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<(isize, Option<KeyRef>)> {
+        self.resolve(obj, key::describe_read(obj)?)
+    }
+
+    /// The lookup form of a described key: a key compared by Python is
+    /// looked up among the canonical ones (absent if it was never stored).
+    #[inline]
+    fn resolve(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        (hash, repr): (isize, Repr),
+    ) -> PyResult<(isize, Option<KeyRef>)> {
         let repr = match repr {
             Repr::Python => match self.interner.get() {
                 Some(interner) => match interner.lookup(obj, hash)? {

@@ -54,6 +54,11 @@ pub(crate) enum Repr {
     CanonId(u64),
     /// Not yet resolved: must be interned (`intern.rs`) before use.
     Python,
+    /// In a borrowed key of a read only: a tuple of native items (see
+    /// [`lazy_tuple`]) whose representation is built only if moka finds an
+    /// entry of the same hash, by comparing it with that entry's item by item
+    /// ([`eq_obj`]): a miss then costs no allocation and no conversion.
+    Lazy(*mut ffi::PyObject),
 }
 
 /// A unique object that `@cached` puts between positional and keyword
@@ -146,6 +151,15 @@ impl Repr {
             let tp = ffi::Py_TYPE(obj);
             if ffi::PyUnicode_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyUnicode_Type))
             {
+                if ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0 {
+                    // Its characters are its UTF-8 bytes (what
+                    // `PyUnicode_AsUTF8AndSize` returns for it), read in place.
+                    #[allow(clippy::cast_sign_loss)]
+                    return Repr::Str(
+                        ffi::PyUnicode_DATA(obj).cast::<u8>().cast_const(),
+                        ffi::PyUnicode_GET_LENGTH(obj) as usize,
+                    );
+                }
                 let mut len: ffi::Py_ssize_t = 0;
                 let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
                 if data.is_null() {
@@ -332,6 +346,83 @@ fn float_repr(v: f64) -> Repr {
     }
 }
 
+/// Whether `obj` is a tuple whose representation is native however it is
+/// built (never [`Repr::Python`]), so that a read can look it up by hash alone
+/// and compare it only with entries of the same hash ([`Repr::Lazy`]): an
+/// exact tuple, at most [`MAX_TUPLE_DEPTH`] deep, of exact `int`, ASCII `str`,
+/// `bytes`, `float`, `bool`, `None` and such tuples.
+///
+/// # Safety
+/// `obj` must be a live object and the caller must be attached.
+#[inline]
+unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
+    // SAFETY: reads the types and items of live objects (a tuple's items are
+    // owned by it), attached.
+    unsafe {
+        if ffi::PyTuple_CheckExact(obj) == 0 || depth >= MAX_TUPLE_DEPTH {
+            return false;
+        }
+        for i in 0..ffi::PyTuple_GET_SIZE(obj) {
+            let item = ffi::PyTuple_GET_ITEM(obj, i);
+            let tp = ffi::Py_TYPE(item);
+            let native = if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+                ffi::PyUnicode_IS_COMPACT_ASCII(item) != 0
+            } else {
+                tp == addr_of_mut!(ffi::PyLong_Type)
+                    || tp == addr_of_mut!(ffi::PyBool_Type)
+                    || item == ffi::Py_None()
+                    || tp == addr_of_mut!(ffi::PyFloat_Type)
+                    || tp == addr_of_mut!(ffi::PyBytes_Type)
+                    || lazy_tuple(item, depth + 1)
+            };
+            if !native {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Whether `obj` (accepted by [`lazy_tuple`] at this depth, or one of its
+/// items) equals the stored key `stored_obj`, whose representation is
+/// `stored`: what `Repr::of(obj).native_eq(stored)` says, without building
+/// the tuple's. Items that are the same objects (interned strings, small
+/// ints, `True`) are equal without a look at their values.
+///
+/// # Safety
+/// As [`lazy_tuple`]; `obj` must have been accepted by it, and `stored_obj`
+/// must be the live object that `stored` describes.
+unsafe fn eq_obj(stored: &Repr, stored_obj: *mut ffi::PyObject, obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: as the caller guarantees; the items are owned by their tuples,
+    // and a `Tuple` representation is only ever made of a tuple (or of a
+    // subclass comparing as one, with the same layout).
+    unsafe {
+        if stored_obj == obj {
+            return true;
+        }
+        let tuple = ffi::PyTuple_CheckExact(obj) != 0;
+        match stored {
+            Repr::Tuple(items) if tuple => {
+                #[allow(clippy::cast_sign_loss)]
+                let n = ffi::PyTuple_GET_SIZE(obj) as usize;
+                n == items.len()
+                    && items.iter().zip(0..).all(|(item, i)| {
+                        eq_obj(
+                            item,
+                            ffi::PyTuple_GET_ITEM(stored_obj, i),
+                            ffi::PyTuple_GET_ITEM(obj, i),
+                        )
+                    })
+            }
+            // A tuple's representation is a tuple, and only a tuple's is.
+            Repr::Tuple(_) => false,
+            _ if tuple => false,
+            // A scalar: no allocation but for an int beyond 64 bits.
+            _ => Repr::of(obj).native_eq(stored),
+        }
+    }
+}
+
 /// A key's hash and representation; [`Repr::Python`] when it must be
 /// interned. A number of another type that equals an `int` or a `float`
 /// (`Decimal(1)`, `Fraction(1, 2)`, a NumPy scalar), also as an item of a
@@ -348,6 +439,17 @@ pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
         return Ok((int_hash(v), repr));
     }
     describe_other(obj, repr)
+}
+
+/// [`describe`] for a read (a lookup made attached, whose key is only
+/// compared, never stored): a tuple of native items is [`Repr::Lazy`].
+#[inline]
+pub(crate) fn describe_read(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
+    // SAFETY: `obj` is a live object and we are attached (`Bound`).
+    if unsafe { lazy_tuple(obj.as_ptr(), 0) } {
+        return Ok((obj.hash()?, Repr::Lazy(obj.as_ptr())));
+    }
+    describe(obj)
 }
 
 /// [`describe`] of every key but an integral number in the `i64` range.
@@ -474,7 +576,10 @@ unsafe impl Sync for Key {}
 impl Key {
     /// `repr` must be resolved (not [`Repr::Python`]) and describe `obj`.
     pub(crate) fn new(hash: isize, repr: Repr, obj: &Bound<'_, PyAny>) -> Self {
-        debug_assert!(!matches!(repr, Repr::Python | Repr::CanonId(_)));
+        debug_assert!(!matches!(
+            repr,
+            Repr::Python | Repr::CanonId(_) | Repr::Lazy(_)
+        ));
         Key {
             hash,
             repr,
@@ -564,8 +669,12 @@ impl KeyRef {
     /// (whose pointers stay valid: the owned key keeps the object alive);
     /// `None` for a canonical key, whose owned form must be interned.
     pub(crate) fn to_owned(&self, obj: &Bound<'_, PyAny>) -> Option<Key> {
-        (!matches!(*self.repr, Repr::CanonId(_)))
-            .then(|| Key::new(self.hash, (*self.repr).clone(), obj))
+        match *self.repr {
+            Repr::CanonId(_) => None,
+            // SAFETY: the lazy tuple is `obj`, live, and we are attached.
+            Repr::Lazy(_) => Some(Key::new(self.hash, unsafe { Repr::of(obj.as_ptr()) }, obj)),
+            ref repr => Some(Key::new(self.hash, repr.clone(), obj)),
+        }
     }
 }
 
@@ -577,6 +686,11 @@ impl Hash for KeyRef {
 
 impl Equivalent<Key> for KeyRef {
     fn equivalent(&self, key: &Key) -> bool {
+        if let Repr::Lazy(obj) = *self.repr {
+            // SAFETY: a lazy key is made by `describe_read` for a read, which
+            // runs attached while its caller holds the tuple.
+            return self.hash == key.hash && unsafe { eq_obj(&key.repr, key.obj.as_ptr(), obj) };
+        }
         keys_eq((self.hash, &self.repr), key.parts())
     }
 }
