@@ -36,6 +36,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::call::init(m.py())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py::moka::Moka>()?;
+    py::fast::install(m.py())?;
     m.add_class::<py::cached::CachedFunction>()?;
     m.add_class::<py::cached::MissKey>()?;
     m.add_class::<py::ready::Ready>()?;

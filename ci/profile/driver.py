@@ -48,6 +48,13 @@ OPS = {
     "remove_stats": "loop_fresh",
     "cached_hit": "loop",
     "cached_coalescing_hit": "loop",
+    "get_with_hit_str": "loop_pool",
+    "remove_miss": "loop_fresh",
+    **{
+        f"get_{r}_{kind}": "loop_pool"
+        for kind in ("int", "str", "longstr", "tuple", "uuid")
+        for r in ("hit", "miss")
+    },
 }
 # Operations of this package only (moka-py 0.5.0 has no statistics).
 THIS_ONLY = {"get_hit_stats", "set_existing_stats", "remove_stats"}

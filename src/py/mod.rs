@@ -1,5 +1,6 @@
 //! The Python classes: each parses its arguments and calls the store layer
-//! (`store/`). `moka` is the `Moka` class; `bulk` its batch methods and
+//! (`store/`). `moka` is the `Moka` class (`fast` its hand-written entries
+//! for the most frequent calls); `bulk` its batch methods and
 //! `refresh` its reloads, both over the store; `cached` the `@cached`
 //! wrapper; `ready` the finished awaitable of `aget_with`; `stats` the
 //! snapshot of the statistics; `tier` the local tier of `moka_py.redis`,
@@ -7,6 +8,7 @@
 
 pub(crate) mod bulk;
 pub(crate) mod cached;
+pub(crate) mod fast;
 pub(crate) mod mac;
 pub(crate) mod moka;
 pub(crate) mod ready;

@@ -31,6 +31,16 @@ pub(crate) struct Moka {
     refresh: Option<Refresher>,
 }
 
+impl Moka {
+    /// Whether no operation of this cache calls Python code of its own (an
+    /// eviction listener, a weigher, a reload): the shape the fast entries
+    /// take (`fast.rs`).
+    #[inline]
+    pub(crate) fn is_plain(&self) -> bool {
+        self.refresh.is_none() && !self.store.has_callbacks()
+    }
+}
+
 impl Deref for Moka {
     type Target = Store;
     #[inline]

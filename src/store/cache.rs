@@ -190,6 +190,13 @@ impl Store {
         }
     }
 
+    /// Whether the cache has an eviction listener or a weigher: Python code
+    /// that its operations call.
+    #[inline]
+    pub(crate) fn has_callbacks(&self) -> bool {
+        self.listener.is_some() || self.weigher.is_some()
+    }
+
     /// Removes every entry (the listener sees each with cause `"explicit"`).
     pub(crate) fn clear(&self, py: Python<'_>) {
         call::enter(
@@ -563,6 +570,7 @@ impl Store {
     ) -> PyResult<()> {
         match self.entry(py, key.obj().bind(py), value, ttl, tti) {
             Ok(entry) => {
+                let _hold = crate::store::deferred::Hold::new(key.obj().as_ptr(), value.as_ptr());
                 self.store_entry(py, key, entry);
                 Ok(())
             }

@@ -44,7 +44,72 @@ pub(crate) struct PyOwned(ManuallyDrop<Py<PyAny>>);
 
 impl PyOwned {
     pub(crate) fn new(obj: Py<PyAny>) -> Self {
+        #[cfg(Py_GIL_DISABLED)]
+        let obj = shared::from_local(obj);
         PyOwned(ManuallyDrop::new(obj))
+    }
+}
+
+/// On the free-threaded build a reference has an owner: `Py_INCREF` on the
+/// thread that made an object counts in its local count, and a `Py_DECREF`
+/// by another thread that takes the shared count below zero hands the object
+/// to its owner, which frees it (and runs its finalizer) at its next
+/// evaluation-breaker check, in whatever frame it is then running: nested,
+/// say, in a finalizer of its own that writes to the cache (a chain of such
+/// finalizers went 500 deep and raised `RecursionError`). So the cache holds
+/// its references in the shared count from the start, and gives them back
+/// there: an object whose owner has dropped its own references is then freed
+/// by the thread that lets go of it, in the release loop of [`run`].
+/// Immortal objects are left alone, as `Py_INCREF` leaves them.
+#[cfg(Py_GIL_DISABLED)]
+mod shared {
+    use std::sync::atomic::Ordering;
+
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+
+    extern "C" {
+        /// The shared half of `Py_DECREF` (exported by 3.13t for it).
+        fn _Py_DecRefShared(op: *mut ffi::PyObject);
+    }
+
+    /// One shared reference (`1 << _Py_REF_SHARED_SHIFT` in the count).
+    const ONE: isize = 1 << 2;
+
+    /// # Safety
+    /// `op` must be a live object.
+    unsafe fn immortal(op: *mut ffi::PyObject) -> bool {
+        // SAFETY: reads a field of a live object.
+        unsafe { (*op).ob_ref_local.load(Ordering::Relaxed) == u32::MAX }
+    }
+
+    /// `obj`'s reference, moved to the shared count.
+    pub(super) fn from_local(obj: Py<PyAny>) -> Py<PyAny> {
+        let op = obj.as_ptr();
+        // SAFETY: `obj` keeps `op` alive; the shared reference is taken
+        // before the one `obj` holds is given back, so the count never
+        // reaches zero here. (Called attached, as every `PyOwned::new`.)
+        unsafe {
+            if !immortal(op) {
+                (*op).ob_ref_shared.fetch_add(ONE, Ordering::Relaxed);
+                ffi::Py_DECREF(obj.into_ptr());
+                return Py::from_owned_ptr(Python::assume_attached(), op);
+            }
+        }
+        obj
+    }
+
+    /// Gives back a reference taken by [`from_local`].
+    ///
+    /// # Safety
+    /// `op` must hold such a reference; the caller must be attached.
+    pub(super) unsafe fn release(op: *mut ffi::PyObject) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            if !immortal(op) {
+                _Py_DecRefShared(op);
+            }
+        }
     }
 }
 
@@ -148,6 +213,9 @@ struct Local {
     /// (a finalizer or listener that calls the cache) queues its own releases
     /// for that loop instead of running them one frame deeper.
     running: Cell<bool>,
+    /// The key and value objects of the write this thread is making (see
+    /// [`Hold`]), null outside one.
+    held: Cell<[*mut ffi::PyObject; 2]>,
     /// [`FRESH`], [`LIVE`] (the guard is registered) or [`GONE`].
     state: Cell<u8>,
 }
@@ -181,6 +249,7 @@ thread_local! {
             spare: Cell::new(Vec::new()),
             pending: Cell::new(false),
             running: Cell::new(false),
+            held: Cell::new([std::ptr::null_mut(); 2]),
             state: Cell::new(FRESH),
         })
     };
@@ -246,6 +315,32 @@ pub(crate) fn run(py: Python<'_>, exiting: fn() -> bool) {
     }
 }
 
+/// For as long as it lives, the release loop does not let go of its key and
+/// value objects while someone else still holds them (their reference stays
+/// queued for the thread's next release): a write whose entry moka lets go of
+/// at once (refused by the eviction policy) would otherwise leave the
+/// caller's own reference to the value as the last one, and its finalizer
+/// would run when the caller drops its argument, nested in whatever frame
+/// made the write. Released by a later loop instead, it runs there, one
+/// finalizer deep (the chain of `tests/test_finalizers.py` whose finalizers
+/// write values the cache refuses).
+pub(crate) struct Hold;
+
+impl Hold {
+    #[inline]
+    pub(crate) fn new(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> Self {
+        LOCAL.with(|local| local.held.set([key, value]));
+        Hold
+    }
+}
+
+impl Drop for Hold {
+    #[inline]
+    fn drop(&mut self) {
+        LOCAL.with(|local| local.held.set([std::ptr::null_mut(); 2]));
+    }
+}
+
 /// Marks this thread as releasing for as long as it lives (also when a
 /// release unwinds), so that a nested [`run`] leaves its items to this loop.
 struct Running;
@@ -278,6 +373,8 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
     let Some(_running) = Running::enter() else {
         return;
     };
+    let held = LOCAL.with(|local| local.held.get());
+    let mut kept: Vec<Item> = Vec::new();
     loop {
         // The queue gets the spare buffer (a release that runs the cache
         // again while this batch is out, and finds none, starts a new one).
@@ -294,6 +391,13 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
             batch.append(&mut ORPHANS.lock().unwrap_or_else(PoisonError::into_inner));
         }
         if batch.is_empty() {
+            if !kept.is_empty() {
+                // For the next loop on this thread (see `Hold`).
+                LOCAL.with(|local| {
+                    local.items.borrow_mut().append(&mut kept);
+                    local.pending.set(true);
+                });
+            }
             return;
         }
         if exiting() {
@@ -304,9 +408,25 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
         }
         for item in batch.drain(..) {
             match item.release {
-                // SAFETY: an owned strong reference, released once; we are
-                // attached and hold no lock.
-                None => unsafe { ffi::Py_DECREF(item.ptr.cast().as_ptr()) },
+                None => {
+                    let obj: *mut ffi::PyObject = item.ptr.cast().as_ptr();
+                    // SAFETY: a live object (this item owns a reference).
+                    if held.contains(&obj) && unsafe { ffi::Py_REFCNT(obj) } > 1 {
+                        kept.push(item);
+                    } else {
+                        // SAFETY: an owned strong reference (shared on the
+                        // free-threaded build, see `shared`), released once;
+                        // we are attached and hold no lock.
+                        #[cfg(not(Py_GIL_DISABLED))]
+                        unsafe {
+                            ffi::Py_DECREF(obj);
+                        }
+                        #[cfg(Py_GIL_DISABLED)]
+                        unsafe {
+                            shared::release(obj);
+                        }
+                    }
+                }
                 // SAFETY: the pointer and the function `defer_boxed` or
                 // `defer_arc` queued together, called once; attached.
                 Some(release) => unsafe { release(py, item.ptr) },

@@ -383,6 +383,33 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
     }
 }
 
+/// Whether `obj` is a key whose hash, representation and equality run no
+/// Python code and need no canonical entry: an exact `int`, ASCII `str`,
+/// `bytes` or `float`, `bool`, `None`, or a tuple that [`lazy_tuple`]
+/// accepts. (The fast entries of `py/fast.rs` take only these.)
+///
+/// # Safety
+/// `obj` must be a live object and the caller must be attached.
+#[inline]
+pub(crate) unsafe fn plain(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: reads the type (and the state bits of a `str`) of a live
+    // object, attached.
+    unsafe {
+        let tp = ffi::Py_TYPE(obj);
+        if tp == addr_of_mut!(ffi::PyLong_Type) {
+            return true;
+        }
+        if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+            return ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0;
+        }
+        tp == addr_of_mut!(ffi::PyBytes_Type)
+            || tp == addr_of_mut!(ffi::PyFloat_Type)
+            || tp == addr_of_mut!(ffi::PyBool_Type)
+            || obj == ffi::Py_None()
+            || lazy_tuple(obj, 0)
+    }
+}
+
 /// Whether `obj` (accepted by [`lazy_tuple`] at this depth, or one of its
 /// items) equals the stored key `stored_obj`, whose representation is
 /// `stored`: what `Repr::of(obj).native_eq(stored)` says, without building
