@@ -454,8 +454,12 @@ class AsyncTieredCache(Generic[K, V]):
         k = _core.plain_key(key)
         flight = self._flights.get(slot)
         takeover = False
-        while flight is not None:
+        # A call that waits (here, or below for another process) is one wait,
+        # however many rounds it waits.
+        waited = flight is not None
+        if waited:
             self._tier.counts.add("waits")
+        while flight is not None:
             try:
                 return await asyncio.wait_for(asyncio.shield(flight), self._wait_timeout)
             except asyncio.TimeoutError:
@@ -476,7 +480,7 @@ class AsyncTieredCache(Generic[K, V]):
             if takeover:
                 value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
             else:
-                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s)
+                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
         except BaseException as err:
             if not flight.done():
                 if isinstance(err, asyncio.CancelledError):
@@ -500,6 +504,7 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[Any]],
         ttl: float | None,
         ttl_s: float | None,
+        waited: bool,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -540,7 +545,9 @@ class AsyncTieredCache(Generic[K, V]):
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
-                tier.counts.add("waits")
+                if not waited:
+                    tier.counts.add("waits")
+                    waited = True
                 try:
                     await asyncio.wait_for(woken.wait(), min(POLL_SECONDS, left))
                 except asyncio.TimeoutError:
@@ -550,15 +557,15 @@ class AsyncTieredCache(Generic[K, V]):
             tier.remove_waiter(enc, wake)
 
     async def _compute(self, initializer: Callable[[], Awaitable[Any]]) -> Any:
-        self._tier.counts.add("loads")
         try:
             result = initializer()
             if inspect.isawaitable(result):
                 result = await result
-            return result
         except BaseException:
             self._tier.counts.add("load_failures")
             raise
+        self._tier.counts.add("loads")
+        return result
 
     async def _load_unclaimed(
         self,
@@ -711,10 +718,15 @@ class AsyncTieredCache(Generic[K, V]):
             await asyncio.sleep(0.01)
         return bool(self._tier.rust.trusted)
 
-    def stats(self) -> _core.TierStats:
-        return self._tier.stats()
+    def stats(self, *, cumulative: bool = False) -> _core.TierStats:
+        """What the cache recorded (``stats=True``; else ``ValueError``) since
+        the last :meth:`reset_stats`, or (``cumulative``) since it was made:
+        the figures an exporter reads, which only grow."""
+        return self._tier.stats(cumulative)
 
     def reset_stats(self) -> None:
+        """Makes :meth:`stats` count from zero again (the cumulative figures
+        are left alone)."""
         self._tier.reset_stats()
 
     async def aclose(self) -> None:

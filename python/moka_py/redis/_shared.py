@@ -468,10 +468,11 @@ class Tier:
             wanted.append((key, enc, k))
         return found, wanted
 
-    def stats(self) -> _core.TierStats:
+    def stats(self, cumulative: bool = False) -> _core.TierStats:
         if not isinstance(self.counts, _core.LoadStats):
             raise ValueError("statistics are off: create the cache with stats=True")
-        return self.counts.snapshot(self.local.stats().hits)
+        local_hits = self.local.stats(cumulative=cumulative).hits
+        return self.counts.snapshot(local_hits, cumulative)
 
     def reset_stats(self) -> None:
         if not isinstance(self.counts, _core.LoadStats):

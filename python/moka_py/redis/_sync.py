@@ -413,8 +413,12 @@ class TieredCache(Generic[K, V]):
                 leader = True
             else:
                 leader = False
-        while not leader:
+        # A call that waits (here, or below for another process) is one wait,
+        # however many rounds it waits.
+        waited = not leader
+        if waited:
             self._tier.counts.add("waits")
+        while not leader:
             if flight.done.wait(self._wait_timeout):
                 if flight.error is not None:
                     raise flight.error
@@ -437,7 +441,7 @@ class TieredCache(Generic[K, V]):
             if takeover:
                 flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
             else:
-                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s)
+                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
             return flight.value
         except BaseException as err:
             flight.error = err
@@ -455,6 +459,7 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], Any],
         ttl: float | None,
         ttl_s: float | None,
+        waited: bool,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -483,19 +488,22 @@ class TieredCache(Generic[K, V]):
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     return self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
-                tier.counts.add("waits")
+                if not waited:
+                    tier.counts.add("waits")
+                    waited = True
                 woken.wait(min(POLL_SECONDS, left))
                 woken.clear()
         finally:
             tier.remove_waiter(enc, woken.set)
 
     def _compute(self, initializer: Callable[[], Any]) -> Any:
-        self._tier.counts.add("loads")
         try:
-            return initializer()
+            value = initializer()
         except BaseException:
             self._tier.counts.add("load_failures")
             raise
+        self._tier.counts.add("loads")
+        return value
 
     def _load_alone(
         self,
@@ -664,11 +672,15 @@ class TieredCache(Generic[K, V]):
                 return bool(self._tier.rust.trusted)
         return bool(self._tier.rust.trusted)
 
-    def stats(self) -> _core.TierStats:
-        """What the cache recorded (``stats=True``; else ``ValueError``)."""
-        return self._tier.stats()
+    def stats(self, *, cumulative: bool = False) -> _core.TierStats:
+        """What the cache recorded (``stats=True``; else ``ValueError``) since
+        the last :meth:`reset_stats`, or (``cumulative``) since it was made:
+        the figures an exporter reads, which only grow."""
+        return self._tier.stats(cumulative)
 
     def reset_stats(self) -> None:
+        """Makes :meth:`stats` count from zero again (the cumulative figures
+        are left alone)."""
         self._tier.reset_stats()
 
     def close(self) -> None:
