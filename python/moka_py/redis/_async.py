@@ -242,8 +242,9 @@ class AsyncTieredCache(Generic[K, V]):
             if _timeout is not None:
                 # (Cheaper than wait_for, which wraps the call in a task.)
                 async with _timeout(self._timeout):
-                    return await awaitable
-            return await asyncio.wait_for(awaitable, self._timeout)
+                    result = await awaitable
+            else:
+                result = await asyncio.wait_for(awaitable, self._timeout)
         except asyncio.TimeoutError as err:
             timeout = RedisTimeoutError(f"Redis did not answer within {self._timeout} s")
             self._tier.failed(timeout)
@@ -255,6 +256,9 @@ class AsyncTieredCache(Generic[K, V]):
             wrapped = as_redis_error(err)
             self._tier.failed(wrapped)
             raise wrapped from err
+        if self._tier.unreachable:
+            self._tier.reachable("a call succeeded")
+        return result
 
     async def _publish(self, messages: list[bytes]) -> None:
         for message in messages:
@@ -472,6 +476,7 @@ class AsyncTieredCache(Generic[K, V]):
                     break
                 if current is flight and not flight.done():
                     takeover = True
+                    self._tier.wait_outlasted(True, self._wait_timeout)
                     break
                 flight = current
         flight = loop.create_future()
@@ -544,6 +549,7 @@ class AsyncTieredCache(Generic[K, V]):
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
+                    tier.wait_outlasted(False, self._wait_timeout)
                     return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
                 if not waited:
                     tier.counts.add("waits")
@@ -619,6 +625,7 @@ class AsyncTieredCache(Generic[K, V]):
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
         stored = False
+        started = time.monotonic()
         renewer = asyncio.ensure_future(self._renew(lock_key, claim))
         try:
             token = tier.rust.token(k)
@@ -650,7 +657,8 @@ class AsyncTieredCache(Generic[K, V]):
             renewer.cancel()
             kind = _core.FILLED if stored else _core.RELEASED
             try:
-                await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim))
+                if not await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim)):
+                    tier.claim_lost(time.monotonic() - started)
                 await self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll

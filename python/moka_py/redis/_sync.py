@@ -187,7 +187,7 @@ class TieredCache(Generic[K, V]):
         """One bounded Redis call; failures are counted (and open the breaker)."""
         self._tier.available()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except RedisError as err:
             self._tier.failed(err)
             raise
@@ -195,6 +195,9 @@ class TieredCache(Generic[K, V]):
             wrapped = as_redis_error(err)
             self._tier.failed(wrapped)
             raise wrapped from err
+        if self._tier.unreachable:
+            self._tier.reachable("a call succeeded")
+        return result
 
     def _publish(self, messages: list[bytes]) -> None:
         for message in messages:
@@ -435,6 +438,7 @@ class TieredCache(Generic[K, V]):
                 elif current is flight and not flight.done.is_set():
                     flight = self._flights[enc] = _Flight()
                     leader = takeover = True
+                    self._tier.wait_outlasted(True, self._wait_timeout)
                 else:
                     flight = current
         try:
@@ -487,6 +491,7 @@ class TieredCache(Generic[K, V]):
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
+                    tier.wait_outlasted(False, self._wait_timeout)
                     return self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
                 if not waited:
                     tier.counts.add("waits")
@@ -562,6 +567,7 @@ class TieredCache(Generic[K, V]):
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
         stored = False
+        started = time.monotonic()
         self._renewer.hold(lock_key, claim)
         try:
             token = tier.rust.token(k)
@@ -599,7 +605,8 @@ class TieredCache(Generic[K, V]):
             self._renewer.drop(lock_key)
             kind = _core.FILLED if stored else _core.RELEASED
             try:
-                self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim)
+                if not self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim):
+                    tier.claim_lost(time.monotonic() - started)
                 self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
