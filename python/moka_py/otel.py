@@ -15,8 +15,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+try:
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+except ModuleNotFoundError as err:  # pragma: no cover - tested in a venv without it
+    raise ModuleNotFoundError(
+        f'moka_py.otel needs opentelemetry-api: pip install "moka-py[otel]" ({err})', name=err.name
+    ) from err
 
 from . import _metrics
 from ._moka_py import VERSION

@@ -15,8 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ModuleNotFoundError as err:  # pragma: no cover - tested in a venv without it
+    raise ModuleNotFoundError(
+        f'moka_py.prometheus needs prometheus-client: pip install "moka-py[prometheus]" ({err})',
+        name=err.name,
+    ) from err
 
 from . import _metrics
 
