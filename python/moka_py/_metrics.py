@@ -2,7 +2,9 @@
 table of families and one reader, so that both paths make the same series.
 
 Everything is read from the cumulative statistics (``stats(cumulative=True)``)
-when a collector asks: nothing is recorded on a cache's hot path. Names follow
+and the entry count as last counted (``_approx_count()``: no housekeeping, so
+no eviction listener runs in a collector's thread) when a collector asks:
+nothing is recorded on a cache's hot path. Names follow
 OpenTelemetry's rules (there is no semantic convention for caches yet, so they
 are prefixed ``moka.``): a counter's name is what it counts, without
 ``_total`` or a unit (an exporter adds them), and attributes are
@@ -79,7 +81,7 @@ def _of_moka(cache: Moka[Any, Any]) -> list[Sample]:
         (LOAD_TIME, {}, s.load_time),
         (EVICTIONS, {"cache.eviction.reason": "size"}, s.evictions),
         (EVICTIONS, {"cache.eviction.reason": "expired"}, s.expirations),
-        (ENTRIES, {}, cache.count()),
+        (ENTRIES, {}, cache._approx_count()),
     ]
 
 
@@ -98,7 +100,7 @@ def _of_tiered(cache: Any) -> list[Sample]:
         (T_REDIS_ERRORS, {}, s.redis_errors),
         (T_REFUSED, {}, s.rejected),
         (T_FEED_UP, {}, 1 if cache.feed_up else 0),
-        (ENTRIES, {}, cache.local.count()),
+        (ENTRIES, {}, cache.local._approx_count()),
     ]
 
 

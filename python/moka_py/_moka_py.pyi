@@ -178,6 +178,10 @@ class Moka(Generic[_K, _V]):
         keep growing: ``stats(cumulative=True)`` does not change.
 
         :raises ValueError: the cache was made without ``stats=True``."""
+    def _approx_count(self) -> int:
+        """The number of entries as last counted, without applying pending
+        evictions (what ``moka_py.otel``/``moka_py.prometheus`` report: no
+        eviction listener runs in a collector's thread)."""
     def _record_load(self, seconds: float, ok: bool) -> None:
         """Records an initializer call made outside Rust (``aget_with``)."""
     @overload

@@ -11,6 +11,7 @@ reference: a cache that is garbage collected stops being reported.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +28,9 @@ from . import _metrics
 from ._moka_py import VERSION
 
 __all__ = ["Registration", "instrument"]
+
+# How long the observations read for one collection wait for their callbacks.
+FRESH = 1.0
 
 
 class Registration:
@@ -55,6 +59,14 @@ class _Registry:
 
     def __init__(self, meter: Meter) -> None:
         self.caches = _metrics.Registered()
+        # One collection calls every instrument's callback: the first reads
+        # every cache once and leaves the other families' observations here,
+        # each taken by its own callback. A callback that finds its family
+        # taken (a new collection), or left over for over FRESH seconds (a
+        # collection that skipped it), reads again.
+        self._pending: dict[_metrics.Family, list[Observation]] = {}
+        self._pending_at = 0.0
+        self._pending_lock = threading.Lock()  # dict operations only
         for family in _metrics.FAMILIES:
             make = (
                 meter.create_observable_counter
@@ -72,11 +84,20 @@ class _Registry:
         self, family: _metrics.Family
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [
-                Observation(value, {"cache.name": name, **attrs})
-                for name, (fam, attrs, value) in self.caches.samples()
-                if fam is family
-            ]
+            with self._pending_lock:
+                mine = self._pending.pop(family, None)
+                fresh = time.monotonic() - self._pending_at < FRESH
+            if mine is not None and fresh:
+                return mine
+            # Read outside any lock: reading a cache runs no Python code of
+            # ours under a lock.
+            by_family: dict[_metrics.Family, list[Observation]] = {f: [] for f in _metrics.FAMILIES}
+            for name, (fam, attrs, value) in self.caches.samples():
+                by_family[fam].append(Observation(value, {"cache.name": name, **attrs}))
+            mine = by_family.pop(family)
+            with self._pending_lock:
+                self._pending, self._pending_at = by_family, time.monotonic()
+            return mine
 
         return observe
 

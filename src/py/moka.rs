@@ -254,6 +254,12 @@ impl Moka {
         Ok(())
     }
 
+    /// The number of entries as last counted, without applying pending
+    /// evictions: what an exporter reads (no listener runs in its thread).
+    fn _approx_count(&self) -> u64 {
+        self.store.approx_count()
+    }
+
     /// Records an initializer call made outside Rust (the async loads of
     /// `aget_with`): `seconds` it took, and whether it returned.
     fn _record_load(&self, seconds: f64, ok: bool) {
