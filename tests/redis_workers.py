@@ -177,3 +177,18 @@ def forked_async_child(cache: Any, out: Any, from_running_loop: bool = False) ->
     except BaseException as e:  # report, then let the process end
         out.put(repr(e))
         raise
+
+
+def gated_load(port: int, key: str, gate: str, out: Any) -> None:
+    """One get_with(key) whose loader waits (30 s at most) until the Redis key
+    `gate` exists, then returns a value naming this process."""
+    plain = redis.Redis(port=port)
+    with _cache(port) as cache:
+
+        def loader() -> str:
+            deadline = time.monotonic() + 30
+            while not plain.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return f"value of {os.getpid()}"
+
+        out.put(cache.get_with(key, loader))

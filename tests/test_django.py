@@ -158,11 +158,58 @@ def test_stores_are_per_location_and_options() -> None:
         ({"MAX_ENTRIES": True}, "MAX_ENTRIES must be an int >= 0, not True"),
         ({"POLICY": "lfu"}, "POLICY must be 'tiny_lfu' or 'lru', not 'lfu'"),
         ({"PICKLE": "no"}, "PICKLE must be True or False, not 'no'"),
+        ({"STATS": 1}, "STATS must be True or False, not 1"),
     ],
 )
 def test_bad_options_raise(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ImproperlyConfigured, match=message):
         MokaCache(unique("bad"), {"OPTIONS": options})
+
+
+def test_stats_option_counts_every_read_and_is_exported() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from moka_py.otel import instrument
+    from moka_py.prometheus import MokaCollector
+
+    with pytest.raises(ValueError, match="stats=True"):
+        fresh().stats()
+    location = unique("stats")
+    params: dict[str, Any] = {"OPTIONS": {"STATS": True}}
+    cache = MokaCache(location, params)
+    reader = InMemoryMetricReader()
+    instrument(cache, "django", meter_provider=MeterProvider(metric_readers=[reader]))
+    registry = CollectorRegistry()
+    collector = MokaCollector()
+    registry.register(collector)
+    collector.add("django", cache)
+    cache.set("a", 1)
+    assert cache.get("a") == 1 and cache.get("b") is None
+    assert cache.get_many(["a", "b"]) == {"a": 1}
+    # Another backend object of the same LOCATION shares the store and its figures.
+    other = MokaCache(location, params)
+    assert other.get("a") == 1
+    s = other.stats()
+    assert (s.hits, s.misses) == (3, 2)
+    cache.reset_stats()
+    assert cache.stats().requests == 0 and cache.stats(cumulative=True).requests == 5
+    # A backend object is one per thread: the export follows the store, not it.
+    del cache, other
+    gc.collect()
+    data = reader.get_metrics_data()
+    assert data is not None
+    hits = [
+        p.value  # type: ignore[union-attr]
+        for m in data.resource_metrics[0].scope_metrics[0].metrics
+        if m.name == "moka.cache.requests"
+        for p in m.data.data_points  # type: ignore[union-attr]
+        if p.attributes == {"cache.name": "django", "cache.result": "hit"}
+    ]
+    assert hits == [3]
+    text = generate_latest(registry).decode()
+    assert 'moka_cache_requests_total{cache_name="django",cache_result="miss"} 2.0' in text
 
 
 def test_max_entries_is_the_capacity_and_cull_frequency_is_ignored() -> None:

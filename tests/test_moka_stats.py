@@ -117,11 +117,52 @@ def test_reset_stats() -> None:
     cache[1] = 1
     cache.get(1)
     cache.get(2)
+    cache.get_with(3, lambda: 3)
+    before = cache.stats(cumulative=True)
+    assert before == cache.stats()
     cache.reset_stats()
     s = cache.stats()
-    assert (s.hits, s.misses, s.requests) == (0, 0, 0)
+    assert (s.hits, s.misses, s.requests, s.loads, s.load_time) == (0, 0, 0, 0, 0.0)
+    # The counters themselves never go down: an exporter reads them.
+    assert cache.stats(cumulative=True) == before
     cache.get(1)
     assert cache.stats().hits == 1
+    assert cache.stats(cumulative=True).hits == before.hits + 1
+    assert cache.stats(cumulative=True).loads == before.loads == 1
+    cache.reset_stats()
+    assert cache.stats().hits == 0
+    assert cache.stats(cumulative=True).hits == before.hits + 1
+
+
+def test_each_loader_call_is_one_load_or_one_failure(run_threads: Any) -> None:
+    cache: Moka[int, int] = Moka(100, stats=True)
+    calls = threading.Lock()
+    outcomes: list[bool] = []
+
+    def work(t: int) -> None:
+        for i in range(200):
+            k = i % 20
+
+            def init(k: int = k) -> int:
+                ok = (k + t) % 3 != 0
+                with calls:
+                    outcomes.append(ok)
+                if not ok:
+                    raise ValueError(k)
+                return k
+
+            try:
+                cache.get_with(k, init)
+            except ValueError:
+                pass
+            if i % 7 == 0:
+                cache.remove(k)
+
+    run_threads(work, 4)
+    s = cache.stats()
+    assert s.loads == outcomes.count(True)
+    assert s.load_failures == outcomes.count(False)
+    assert s.load_failures > 0 and s.loads > 0
 
 
 def test_snapshot_is_frozen_and_compares() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 from typing import Any
@@ -140,6 +141,38 @@ def test_a_loader_slower_than_lock_timeout_keeps_its_claim(redis_db: RedisServer
     _join(slow, waiting)
     assert int(redis_db.admin.get("calls")) == 1
     assert by_pid[waiting.pid] == by_pid[slow.pid] == [f"value of {slow.pid}"] * 2
+
+
+def test_a_call_that_waits_for_another_process_is_one_wait(redis_db: RedisServer) -> None:
+    out = SPAWN.Queue()
+    child = _run(redis_workers.gated_load, redis_db.port, "k", "go", out)
+    wait_for(lambda: redis_db.admin.exists("users:l:sk"), timeout=30)
+    with TieredCache(
+        redis_db.client(), namespace="users", signing_key=SIGNING_KEY, stats=True
+    ) as cache:
+        results: list[Any] = []
+
+        def call() -> None:
+            results.append(cache.get_with("k", lambda: "parent"))
+
+        # One thread waits for the child's claim in Redis, the other for
+        # that thread's load in this process: two calls that waited.
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: cache.stats().waits == 2, timeout=30)
+        # Let the first thread poll the claim for several rounds (0.2 s each)
+        # before the child's loader returns: rounds are not waits.
+        time.sleep(1.0)
+        redis_db.admin.set("go", 1)
+        for t in threads:
+            t.join(30)
+        assert out.get(timeout=30) == f"value of {child.pid}"
+        _join(child)
+        assert results == [f"value of {child.pid}"] * 2
+        s = cache.stats()
+        assert (s.waits, s.loads, s.load_failures, s.remote_hits) == (2, 0, 0, 1)
+        assert s == cache.stats(cumulative=True)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")

@@ -155,7 +155,29 @@ def test_a_failing_loader_caches_nothing_and_raises(
         a.get_with("k", boom)
     assert a.get("k") is None
     assert a.get_with("k", lambda: "ok") == "ok"
-    assert a.stats().load_failures == 1
+    # One loader call that raised, one that returned: one figure each (and
+    # a get_with that loads is no miss: only the get is).
+    s = a.stats()
+    assert (s.loads, s.load_failures, s.misses) == (1, 1, 1)
+
+
+def test_reset_stats_moves_a_baseline_and_the_cumulative_figures_only_grow(
+    pair: tuple[TieredCache[Any, Any], ...],
+) -> None:
+    a, _ = pair
+    a.set("k", 1)
+    assert a.get("k") == 1 and a.get("absent") is None
+    assert a.get_with("loaded", lambda: 2) == 2
+    before = a.stats(cumulative=True)
+    assert before == a.stats()
+    assert (before.local_hits, before.misses, before.loads) == (1, 1, 1)
+    a.reset_stats()
+    assert a.stats() == TierStats()
+    assert a.stats(cumulative=True) == before
+    assert a.get("k") == 1 and a.get("absent") is None
+    after, total = a.stats(), a.stats(cumulative=True)
+    assert (after.local_hits, after.misses, after.loads) == (1, 1, 0)
+    assert (total.local_hits, total.misses, total.loads) == (2, 2, 1)
 
 
 def test_values_that_cannot_be_pickled_store_nothing(

@@ -14,6 +14,8 @@ import redis
 import redis.asyncio
 
 from moka_py import VERSION, CacheInfo, CacheStats, Moka, cached, cached_method
+from moka_py.otel import Registration, instrument
+from moka_py.prometheus import MokaCollector
 from moka_py.redis import JSON, AsyncTieredCache, TieredCache, TierStats
 
 Cause = Literal["expired", "explicit", "replaced", "size"]
@@ -72,6 +74,12 @@ def use_moka_features() -> None:
     more: tuple[int, ...] = (s.evictions, s.evicted_weight, s.expirations)
     rates: tuple[float, ...] = (s.hit_rate, s.miss_rate, s.load_time)
     c.reset_stats()
+    total: CacheStats = c.stats(cumulative=True)
+    registration: Registration = instrument(c, "c")
+    registration.unregister()
+    collector = MokaCollector()
+    collector.add("c", c)
+    collector.remove("c")
 
     async def load() -> int:
         return 3
@@ -81,7 +89,7 @@ def use_moka_features() -> None:
 
     three: int = asyncio.run(main())
     pool.shutdown()
-    del got, gone, after, figures, more, rates, three
+    del got, gone, after, figures, more, rates, three, total
 
 
 # The key function takes the decorated function's arguments, which the decorator factory

@@ -165,14 +165,23 @@ class Moka(Generic[_K, _V]):
         """Removes the entries for which ``predicate(key, value)`` is true
         (run on a snapshot, outside the cache; the listener sees cause
         ``"explicit"``); returns how many were removed."""
-    def stats(self) -> CacheStats:
-        """A snapshot of the statistics.
+    def stats(self, *, cumulative: bool = False) -> CacheStats:
+        """A snapshot of the statistics: what was recorded since the last
+        :meth:`reset_stats` (or since the cache was made).
 
+        :param cumulative: the figures since the cache was made, whatever
+            :meth:`reset_stats` did. The counters behind them only grow: this
+            is what an exporter reads (``moka_py.otel``, ``moka_py.prometheus``).
         :raises ValueError: the cache was made without ``stats=True``."""
     def reset_stats(self) -> None:
-        """Sets every statistic back to zero.
+        """Makes :meth:`stats` count from zero again. The counters themselves
+        keep growing: ``stats(cumulative=True)`` does not change.
 
         :raises ValueError: the cache was made without ``stats=True``."""
+    def _approx_count(self) -> int:
+        """The number of entries as last counted, without applying pending
+        evictions (what ``moka_py.otel``/``moka_py.prometheus`` report: no
+        eviction listener runs in a collector's thread)."""
     def _record_load(self, seconds: float, ok: bool) -> None:
         """Records an initializer call made outside Rust (``aget_with``)."""
     @overload
@@ -292,7 +301,13 @@ class Ready(Generic[_V]):
 
 @final
 class CacheStats:
-    """A snapshot of a cache's statistics (``Moka.stats()``)."""
+    """A snapshot of a cache's statistics (``Moka.stats()``).
+
+    Each figure counts one thing, once: a read that asked for a value is one
+    hit or one miss; an initializer call is one load or one load failure
+    (whoever made it: ``get_with``, ``aget_with``, ``@cached``, a refresh);
+    an entry that left the cache for size is one eviction, for its ttl/tti
+    one expiration. The figures of ``stats(cumulative=True)`` only grow."""
 
     @property
     def hits(self) -> int:

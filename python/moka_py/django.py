@@ -52,7 +52,7 @@ from typing import Any, Final, Literal
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
-from moka_py._moka_py import Moka
+from moka_py._moka_py import CacheStats, Moka
 
 __all__ = ["MokaCache"]
 
@@ -69,7 +69,7 @@ _POLICIES: Final = ("tiny_lfu", "lru")
 # CULL_FREQUENCY is accepted, so that LocMemCache's settings work unchanged,
 # and ignored: moka evicts one entry at a time, chosen by POLICY, as a write
 # takes the cache over MAX_ENTRIES, instead of culling a fraction of it.
-_OPTIONS: Final = ("MAX_ENTRIES", "POLICY", "PICKLE", "CULL_FREQUENCY")
+_OPTIONS: Final = ("MAX_ENTRIES", "POLICY", "PICKLE", "STATS", "CULL_FREQUENCY")
 
 # An entry: the payload (pickled bytes, or the value itself) and its deadline.
 _Entry = tuple[Any, "float | None"]
@@ -80,8 +80,10 @@ class _Store:
 
     __slots__ = ("locks", "moka")
 
-    def __init__(self, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool) -> None:
-        self.moka: Moka[Any, _Entry] = Moka(capacity, policy=policy)
+    def __init__(
+        self, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool, stats: bool
+    ) -> None:
+        self.moka: Moka[Any, _Entry] = Moka(capacity, policy=policy, stats=stats)
         # moka_py releases what moka lets go of (a replaced or evicted entry, or
         # one freed later from moka's garbage) after any moka call, so also after
         # one made under these locks. With pickled values that runs no Python
@@ -97,22 +99,22 @@ class _Store:
         )
 
 
-_stores: dict[tuple[str, int, str, bool], _Store] = {}
+_stores: dict[tuple[str, int, str, bool, bool], _Store] = {}
 _stores_lock = threading.Lock()
 
 
 def _store(
-    location: str, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool
+    location: str, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool, stats: bool
 ) -> _Store:
     with _stores_lock:
-        store = _stores.get((location, capacity, policy, pickled))
+        store = _stores.get((location, capacity, policy, pickled, stats))
         if store is None:
-            store = _Store(capacity, policy, pickled)
-            _stores[(location, capacity, policy, pickled)] = store
+            store = _Store(capacity, policy, pickled, stats)
+            _stores[(location, capacity, policy, pickled, stats)] = store
         return store
 
 
-def _options(options: dict[str, Any]) -> tuple[int, Literal["tiny_lfu", "lru"], bool]:
+def _options(options: dict[str, Any]) -> tuple[int, Literal["tiny_lfu", "lru"], bool, bool]:
     unknown = sorted(set(options) - set(_OPTIONS), key=str)
     if unknown:
         raise ImproperlyConfigured(
@@ -128,7 +130,10 @@ def _options(options: dict[str, Any]) -> tuple[int, Literal["tiny_lfu", "lru"], 
     pickled = options.get("PICKLE", True)
     if not isinstance(pickled, bool):
         raise ImproperlyConfigured(f"MokaCache: PICKLE must be True or False, not {pickled!r}")
-    return capacity, policy, pickled
+    stats = options.get("STATS", False)
+    if not isinstance(stats, bool):
+        raise ImproperlyConfigured(f"MokaCache: STATS must be True or False, not {stats!r}")
+    return capacity, policy, pickled, stats
 
 
 def _alive(entry: _Entry | None) -> bool:
@@ -146,6 +151,8 @@ class MokaCache(BaseCache):
     values are pickled, so mutating a value read back does not change the
     cache; ``False`` stores references: faster, for values nobody mutates, and
     the writes of all keys take turns on one lock, see ``_Store``) and
+    ``STATS`` (default ``False``: ``True`` records statistics, read with
+    :meth:`stats`, exported by ``moka_py.otel``/``moka_py.prometheus``) and
     ``CULL_FREQUENCY`` (accepted and ignored). Any other option raises
     ``ImproperlyConfigured``.
 
@@ -160,13 +167,27 @@ class MokaCache(BaseCache):
     pickle_protocol = pickle.HIGHEST_PROTOCOL
 
     def __init__(self, location: str, params: dict[str, Any]) -> None:
-        capacity, policy, pickled = _options(params.get("OPTIONS", {}))
+        capacity, policy, pickled, stats = _options(params.get("OPTIONS", {}))
         super().__init__(params)
         self._max_entries = capacity
         self._pickled = pickled
-        store = _store(location, capacity, policy, pickled)
+        store = _store(location, capacity, policy, pickled, stats)
         self._cache = store.moka
         self._locks = store.locks
+
+    def stats(self, *, cumulative: bool = False) -> CacheStats:
+        """The statistics of this ``LOCATION`` (``OPTIONS={"STATS": True}``),
+        as :meth:`moka_py.Moka.stats`: every read of the backend is a hit or a
+        miss (``get``, ``get_many``, ``has_key``, and the reads of ``add``,
+        ``incr``, ``touch``...).
+
+        :raises ValueError: ``STATS`` is off."""
+        return self._cache.stats(cumulative=cumulative)
+
+    def reset_stats(self) -> None:
+        """As :meth:`moka_py.Moka.reset_stats` (shared by every backend
+        object of this ``LOCATION``)."""
+        self._cache.reset_stats()
 
     # --- helpers ---------------------------------------------------------------
 

@@ -250,15 +250,24 @@ impl Moka {
         crate::py::bulk::remove_if(&self.store, py, predicate)
     }
 
-    /// A snapshot of the statistics (`stats=True`).
-    fn stats(&self) -> PyResult<CacheStats> {
-        Ok(self.stats_or_err()?.snapshot().into())
+    /// A snapshot of the statistics (`stats=True`): since the last
+    /// `reset_stats()`, or (`cumulative`) since the cache was made.
+    #[pyo3(signature = (*, cumulative = false))]
+    fn stats(&self, cumulative: bool) -> PyResult<CacheStats> {
+        Ok(self.stats_or_err()?.snapshot(cumulative).into())
     }
 
-    /// Sets every statistic back to zero (`stats=True`).
+    /// Makes `stats()` count from zero again (`stats=True`); the cumulative
+    /// figures are left alone.
     fn reset_stats(&self) -> PyResult<()> {
         self.stats_or_err()?.reset();
         Ok(())
+    }
+
+    /// The number of entries as last counted, without applying pending
+    /// evictions: what an exporter reads (no listener runs in its thread).
+    fn _approx_count(&self) -> u64 {
+        self.store.approx_count()
     }
 
     /// Records an initializer call made outside Rust (the async loads of

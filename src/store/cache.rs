@@ -214,6 +214,13 @@ impl Store {
         );
     }
 
+    /// The number of entries as moka last counted them, without applying
+    /// pending evictions (an atomic read: no housekeeping, so no listener
+    /// runs). For metrics, read by a collector's thread.
+    pub(crate) fn approx_count(&self) -> u64 {
+        self.table.load().entry_count()
+    }
+
     /// The number of entries, after applying pending evictions.
     pub(crate) fn count(&self, py: Python<'_>) -> u64 {
         self.sync(py, |store, walk| {

@@ -17,8 +17,17 @@
 //! A snapshot sums each counter separately while other threads may be
 //! recording, so under load its figures are each exact for some instant
 //! close to the call, and exact once the other threads are done.
+//!
+//! The counters only grow for the life of the cache. `reset_stats()` does
+//! not touch them: it records their sums as a baseline, which `stats()`
+//! subtracts from then on; `stats(cumulative=True)` (what an exporter reads)
+//! ignores the baseline, so a reset never makes an exported counter go down.
+//! The baseline's lock is taken by `stats()` and `reset_stats()` only, for a
+//! copy of a few integers: no Python code runs under it and no recording
+//! thread waits on it.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -35,6 +44,8 @@ pub(crate) struct Stats {
     evictions: Counter,
     evicted_weight: Counter,
     expirations: Counter,
+    /// The sums at the last `reset()` (zero before any).
+    baseline: Mutex<Sums>,
 }
 
 impl Stats {
@@ -72,33 +83,81 @@ impl Stats {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Figures {
+    /// The figures since the last `reset()`, or (`cumulative`) since the
+    /// cache was made.
+    pub(crate) fn snapshot(&self, cumulative: bool) -> Figures {
+        let now = self.sums();
+        if cumulative {
+            return now.into();
+        }
+        let base = *self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        now.since(&base).into()
+    }
+
+    /// Makes `snapshot(false)` count from now on; the counters keep growing.
+    pub(crate) fn reset(&self) {
+        let now = self.sums();
+        *self.baseline.lock().unwrap_or_else(PoisonError::into_inner) = now;
+    }
+
+    fn sums(&self) -> Sums {
         let sum = |c: &Counter| c.sum(Ordering::Relaxed);
-        Figures {
+        Sums {
             hits: sum(&self.hits),
             misses: sum(&self.misses),
             loads: sum(&self.loads),
             load_failures: sum(&self.load_failures),
-            #[allow(clippy::cast_precision_loss)]
-            load_time: sum(&self.load_nanos) as f64 / 1e9,
+            load_nanos: sum(&self.load_nanos),
             evictions: sum(&self.evictions),
             evicted_weight: sum(&self.evicted_weight),
             expirations: sum(&self.expirations),
         }
     }
+}
 
-    pub(crate) fn reset(&self) {
-        for c in [
-            &self.hits,
-            &self.misses,
-            &self.loads,
-            &self.load_failures,
-            &self.load_nanos,
-            &self.evictions,
-            &self.evicted_weight,
-            &self.expirations,
-        ] {
-            c.reset();
+/// The counters' sums at one moment (a snapshot's figures before the
+/// subtraction of the baseline).
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    hits: u64,
+    misses: u64,
+    loads: u64,
+    load_failures: u64,
+    load_nanos: u64,
+    evictions: u64,
+    evicted_weight: u64,
+    expirations: u64,
+}
+
+impl Sums {
+    /// What was added since `base` (taken earlier: every counter only grows).
+    fn since(&self, base: &Sums) -> Sums {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Sums {
+            hits: d(self.hits, base.hits),
+            misses: d(self.misses, base.misses),
+            loads: d(self.loads, base.loads),
+            load_failures: d(self.load_failures, base.load_failures),
+            load_nanos: d(self.load_nanos, base.load_nanos),
+            evictions: d(self.evictions, base.evictions),
+            evicted_weight: d(self.evicted_weight, base.evicted_weight),
+            expirations: d(self.expirations, base.expirations),
+        }
+    }
+}
+
+impl From<Sums> for Figures {
+    fn from(s: Sums) -> Self {
+        Figures {
+            hits: s.hits,
+            misses: s.misses,
+            loads: s.loads,
+            load_failures: s.load_failures,
+            #[allow(clippy::cast_precision_loss)]
+            load_time: s.load_nanos as f64 / 1e9,
+            evictions: s.evictions,
+            evicted_weight: s.evicted_weight,
+            expirations: s.expirations,
         }
     }
 }
@@ -115,4 +174,31 @@ pub(crate) struct Figures {
     pub(crate) evictions: u64,
     pub(crate) evicted_weight: u64,
     pub(crate) expirations: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_moves_the_baseline_and_never_the_counters() {
+        let stats = Stats::default();
+        stats.hit();
+        stats.hit();
+        stats.miss();
+        stats.load(Duration::from_millis(5), true);
+        stats.load(Duration::from_millis(5), false);
+        stats.reset();
+        assert_eq!(stats.snapshot(false).hits, 0);
+        assert_eq!(stats.snapshot(false).load_time, 0.0);
+        stats.hit();
+        stats.removed(RemovalCause::Size, 3);
+        let since = stats.snapshot(false);
+        assert_eq!((since.hits, since.misses, since.loads), (1, 0, 0));
+        assert_eq!((since.evictions, since.evicted_weight), (1, 3));
+        let all = stats.snapshot(true);
+        assert_eq!((all.hits, all.misses), (3, 1));
+        assert_eq!((all.loads, all.load_failures), (1, 1));
+        assert!((all.load_time - 0.01).abs() < 1e-9);
+    }
 }

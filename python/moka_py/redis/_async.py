@@ -242,8 +242,9 @@ class AsyncTieredCache(Generic[K, V]):
             if _timeout is not None:
                 # (Cheaper than wait_for, which wraps the call in a task.)
                 async with _timeout(self._timeout):
-                    return await awaitable
-            return await asyncio.wait_for(awaitable, self._timeout)
+                    result = await awaitable
+            else:
+                result = await asyncio.wait_for(awaitable, self._timeout)
         except asyncio.TimeoutError as err:
             timeout = RedisTimeoutError(f"Redis did not answer within {self._timeout} s")
             self._tier.failed(timeout)
@@ -255,6 +256,9 @@ class AsyncTieredCache(Generic[K, V]):
             wrapped = as_redis_error(err)
             self._tier.failed(wrapped)
             raise wrapped from err
+        if self._tier.unreachable:
+            self._tier.reachable("a call succeeded")
+        return result
 
     async def _publish(self, messages: list[bytes]) -> None:
         for message in messages:
@@ -454,8 +458,12 @@ class AsyncTieredCache(Generic[K, V]):
         k = _core.plain_key(key)
         flight = self._flights.get(slot)
         takeover = False
-        while flight is not None:
+        # A call that waits (here, or below for another process) is one wait,
+        # however many rounds it waits.
+        waited = flight is not None
+        if waited:
             self._tier.counts.add("waits")
+        while flight is not None:
             try:
                 return await asyncio.wait_for(asyncio.shield(flight), self._wait_timeout)
             except asyncio.TimeoutError:
@@ -468,6 +476,7 @@ class AsyncTieredCache(Generic[K, V]):
                     break
                 if current is flight and not flight.done():
                     takeover = True
+                    self._tier.wait_outlasted(True, self._wait_timeout)
                     break
                 flight = current
         flight = loop.create_future()
@@ -476,7 +485,7 @@ class AsyncTieredCache(Generic[K, V]):
             if takeover:
                 value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
             else:
-                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s)
+                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
         except BaseException as err:
             if not flight.done():
                 if isinstance(err, asyncio.CancelledError):
@@ -500,6 +509,7 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[Any]],
         ttl: float | None,
         ttl_s: float | None,
+        waited: bool,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -539,8 +549,11 @@ class AsyncTieredCache(Generic[K, V]):
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
+                    tier.wait_outlasted(False, self._wait_timeout)
                     return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
-                tier.counts.add("waits")
+                if not waited:
+                    tier.counts.add("waits")
+                    waited = True
                 try:
                     await asyncio.wait_for(woken.wait(), min(POLL_SECONDS, left))
                 except asyncio.TimeoutError:
@@ -550,15 +563,15 @@ class AsyncTieredCache(Generic[K, V]):
             tier.remove_waiter(enc, wake)
 
     async def _compute(self, initializer: Callable[[], Awaitable[Any]]) -> Any:
-        self._tier.counts.add("loads")
         try:
             result = initializer()
             if inspect.isawaitable(result):
                 result = await result
-            return result
         except BaseException:
             self._tier.counts.add("load_failures")
             raise
+        self._tier.counts.add("loads")
+        return result
 
     async def _load_unclaimed(
         self,
@@ -612,6 +625,7 @@ class AsyncTieredCache(Generic[K, V]):
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
         stored = False
+        started = time.monotonic()
         renewer = asyncio.ensure_future(self._renew(lock_key, claim))
         try:
             token = tier.rust.token(k)
@@ -643,7 +657,8 @@ class AsyncTieredCache(Generic[K, V]):
             renewer.cancel()
             kind = _core.FILLED if stored else _core.RELEASED
             try:
-                await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim))
+                if not await self._call(self._own.eval(RELEASE_SCRIPT, 1, lock_key, claim)):
+                    tier.claim_lost(time.monotonic() - started)
                 await self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
@@ -711,10 +726,15 @@ class AsyncTieredCache(Generic[K, V]):
             await asyncio.sleep(0.01)
         return bool(self._tier.rust.trusted)
 
-    def stats(self) -> _core.TierStats:
-        return self._tier.stats()
+    def stats(self, *, cumulative: bool = False) -> _core.TierStats:
+        """What the cache recorded (``stats=True``; else ``ValueError``) since
+        the last :meth:`reset_stats`, or (``cumulative``) since it was made:
+        the figures an exporter reads, which only grow."""
+        return self._tier.stats(cumulative)
 
     def reset_stats(self) -> None:
+        """Makes :meth:`stats` count from zero again (the cumulative figures
+        are left alone)."""
         self._tier.reset_stats()
 
     async def aclose(self) -> None:

@@ -414,12 +414,18 @@ def local_bound(local_ttl: float | None, left: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class TierStats:
-    """What a tiered cache recorded (``stats=True``).
+    """What a tiered cache recorded (``stats=True``): since the last
+    ``reset_stats()``, or with ``stats(cumulative=True)`` since the cache was
+    made (those figures only grow; exporters read them).
 
     ``local_hits``: reads answered by the local tier; ``remote_hits``: by Redis;
-    ``misses``: by neither; ``loads``/``load_failures``: initializer calls made
-    by this process and how many raised; ``waits``: loads of another process
-    (or thread) that a call waited for instead of loading; ``invalidations``:
+    ``misses``: reads (``get``, ``get_many``) answered by neither (a
+    ``get_with`` that finds no value is counted by what it does instead: a
+    load, a load failure or a wait); ``loads``/``load_failures``: initializer calls made
+    by this process that returned / that raised (each call is one or the
+    other); ``waits``: calls that waited for a load of another process (or
+    thread) instead of loading, one per call however long it waited (it may
+    still have loaded after the wait timed out); ``invalidations``:
     keys other processes invalidated here; ``feed_losses``: times the
     invalidation feed was lost (the local tier was then distrusted and
     dropped); ``redis_errors``: Redis calls that failed or timed out;
@@ -457,9 +463,11 @@ class TierStats:
 
 class LoadStats:
     """The counters behind :class:`TierStats` (but ``local_hits``, which the
-    local ``Moka`` counts in Rust). Counting takes a lock; only slow paths count."""
+    local ``Moka`` counts in Rust). Counting takes a lock; only slow paths count.
+    The counts only grow: :meth:`reset` moves the baseline that a snapshot
+    subtracts (unless it is cumulative)."""
 
-    __slots__ = ("_counts", "_lock")
+    __slots__ = ("_baseline", "_counts", "_lock")
 
     _FIELDS = (
         "remote_hits",
@@ -477,6 +485,7 @@ class LoadStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(self._FIELDS, 0)
+        self._baseline: dict[str, int] = dict.fromkeys(self._FIELDS, 0)
 
     def add(self, field: str, n: int = 1) -> None:
         with self._lock:
@@ -486,13 +495,17 @@ class LoadStats:
         """A fresh lock (in a child after a fork)."""
         self._lock = threading.Lock()
 
-    def snapshot(self, local_hits: int) -> TierStats:
+    def snapshot(self, local_hits: int, cumulative: bool = False) -> TierStats:
         with self._lock:
-            return TierStats(local_hits=local_hits, **self._counts)
+            counts = dict(self._counts)
+            base = self._baseline
+        if not cumulative:
+            counts = {f: n - base[f] for f, n in counts.items()}
+        return TierStats(local_hits=local_hits, **counts)
 
     def reset(self) -> None:
         with self._lock:
-            self._counts = dict.fromkeys(self._FIELDS, 0)
+            self._baseline = dict(self._counts)
 
 
 class NoStats:

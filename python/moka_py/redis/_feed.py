@@ -57,7 +57,7 @@ class Feed:
         sharded: bool,
         on_message: Callable[[bytes], None],
         on_up: Callable[[bytes | None], None],
-        on_down: Callable[[], None],
+        on_down: Callable[[str | None], None],
         name: str,
     ) -> None:
         self._connect = connect
@@ -107,22 +107,28 @@ class Feed:
     def _run(self) -> None:
         backoff = RETRY_MIN
         while not self._stop.is_set():
+            # Why the session ended, in words of ours (an exception's type,
+            # never its message: that may quote the server's reply).
+            cause = "the session ended"
             try:
                 self._session()
                 backoff = RETRY_MIN
-            except (RedisError, RedisClusterException, OSError, _Lost, ValueError):
-                pass
-            except Exception:
+            except _Lost as err:
+                cause = str(err)
+            except (RedisError, RedisClusterException, OSError, ValueError) as err:
+                cause = type(err).__name__
+            except Exception as err:
                 # stop() disconnects the connection under a read in progress,
                 # which redis-py may report as anything; otherwise it is a bug
                 # of ours: report it, and keep the feed alive.
+                cause = type(err).__name__
                 if not self._stop.is_set():
                     _report("moka_py.redis feed")
             finally:
                 self._close()
             if self._up.is_set():
                 self._up.clear()
-                self._on_down()
+                self._on_down(None if self._stop.is_set() else cause)
             self._stop.wait(backoff)
             backoff = min(RETRY_MAX, backoff * 2)
 

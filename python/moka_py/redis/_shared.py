@@ -56,8 +56,13 @@ def as_redis_error(err: RedisClusterException) -> RedisError:
     return out
 
 
-# Refusals are logged here, at most once per REFUSAL_LOG_SECONDS per cache,
-# with their count and a reason of our own words (never the key's bytes).
+# The tier's state changes are logged here, never with a key's bytes or bytes
+# from the wire, and never on the path of a read or a write:
+# * WARNING: the feed lost (with the cause), the breaker opened, a load that
+#   outlasted its claim or a wait for another's load; refusals, at most once
+#   per REFUSAL_LOG_SECONDS per cache, with their count and a reason of ours;
+# * INFO: the feed back after a loss, the breaker closed;
+# * DEBUG: what happens in normal operation (the feed up at start, stopped).
 log = logging.getLogger("moka_py.redis")
 REFUSAL_LOG_SECONDS = 60.0
 
@@ -165,6 +170,10 @@ class Tier:
         self.origin = _core.new_origin()
         self.pid = os.getpid()
         self.down_until = 0.0
+        # Whether the breaker is open (from a failed call to the first call
+        # that succeeds or the feed's return): only read on Redis calls.
+        self.unreachable = False
+        self._lost_at: float | None = None
         self._lock = threading.Lock()
         self._waiters: dict[bytes, set[Callable[[], None]]] = {}
         # The counters' locks too: a fork while the feed thread held one
@@ -269,7 +278,8 @@ class Tier:
         raise RedisConnectionError(f"no known cluster node serves slot {slot}: {last}")
 
     def _on_up(self, run_id: bytes | None) -> None:
-        if self._run_id is not None and run_id is not None and run_id != self._run_id:
+        restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
+        if restarted:
             self.restarts += 1
         self._run_id = run_id
         # Whatever was sent while the feed was away is unknown: drop every
@@ -278,10 +288,33 @@ class Tier:
         self.down_until = 0.0
         self.rust.trusted = True
         self._wake_all()
+        lost_at, self._lost_at = self._lost_at, None
+        if lost_at is None:
+            log.debug("namespace %r: the invalidation feed is up", self.names.namespace)
+        else:
+            log.info(
+                "namespace %r: the invalidation feed is back after %.1f s%s; the local "
+                "copies made before were dropped and the local tier is trusted again",
+                self.names.namespace,
+                time.monotonic() - lost_at,
+                " (the server restarted)" if restarted else "",
+            )
+        self.reachable("the invalidation feed is back")
 
-    def _on_down(self) -> None:
+    def _on_down(self, cause: str | None) -> None:
+        """The feed ended: lost (``cause`` says why), or stopped (None)."""
         self.rust.trusted = False
+        if cause is None:
+            log.debug("namespace %r: the invalidation feed stopped", self.names.namespace)
+            return
         self.counts.add("feed_losses")
+        self._lost_at = time.monotonic()
+        log.warning(
+            "namespace %r: the invalidation feed was lost (%s); until it is back, reads "
+            "ask Redis instead of trusting the local tier",
+            self.names.namespace,
+            cause,
+        )
 
     def _on_message(self, data: bytes) -> None:
         """One message from the channel: never raises (a message must not end
@@ -364,6 +397,49 @@ class Tier:
             err, Unavailable
         ):
             self.down_until = time.monotonic() + BREAK_SECONDS
+            with self._lock:
+                opened, self.unreachable = not self.unreachable, True
+            if opened:
+                log.warning(
+                    "namespace %r: Redis unreachable (%s); the breaker is open: calls do "
+                    "not wait for Redis again for %.1f s after each failure (reads answer "
+                    "from the local tier where they may) until a call succeeds",
+                    self.names.namespace,
+                    type(err).__name__,
+                    BREAK_SECONDS,
+                )
+
+    def reachable(self, how: str) -> None:
+        """Closes the breaker if it is open (``how``: what showed Redis back)."""
+        with self._lock:
+            closed, self.unreachable = self.unreachable, False
+        if closed:
+            log.info(
+                "namespace %r: Redis reachable again (%s); the breaker is closed",
+                self.names.namespace,
+                how,
+            )
+
+    def claim_lost(self, seconds: float) -> None:
+        """A load of this process found its claim gone when it ended."""
+        log.warning(
+            "namespace %r: a load of %.1f s outlasted its claim on the key (lock_timeout, "
+            "renewed while the load runs unless Redis was unreachable): another process "
+            "may have loaded the same key",
+            self.names.namespace,
+            seconds,
+        )
+
+    def wait_outlasted(self, here: bool, wait_timeout: float) -> None:
+        """A call waited ``wait_timeout`` for a load of this process (``here``)
+        or of another, and loads the key itself."""
+        log.warning(
+            "namespace %r: a load of %s outlasted wait_timeout (%.1f s); a waiting call "
+            "loads the key itself",
+            self.names.namespace,
+            "this process" if here else "another process",
+            wait_timeout,
+        )
 
     # ------------------------------------------------------------ reads
 
@@ -468,10 +544,11 @@ class Tier:
             wanted.append((key, enc, k))
         return found, wanted
 
-    def stats(self) -> _core.TierStats:
+    def stats(self, cumulative: bool = False) -> _core.TierStats:
         if not isinstance(self.counts, _core.LoadStats):
             raise ValueError("statistics are off: create the cache with stats=True")
-        return self.counts.snapshot(self.local.stats().hits)
+        local_hits = self.local.stats(cumulative=cumulative).hits
+        return self.counts.snapshot(local_hits, cumulative)
 
     def reset_stats(self) -> None:
         if not isinstance(self.counts, _core.LoadStats):

@@ -187,7 +187,7 @@ class TieredCache(Generic[K, V]):
         """One bounded Redis call; failures are counted (and open the breaker)."""
         self._tier.available()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except RedisError as err:
             self._tier.failed(err)
             raise
@@ -195,6 +195,9 @@ class TieredCache(Generic[K, V]):
             wrapped = as_redis_error(err)
             self._tier.failed(wrapped)
             raise wrapped from err
+        if self._tier.unreachable:
+            self._tier.reachable("a call succeeded")
+        return result
 
     def _publish(self, messages: list[bytes]) -> None:
         for message in messages:
@@ -413,8 +416,12 @@ class TieredCache(Generic[K, V]):
                 leader = True
             else:
                 leader = False
-        while not leader:
+        # A call that waits (here, or below for another process) is one wait,
+        # however many rounds it waits.
+        waited = not leader
+        if waited:
             self._tier.counts.add("waits")
+        while not leader:
             if flight.done.wait(self._wait_timeout):
                 if flight.error is not None:
                     raise flight.error
@@ -431,13 +438,14 @@ class TieredCache(Generic[K, V]):
                 elif current is flight and not flight.done.is_set():
                     flight = self._flights[enc] = _Flight()
                     leader = takeover = True
+                    self._tier.wait_outlasted(True, self._wait_timeout)
                 else:
                     flight = current
         try:
             if takeover:
                 flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
             else:
-                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s)
+                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
             return flight.value
         except BaseException as err:
             flight.error = err
@@ -455,6 +463,7 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], Any],
         ttl: float | None,
         ttl_s: float | None,
+        waited: bool,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -482,20 +491,24 @@ class TieredCache(Generic[K, V]):
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
+                    tier.wait_outlasted(False, self._wait_timeout)
                     return self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
-                tier.counts.add("waits")
+                if not waited:
+                    tier.counts.add("waits")
+                    waited = True
                 woken.wait(min(POLL_SECONDS, left))
                 woken.clear()
         finally:
             tier.remove_waiter(enc, woken.set)
 
     def _compute(self, initializer: Callable[[], Any]) -> Any:
-        self._tier.counts.add("loads")
         try:
-            return initializer()
+            value = initializer()
         except BaseException:
             self._tier.counts.add("load_failures")
             raise
+        self._tier.counts.add("loads")
+        return value
 
     def _load_alone(
         self,
@@ -554,6 +567,7 @@ class TieredCache(Generic[K, V]):
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
         stored = False
+        started = time.monotonic()
         self._renewer.hold(lock_key, claim)
         try:
             token = tier.rust.token(k)
@@ -591,7 +605,8 @@ class TieredCache(Generic[K, V]):
             self._renewer.drop(lock_key)
             kind = _core.FILLED if stored else _core.RELEASED
             try:
-                self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim)
+                if not self._call(self._own.eval, RELEASE_SCRIPT, 1, lock_key, claim):
+                    tier.claim_lost(time.monotonic() - started)
                 self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
@@ -664,11 +679,15 @@ class TieredCache(Generic[K, V]):
                 return bool(self._tier.rust.trusted)
         return bool(self._tier.rust.trusted)
 
-    def stats(self) -> _core.TierStats:
-        """What the cache recorded (``stats=True``; else ``ValueError``)."""
-        return self._tier.stats()
+    def stats(self, *, cumulative: bool = False) -> _core.TierStats:
+        """What the cache recorded (``stats=True``; else ``ValueError``) since
+        the last :meth:`reset_stats`, or (``cumulative``) since it was made:
+        the figures an exporter reads, which only grow."""
+        return self._tier.stats(cumulative)
 
     def reset_stats(self) -> None:
+        """Makes :meth:`stats` count from zero again (the cumulative figures
+        are left alone)."""
         self._tier.reset_stats()
 
     def close(self) -> None:
