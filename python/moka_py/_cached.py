@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
@@ -52,6 +53,8 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache_parameters(self) -> dict[str, Any]: ...
     def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def cache_contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @property
     def cache(self) -> Moka[Any, Any]: ...
 
@@ -59,6 +62,10 @@ class CachedFunction(Protocol, Generic[P, R_co]):
 class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
+
+    # Set per function by `cached` (one function per path: sync, async).
+    refresh: Callable[..., Any]
+    uncached: Callable[..., Any]
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Removes the cached result of the call with these arguments;
@@ -138,6 +145,13 @@ def cached(
     :param executor: the ``concurrent.futures.Executor`` of a sync function's
         reloads (default: the cache's own thread pool).
 
+    ``f.refresh(*args, **kwargs)`` calls the function whatever is cached,
+    stores its result (or, if ``cache_if`` rejects it, removes the stored
+    one) and returns it;
+    ``f.uncached(*args, **kwargs)`` calls it without reading or writing the
+    cache. Neither counts as a call in ``cache_info``; for an ``async def``
+    function both return awaitables.
+
     Works on plain functions, methods (the instance is part of the key; see
     :func:`cached_method` for a cache per instance), static and class
     methods, and ``async def`` functions; may be used with or without
@@ -192,13 +206,18 @@ def cached(
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
-            return functools.update_wrapper(_Wrapper(*args, key=key, cache_if=cache_if), func)
+            wrapper = _Wrapper(*args, key=key, cache_if=cache_if)
+            wrapper.refresh = _sync_recompute(func, wrapper._key, cache, cache_if, stats)
+            wrapper.uncached = func
+            return functools.update_wrapper(wrapper, func)
         invoke = _invoke(func, cache if stats else None)
         # Each event loop's computations in flight: coalesced misses, reloads.
         flights = InFlight()
         refresh = None if refresh_after is None else _async_refresh(flights, invoke, cache_if)
         misses = _Late()
         wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
+        wrapper.refresh = _async_recompute(invoke, wrapper._key, cache, cache_if)
+        wrapper.uncached = func
         compute = _async_plain(invoke, _store(wrapper._store, cache_if))
         if wait_concurrent:
             misses.path = _async_coalescing(flights, compute, wrapper._joined)
@@ -209,6 +228,61 @@ def cached(
         return wrapper
 
     return decorator
+
+
+def _sync_recompute(
+    func: Callable[..., Any],
+    key_of: Callable[[Any, Any], Hashable],
+    cache: Moka[Any, Any],
+    cache_if: Callable[[Any], object] | None,
+    stats: bool,
+) -> Callable[..., Any]:
+    """``f.refresh(*args, **kwargs)`` of a sync function: calls it whatever
+    is cached, stores the result (its TTL starts again; one that ``cache_if``
+    rejects removes the stored one instead) and returns it. Not counted as a call in ``cache_info``;
+    with ``stats``, recorded as a load."""
+
+    def refresh(*args: Any, **kwargs: Any) -> Any:
+        k = key_of(args, kwargs)
+        if stats:
+            start = time.perf_counter()
+            try:
+                value = func(*args, **kwargs)
+            except BaseException:
+                cache._record_load(time.perf_counter() - start, False)
+                raise
+            cache._record_load(time.perf_counter() - start, True)
+        else:
+            value = func(*args, **kwargs)
+        if cache_if is None or cache_if(value):
+            cache.set(k, value)
+        else:
+            cache.remove(k)  # outdated all the same
+        return value
+
+    return refresh
+
+
+def _async_recompute(
+    invoke: Callable[[Any, Any], Awaitable[Any]],
+    key_of: Callable[[Any, Any], Hashable],
+    cache: Moka[Any, Any],
+    cache_if: Callable[[Any], object] | None,
+) -> Callable[..., Any]:
+    """``f.refresh(*args, **kwargs)`` of an ``async def`` function: the
+    coroutine that awaits it whatever is cached, stores the result (or
+    removes the stored one, as the sync form) and returns it."""
+
+    async def refresh(*args: Any, **kwargs: Any) -> Any:
+        k = key_of(args, kwargs)
+        value = await invoke(args, kwargs)
+        if cache_if is None or cache_if(value):
+            cache.set(k, Ready(value))
+        else:
+            cache.remove(k)  # outdated all the same
+        return value
+
+    return refresh
 
 
 class _Late:
