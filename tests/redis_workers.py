@@ -177,3 +177,20 @@ def forked_async_child(cache: Any, out: Any, from_running_loop: bool = False) ->
     except BaseException as e:  # report, then let the process end
         out.put(repr(e))
         raise
+
+
+def cleared_function(port: int, go: Any, out: Any) -> None:
+    """Reports what a decorated function returns (the parent's result), then,
+    once the parent cleared it (`go`), what it returns after (its own)."""
+    with _cache(port) as cache:
+
+        @cache.cached(ttl=60, name="whoami")
+        def whoami(x: int) -> str:
+            return "child"
+
+        out.put(whoami(1))
+        go.wait(30)
+        deadline = time.monotonic() + 10
+        while whoami(1) != "child" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out.put(whoami(1))
