@@ -279,6 +279,40 @@ def test_refresh_after_one_reload_across_the_fleet(
     wait_for(lambda: fa(1) == 2 and fb(1) == 2, timeout=10)
 
 
+def test_threads_hammering_refresh_after_and_refresh(
+    pair: tuple[TieredCache[Any, Any], ...],
+) -> None:
+    # Calls, background reloads and refreshes of a few keys from 8 threads over
+    # both caches at once: every call returns a result of its own arguments,
+    # nothing deadlocks (each thread has a deadline), and once the source stops
+    # changing every cache converges on its last version.
+    src = Source()
+    fa, fb = both(pair, src, refresh_after=0.01)
+    errors: list[BaseException] = []
+
+    def hammer(n: int) -> None:
+        try:
+            for i in range(150):
+                f = fa if (n + i) % 2 else fb
+                x = i % 4
+                got = f.refresh(x) if i % 25 == n else f(x)
+                assert got[0] == x and 1 <= got[1] <= src.version
+                if n == 0:
+                    src.version += 1
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish in time"
+    assert errors == []
+    last = src.version
+    wait_for(lambda: all(f(x) == [x, last] for f in (fa, fb) for x in range(4)), timeout=10)
+
+
 def test_results_written_without_refresh_after_are_reloaded(
     pair: tuple[TieredCache[Any, Any], ...],
 ) -> None:

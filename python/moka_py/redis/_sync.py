@@ -796,13 +796,6 @@ class TieredCache(Generic[K, V]):
         or the cache is closed. A reload that fails leaves the stored result
         (counted in ``load_failures``; a Redis failure in ``redis_errors``)."""
         enc = _core.encode_key(key)
-        with self._flights_lock:
-            if enc in self._reloading or self._tier.closed or self._pid != self._tier.pid:
-                return
-            self._reloading.add(enc)
-            if self._reloads is None:
-                self._reloads = ThreadPoolExecutor(1, thread_name_prefix="moka_py.redis reload")
-            pool = self._reloads
 
         def run() -> None:
             try:
@@ -813,7 +806,15 @@ class TieredCache(Generic[K, V]):
                 with self._flights_lock:
                     self._reloading.discard(enc)
 
-        pool.submit(run)
+        with self._flights_lock:
+            if enc in self._reloading or self._tier.closed or self._pid != self._tier.pid:
+                return
+            self._reloading.add(enc)
+            if self._reloads is None:
+                self._reloads = ThreadPoolExecutor(1, thread_name_prefix="moka_py.redis reload")
+            # (Under the lock, so that close() cannot shut the pool down
+            # between; submit runs no code of the user's.)
+            self._reloads.submit(run)
 
     # ------------------------------------------------------------ the rest
 
@@ -852,11 +853,12 @@ class TieredCache(Generic[K, V]):
         """Stops the feed and the claims' thread and closes the cache's own
         connections (the client given stays open: it is the caller's)."""
         self._renewer.stop()
+        self._tier.close()
+        # (After the tier is closed: no reload is submitted from now on.)
         with self._flights_lock:
             reloads, self._reloads = self._reloads, None
         if reloads is not None:
             reloads.shutdown(wait=False)
-        self._tier.close()
         try:
             self._own.close()
             if self._kind != Kind.CLUSTER:
