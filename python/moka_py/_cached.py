@@ -63,9 +63,17 @@ class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
 
-    # Set per function by `cached` (one function per path: sync, async).
-    refresh: Callable[..., Any]
+    # Set per function by `cached` (one function per path: sync, async):
+    # `_recompute(wrapper, args, kwargs)`, which holds no reference to the
+    # wrapper (so that a dropped function is freed without the collector),
+    # and the function itself.
+    _recompute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
     uncached: Callable[..., Any]
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the function whatever is cached, stores its result and
+        returns it (for an ``async def`` function, an awaitable)."""
+        return self._recompute(self, args, kwargs)
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Removes the cached result of the call with these arguments;
@@ -207,7 +215,7 @@ def cached(
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
             wrapper = _Wrapper(*args, key=key, cache_if=cache_if)
-            wrapper.refresh = _sync_recompute(func, wrapper._key, cache, cache_if, stats)
+            wrapper._recompute = _sync_recompute(func, cache, cache_if, stats)
             wrapper.uncached = func
             return functools.update_wrapper(wrapper, func)
         invoke = _invoke(func, cache if stats else None)
@@ -216,7 +224,7 @@ def cached(
         refresh = None if refresh_after is None else _async_refresh(flights, invoke, cache_if)
         misses = _Late()
         wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
-        wrapper.refresh = _async_recompute(invoke, wrapper._key, cache, cache_if)
+        wrapper._recompute = _async_recompute(invoke, cache, cache_if)
         wrapper.uncached = func
         compute = _async_plain(invoke, _store(wrapper._store, cache_if))
         if wait_concurrent:
@@ -232,18 +240,17 @@ def cached(
 
 def _sync_recompute(
     func: Callable[..., Any],
-    key_of: Callable[[Any, Any], Hashable],
     cache: Moka[Any, Any],
     cache_if: Callable[[Any], object] | None,
     stats: bool,
-) -> Callable[..., Any]:
+) -> Callable[[_Wrapper, tuple[Any, ...], dict[str, Any]], Any]:
     """``f.refresh(*args, **kwargs)`` of a sync function: calls it whatever
     is cached, stores the result (its TTL starts again; one that ``cache_if``
     rejects removes the stored one instead) and returns it. Not counted as a call in ``cache_info``;
     with ``stats``, recorded as a load."""
 
-    def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = key_of(args, kwargs)
+    def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = wrapper._key(args, kwargs)
         if stats:
             start = time.perf_counter()
             try:
@@ -260,21 +267,20 @@ def _sync_recompute(
             cache.remove(k)  # outdated all the same
         return value
 
-    return refresh
+    return recompute
 
 
 def _async_recompute(
     invoke: Callable[[Any, Any], Awaitable[Any]],
-    key_of: Callable[[Any, Any], Hashable],
     cache: Moka[Any, Any],
     cache_if: Callable[[Any], object] | None,
-) -> Callable[..., Any]:
+) -> Callable[[_Wrapper, tuple[Any, ...], dict[str, Any]], Any]:
     """``f.refresh(*args, **kwargs)`` of an ``async def`` function: the
     coroutine that awaits it whatever is cached, stores the result (or
     removes the stored one, as the sync form) and returns it."""
 
-    async def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = key_of(args, kwargs)
+    async def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = wrapper._key(args, kwargs)
         value = await invoke(args, kwargs)
         if cache_if is None or cache_if(value):
             cache.set(k, Ready(value))
@@ -282,7 +288,7 @@ def _async_recompute(
             cache.remove(k)  # outdated all the same
         return value
 
-    return refresh
+    return recompute
 
 
 class _Late:
