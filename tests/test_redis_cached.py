@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import multiprocessing
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -279,6 +280,33 @@ def test_refresh_after_one_reload_across_the_fleet(
     wait_for(lambda: fa(1) == 2 and fb(1) == 2, timeout=10)
 
 
+def test_a_reload_that_fails_or_is_rejected_leaves_the_stored_result(
+    pair: tuple[TieredCache[Any, Any], ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = pair[0]
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
+    outcome = ["ok"]
+    calls: list[str] = []
+
+    @a.cached(ttl=60, name="flaky", refresh_after=0.05, cache_if=lambda r: r != "rejected")
+    def flaky(x: int) -> str:
+        calls.append(outcome[0])
+        if outcome[0] == "fail":
+            raise KeyError("the source is down")
+        return outcome[0]
+
+    assert flaky(1) == "ok"
+    outcome[0] = "fail"
+    wait_for(lambda: flaky(1) == "ok" and "fail" in calls and reported, timeout=10)
+    assert isinstance(reported[0], KeyError)
+    outcome[0] = "rejected"
+    wait_for(lambda: flaky(1) == "ok" and "rejected" in calls, timeout=10)
+    assert flaky.cache_contains(1) and flaky(1) == "ok"
+    # An explicit refresh whose result is rejected removes the stored one.
+    assert flaky.refresh(1) == "rejected" and not flaky.cache_contains(1)
+
+
 def test_threads_hammering_refresh_after_and_refresh(
     pair: tuple[TieredCache[Any, Any], ...],
 ) -> None:
@@ -489,6 +517,37 @@ def test_async_cache_if_and_refresh_after(redis_db: RedisServer) -> None:
             src.version = 4
             await asyncio.sleep(0.25)
             await ahead(1)
+        await client.aclose()
+
+    run(main)
+
+
+def test_async_reload_that_fails_leaves_the_stored_result(
+    redis_db: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
+    outcome = ["ok"]
+
+    async def main() -> None:
+        client = redis_db.async_client()
+        async with AsyncTieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as cache:
+            assert await cache.wait_ready(5)
+
+            @cache.cached(ttl=60, name="aflaky", refresh_after=0.05)
+            async def flaky(x: int) -> str:
+                if outcome[0] == "fail":
+                    raise KeyError("the source is down")
+                return outcome[0]
+
+            assert await flaky(1) == "ok"
+            outcome[0] = "fail"
+            for _ in range(1000):
+                assert await flaky(1) == "ok"
+                if reported:
+                    break
+                await asyncio.sleep(0.01)
+            assert isinstance(reported[0], KeyError)
         await client.aclose()
 
     run(main)

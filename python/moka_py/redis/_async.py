@@ -24,7 +24,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._moka_py import Moka
+from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
 from ._envelope import Envelope
@@ -656,6 +656,7 @@ class AsyncTieredCache(Generic[K, V]):
         absent: bool,
         keep: Callable[[Any], object] | None,
         force: bool = False,
+        drop: bool = False,
     ) -> Any:
         """``TieredCache._lead``."""
         tier = self._tier
@@ -677,7 +678,7 @@ class AsyncTieredCache(Generic[K, V]):
                     return value
             value = await self._compute(initializer)
             if keep is not None and not keep(value):
-                if force:
+                if drop:
                     # A refresh whose result is not kept: the stored one is
                     # outdated all the same (FILLED: every copy is dropped).
                     await self._call(self._own.unlink(name))
@@ -737,7 +738,7 @@ class AsyncTieredCache(Generic[K, V]):
                 lock_ms = ms(self._lock_timeout)
                 if await self._call(self._own.set(lock_key, claim, nx=True, px=lock_ms)):
                     value = await self._lead(
-                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
                     )
                     return True, value
                 left = give_up - time.monotonic()
@@ -853,8 +854,10 @@ class AsyncTieredCache(Generic[K, V]):
         async def run() -> None:
             try:
                 await self._reload(key, initializer, ttl, keep, False)
-            except Exception:
+            except RedisError:
                 pass  # counted; the stored result stays
+            except Exception as err:
+                _write_unraisable(err, initializer)  # as @cached's failed reloads
             finally:
                 self._reloading.pop(slot, None)
 

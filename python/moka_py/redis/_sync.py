@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from .._moka_py import Moka
+from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
 from ._envelope import Envelope
@@ -591,10 +591,12 @@ class TieredCache(Generic[K, V]):
         absent: bool,
         keep: Callable[[Any], object] | None,
         force: bool = False,
+        drop: bool = False,
     ) -> Any:
         """This process holds the claim: load, store, release, tell the
-        waiters. ``force`` (a refresh): load whatever Redis holds, store over
-        it, and raise if it cannot be stored."""
+        waiters. ``force`` (a refresh or a reload): load whatever Redis
+        holds, store over it, and raise if it cannot be stored; ``drop`` (a
+        refresh): a result ``keep`` rejects unlinks the stored one."""
         tier = self._tier
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
@@ -614,7 +616,7 @@ class TieredCache(Generic[K, V]):
                     return value
             value = self._compute(initializer)
             if keep is not None and not keep(value):
-                if force:
+                if drop:
                     # A refresh whose result is not kept: the stored one is
                     # outdated all the same (FILLED: every copy is dropped).
                     self._call(self._own.unlink, name)
@@ -682,7 +684,9 @@ class TieredCache(Generic[K, V]):
                 claim = new_token()
                 lock_ms = ms(self._lock_timeout)
                 if self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms):
-                    value = self._lead(enc, k, initializer, ttl, ttl_s, claim, False, keep, True)
+                    value = self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
+                    )
                     return True, value
                 left = give_up - time.monotonic()
                 if not wait:
@@ -793,15 +797,19 @@ class TieredCache(Generic[K, V]):
     ) -> None:
         """A hit on a result due for a reload (``refresh_after``): reloads it
         on the cache's reload thread, unless this process reloads it already
-        or the cache is closed. A reload that fails leaves the stored result
-        (counted in ``load_failures``; a Redis failure in ``redis_errors``)."""
+        or the cache is closed. A reload that fails, or whose result
+        ``cache_if`` rejects, leaves the stored result; the loader's exception
+        goes to ``sys.unraisablehook`` (as ``@cached``'s), a Redis failure is
+        counted in ``redis_errors``."""
         enc = _core.encode_key(key)
 
         def run() -> None:
             try:
                 self._reload(key, initializer, ttl, keep, False)
-            except Exception:
-                pass  # counted (above); the stored result stays
+            except RedisError:
+                pass  # counted; the stored result stays
+            except Exception as err:
+                _write_unraisable(err, initializer)  # as @cached's failed reloads
             finally:
                 with self._flights_lock:
                     self._reloading.discard(enc)
