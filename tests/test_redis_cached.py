@@ -101,7 +101,10 @@ def test_contains_is_not_a_read(pair: tuple[TieredCache[Any, Any], ...]) -> None
     src = Source()
     fa, fb = both(pair, src)
     fa(1)
-    assert not fb.cache_contains(99)  # (b reads the function's epoch once)
+    # (Once a's notices of its two loads, the epoch and the result, reached b,
+    # b reads the function's epoch once and keeps it.)
+    wait_for(lambda: b.stats().invalidations == 2, timeout=5)
+    assert not fb.cache_contains(99)
     before = b.stats()
     assert fb.cache_contains(1) and not fb.cache_contains(2)
     after = b.stats()

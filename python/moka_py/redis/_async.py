@@ -857,7 +857,8 @@ class AsyncTieredCache(Generic[K, V]):
             except RedisError:
                 pass  # counted; the stored result stays
             except Exception as err:
-                _write_unraisable(err, initializer)  # as @cached's failed reloads
+                if not self._tier.closed:  # (else: the cache closed under it)
+                    _write_unraisable(err, initializer)  # as @cached's failed reloads
             finally:
                 self._reloading.pop(slot, None)
 

@@ -350,7 +350,11 @@ class Tier:
     # ------------------------------------------------------------ the breaker
 
     def available(self) -> None:
-        """Raises :class:`Unavailable` while the breaker is open."""
+        """Raises :class:`Unavailable` while the breaker is open, and once the
+        cache is closed (a load or a reload that outlived ``close`` opens no
+        connection again)."""
+        if self.closed:
+            raise Unavailable(f"{self._label} is closed")
         if self.down_until and time.monotonic() < self.down_until:
             raise Unavailable(
                 f"Redis failed less than {BREAK_SECONDS} s ago; not waiting for it again yet"

@@ -809,7 +809,8 @@ class TieredCache(Generic[K, V]):
             except RedisError:
                 pass  # counted; the stored result stays
             except Exception as err:
-                _write_unraisable(err, initializer)  # as @cached's failed reloads
+                if not self._tier.closed:  # (else: the cache closed under it)
+                    _write_unraisable(err, initializer)  # as @cached's failed reloads
             finally:
                 with self._flights_lock:
                     self._reloading.discard(enc)
