@@ -192,3 +192,20 @@ def gated_load(port: int, key: str, gate: str, out: Any) -> None:
             return f"value of {os.getpid()}"
 
         out.put(cache.get_with(key, loader))
+
+
+def cleared_function(port: int, go: Any, out: Any) -> None:
+    """Reports what a decorated function returns (the parent's result), then,
+    once the parent cleared it (`go`), what it returns after (its own)."""
+    with _cache(port) as cache:
+
+        @cache.cached(ttl=60, name="whoami")
+        def whoami(x: int) -> str:
+            return "child"
+
+        out.put(whoami(1))
+        go.wait(30)
+        deadline = time.monotonic() + 10
+        while whoami(1) != "child" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out.put(whoami(1))

@@ -127,6 +127,37 @@ def test_async_over_a_cluster(cluster: RedisCluster3) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_decorated_functions_over_a_cluster(cluster: RedisCluster3) -> None:
+    client = cluster.client()
+    with (
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as a,
+        TieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as b,
+    ):
+        assert a.wait_ready(10) and b.wait_ready(10)
+        version = [1]
+        calls: list[int] = []
+
+        def make(cache: TieredCache[object, object]) -> object:
+            @cache.cached(ttl=60, name="cluster.read")
+            def read(x: int) -> tuple[int, int]:
+                calls.append(x)
+                return (x, version[0])
+
+            return read
+
+        fa, fb = make(a), make(b)
+        assert [fa(i) for i in range(20)] == [fb(i) for i in range(20)]  # type: ignore[operator]
+        assert len(calls) == 20
+        version[0] = 2
+        assert fb.refresh(3) == (3, 2)  # type: ignore[attr-defined]
+        wait_for(lambda: fa(3) == (3, 2), timeout=5)  # type: ignore[operator]
+        assert fa.cache_invalidate(4) is True  # type: ignore[attr-defined]
+        wait_for(lambda: not fb.cache_contains(4), timeout=5)  # type: ignore[attr-defined]
+        fa.cache_clear()  # type: ignore[attr-defined]
+        wait_for(lambda: fb(5) == (5, 2), timeout=5)  # type: ignore[operator]
+        assert fa(6) == (6, 2) and len(calls) == 23
+
+
 def test_the_feed_survives_its_master_restarting(own_redis_cluster: RedisCluster3) -> None:
     client = own_redis_cluster.client()
     with (

@@ -137,7 +137,9 @@ def use_cached() -> None:
     removed: bool = greet.cache_invalidate(1)
     present: bool = greet.cache_contains(1, "en")
     cache: Moka[object, object] = greet.cache
-    del n, info, params, text, hello, removed, present, cache
+    fresh: str = greet.refresh(1, lang="fr") + greet.uncached(2)
+    fetched: str = asyncio.run(fetch.refresh(1)) + asyncio.run(fetch.uncached(2))
+    del n, info, params, text, hello, removed, present, cache, fresh, fetched
 
 
 def use_cached_method() -> None:
@@ -149,7 +151,8 @@ def use_cached_method() -> None:
     account.balance.cache_clear()
     gone: bool = account.balance.cache_invalidate("eur")
     kept: bool = account.balance.cache_contains("eur")
-    del money, own, data, info, gone, kept
+    again: str = account.balance.refresh("eur") + account.balance.uncached("usd")
+    del money, own, data, info, gone, kept, again
 
 
 def test_typed_usage() -> None:
@@ -177,6 +180,11 @@ def use_tier(client: redis.Redis) -> None:
             return 2 * x
 
         doubled: int = twice(2)
+        fresh: int = twice.refresh(2) + twice.uncached(2)
+        dropped: bool = twice.cache_invalidate(2)
+        held: bool = twice.cache_contains(2)
+        twice.cache_clear()
+        assert fresh == 8 and dropped and not held
         c.clear()
         assert maybe == [1] and loaded == [2] and many == {"a": [1], "b": [2]}
         assert removed == [1] and local.get("c") is None and doubled == 4
@@ -195,6 +203,16 @@ async def use_async_tier(client: redis.asyncio.Redis) -> None:
 
         loaded: int = await c.get_with("b", load)
         assert got == 1 and loaded == 2
+
+        @c.cached(ttl=10.0, name="typed.inc", cache_if=lambda r: r > 0, refresh_after=5.0)
+        async def inc(x: int) -> int:
+            return x + 1
+
+        one: int = await inc(0) + await inc.refresh(0) + await inc.uncached(0)
+        dropped: bool = await inc.cache_invalidate(0)
+        held: bool = await inc.cache_contains(0)
+        await inc.cache_clear()
+        assert one == 3 and dropped and not held
         await c.clear()
     await client.aclose()
 

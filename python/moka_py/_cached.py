@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
@@ -52,6 +53,8 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache_parameters(self) -> dict[str, Any]: ...
     def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def cache_contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @property
     def cache(self) -> Moka[Any, Any]: ...
 
@@ -59,6 +62,18 @@ class CachedFunction(Protocol, Generic[P, R_co]):
 class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
+
+    # Set per function by `cached` (one function per path: sync, async):
+    # `_recompute(wrapper, args, kwargs)`, which holds no reference to the
+    # wrapper (so that a dropped function is freed without the collector),
+    # and the function itself.
+    _recompute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
+    uncached: Callable[..., Any]
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the function whatever is cached, stores its result and
+        returns it (for an ``async def`` function, an awaitable)."""
+        return self._recompute(self, args, kwargs)
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Removes the cached result of the call with these arguments;
@@ -138,6 +153,13 @@ def cached(
     :param executor: the ``concurrent.futures.Executor`` of a sync function's
         reloads (default: the cache's own thread pool).
 
+    ``f.refresh(*args, **kwargs)`` calls the function whatever is cached,
+    stores its result (or, if ``cache_if`` rejects it, removes the stored
+    one) and returns it;
+    ``f.uncached(*args, **kwargs)`` calls it without reading or writing the
+    cache. Neither counts as a call in ``cache_info``; for an ``async def``
+    function both return awaitables.
+
     Works on plain functions, methods (the instance is part of the key; see
     :func:`cached_method` for a cache per instance), static and class
     methods, and ``async def`` functions; may be used with or without
@@ -192,13 +214,18 @@ def cached(
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
-            return functools.update_wrapper(_Wrapper(*args, key=key, cache_if=cache_if), func)
+            wrapper = _Wrapper(*args, key=key, cache_if=cache_if)
+            wrapper._recompute = _sync_recompute(func, cache, cache_if, stats)
+            wrapper.uncached = func
+            return functools.update_wrapper(wrapper, func)
         invoke = _invoke(func, cache if stats else None)
         # Each event loop's computations in flight: coalesced misses, reloads.
         flights = InFlight()
         refresh = None if refresh_after is None else _async_refresh(flights, invoke, cache_if)
         misses = _Late()
         wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
+        wrapper._recompute = _async_recompute(invoke, cache, cache_if)
+        wrapper.uncached = func
         compute = _async_plain(invoke, _store(wrapper._store, cache_if))
         if wait_concurrent:
             misses.path = _async_coalescing(flights, compute, wrapper._joined)
@@ -209,6 +236,59 @@ def cached(
         return wrapper
 
     return decorator
+
+
+def _sync_recompute(
+    func: Callable[..., Any],
+    cache: Moka[Any, Any],
+    cache_if: Callable[[Any], object] | None,
+    stats: bool,
+) -> Callable[[_Wrapper, tuple[Any, ...], dict[str, Any]], Any]:
+    """``f.refresh(*args, **kwargs)`` of a sync function: calls it whatever
+    is cached, stores the result (its TTL starts again; one that ``cache_if``
+    rejects removes the stored one instead) and returns it. Not counted as a call in ``cache_info``;
+    with ``stats``, recorded as a load."""
+
+    def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = wrapper._key(args, kwargs)
+        if stats:
+            start = time.perf_counter()
+            try:
+                value = func(*args, **kwargs)
+            except BaseException:
+                cache._record_load(time.perf_counter() - start, False)
+                raise
+            cache._record_load(time.perf_counter() - start, True)
+        else:
+            value = func(*args, **kwargs)
+        if cache_if is None or cache_if(value):
+            cache.set(k, value)
+        else:
+            cache.remove(k)  # outdated all the same
+        return value
+
+    return recompute
+
+
+def _async_recompute(
+    invoke: Callable[[Any, Any], Awaitable[Any]],
+    cache: Moka[Any, Any],
+    cache_if: Callable[[Any], object] | None,
+) -> Callable[[_Wrapper, tuple[Any, ...], dict[str, Any]], Any]:
+    """``f.refresh(*args, **kwargs)`` of an ``async def`` function: the
+    coroutine that awaits it whatever is cached, stores the result (or
+    removes the stored one, as the sync form) and returns it."""
+
+    async def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = wrapper._key(args, kwargs)
+        value = await invoke(args, kwargs)
+        if cache_if is None or cache_if(value):
+            cache.set(k, Ready(value))
+        else:
+            cache.remove(k)  # outdated all the same
+        return value
+
+    return recompute
 
 
 class _Late:

@@ -19,23 +19,25 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._moka_py import Moka
+from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
 from ._envelope import Envelope
+from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
 from ._shared import RELEASE_SCRIPT, RENEW_SCRIPT, Tier, as_redis_error, ms, new_token
-from ._sync import BATCH, POLL_SECONDS, call_key
+from ._sync import BATCH, POLL_SECONDS
 
 __all__ = ["AsyncTieredCache"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 _MISS: Any = object()
 # asyncio.timeout (3.11+); 3.10 has only wait_for.
@@ -150,6 +152,21 @@ def _let_go(client: Any, *, forked: bool) -> None:
             transport._sock = None
 
 
+def _waker() -> tuple[asyncio.Event, Callable[[], None]]:
+    """An event of the running loop, and ``wake()`` that sets it from any
+    thread (the feed's): what a load waits on for another's notice."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(woken.set)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    return woken, wake
+
+
 class AsyncTieredCache(Generic[K, V]):
     """The asyncio form of :class:`moka_py.redis.TieredCache` (same options,
     same methods as coroutines). A sync and an async cache of one namespace
@@ -212,6 +229,8 @@ class AsyncTieredCache(Generic[K, V]):
         )
         # (event loop, encoded key) -> the future of this process's load.
         self._flights: dict[tuple[int, bytes], asyncio.Future[Any]] = {}
+        # (event loop, encoded key) -> a refresh_after reload in flight.
+        self._reloading: dict[tuple[int, bytes], asyncio.Task[None]] = {}
         # The hot path: `await cache.get(k)` of a local hit awaits a finished
         # `Ready` returned by Rust; a miss returns the slow path's coroutine.
         self.get = self._tier.rust.aget  # type: ignore[method-assign]
@@ -391,6 +410,13 @@ class AsyncTieredCache(Generic[K, V]):
             tier.rust.put(k, value, bound, token)
 
     async def remove(self, key: K, default: Any = None) -> V | Any:
+        enc, old = await self._getdel(key)
+        if old is None:
+            return default
+        ok, value, _ = self._tier.decode(self._serializer, enc, old)
+        return value if ok else default
+
+    async def _getdel(self, key: Any) -> tuple[bytes, bytes | None]:
         enc = _core.encode_key(key)
         self._ensure()
         tier = self._tier
@@ -401,10 +427,21 @@ class AsyncTieredCache(Generic[K, V]):
             (old,) = await self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
-        if old is None:
-            return default
-        ok, value, _ = tier.decode(self._serializer, enc, old)
-        return value if ok else default
+        return enc, old
+
+    async def _contains(self, key: Any) -> bool:
+        """``TieredCache._contains``."""
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        if tier.rust.trusted and k in tier.local:
+            return True
+        try:
+            payload = await self._call(self._own.get(self._names.value(enc)))
+        except RedisError:
+            return k in tier.local
+        return payload is not None and tier.holds(enc, payload)
 
     async def clear(self) -> None:
         self._ensure()
@@ -450,6 +487,17 @@ class AsyncTieredCache(Generic[K, V]):
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
+        return await self._load(key, initializer, ttl)  # type: ignore[no-any-return]
+
+    async def _load(
+        self,
+        key: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None = None,
+    ) -> Any:
+        """``get_with``'s miss; a value for which ``keep`` is false is
+        returned (to this process's callers) but not stored."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
@@ -483,9 +531,9 @@ class AsyncTieredCache(Generic[K, V]):
         self._flights[slot] = flight
         try:
             if takeover:
-                value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+                value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
             else:
-                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
+                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
         except BaseException as err:
             if not flight.done():
                 if isinstance(err, asyncio.CancelledError):
@@ -497,7 +545,7 @@ class AsyncTieredCache(Generic[K, V]):
             raise
         else:
             flight.set_result(value)
-            return value  # type: ignore[no-any-return]
+            return value
         finally:
             if self._flights.get(slot) is flight:
                 del self._flights[slot]
@@ -510,19 +558,12 @@ class AsyncTieredCache(Generic[K, V]):
         ttl: float | None,
         ttl_s: float | None,
         waited: bool,
+        keep: Callable[[Any], object] | None,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
-        loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
-
-        def wake() -> None:
-            try:
-                loop.call_soon_threadsafe(woken.set)
-            except RuntimeError:  # the loop is closed
-                pass
-
+        woken, wake = _waker()
         tier.add_waiter(enc, wake)
         give_up = time.monotonic() + self._wait_timeout
         try:
@@ -540,17 +581,20 @@ class AsyncTieredCache(Generic[K, V]):
                     )
                 except RedisError:
                     value = await self._compute(initializer)
-                    bound = tier.write_bound(ttl, ttl_s)
-                    tier.rust.fill(k, value, bound, token)
+                    if keep is None or keep(value):
+                        bound = tier.write_bound(ttl, ttl_s)
+                        tier.rust.fill(k, value, bound, token)
                     return value
                 if claimed:
-                    return await self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
+                    return await self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, payload is None, keep
+                    )
                 left = give_up - time.monotonic()
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     tier.wait_outlasted(False, self._wait_timeout)
-                    return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+                    return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
                 if not waited:
                     tier.counts.add("waits")
                     waited = True
@@ -580,12 +624,15 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[Any]],
         ttl: float | None,
         ttl_s: float | None,
+        keep: Callable[[Any], object] | None,
     ) -> Any:
         """``wait_timeout`` passed while another load held the key: load here,
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
         value = await self._compute(initializer)
+        if keep is not None and not keep(value):
+            return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
         payload = tier.pack(enc, data, ttl_s)
@@ -620,7 +667,11 @@ class AsyncTieredCache(Generic[K, V]):
         ttl_s: float | None,
         claim: bytes,
         absent: bool,
+        keep: Callable[[Any], object] | None,
+        force: bool = False,
+        drop: bool = False,
     ) -> Any:
+        """``TieredCache._lead``."""
         tier = self._tier
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
@@ -632,7 +683,7 @@ class AsyncTieredCache(Generic[K, V]):
             # Another process may have stored the value and released its claim
             # between this process's GET and its claim: read once more.
             try:
-                again = await self._call(self._own.get(name))
+                again = None if force else await self._call(self._own.get(name))
             except RedisError:
                 again = None
             if again is not None:
@@ -640,14 +691,26 @@ class AsyncTieredCache(Generic[K, V]):
                 if ok:
                     return value
             value = await self._compute(initializer)
+            if keep is not None and not keep(value):
+                if drop:
+                    # A refresh whose result is not kept: the stored one is
+                    # outdated all the same (FILLED: every copy is dropped).
+                    await self._call(self._own.unlink(name))
+                    tier.rust.invalidate(k)
+                    stored = True
+                return value
             data = self._serializer.dumps(value)
+            nx = absent and not force
             try:
                 stored = bool(
                     await self._call(
-                        self._own.set(name, tier.pack(enc, data, ttl_s), px=ms(ttl_s), nx=absent)
+                        self._own.set(name, tier.pack(enc, data, ttl_s), px=ms(ttl_s), nx=nx)
                     )
                 )
             except RedisError:
+                if force:
+                    tier.rust.invalidate(k)
+                    raise
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
@@ -663,6 +726,50 @@ class AsyncTieredCache(Generic[K, V]):
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
             # (A cancellation here goes on to the caller: the claim lapses too.)
+            # (This process's own notices do not come back through the feed.)
+            tier.wake(enc)
+
+    async def _reload(
+        self,
+        key: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None,
+        wait: bool,
+    ) -> tuple[bool, Any]:
+        """``TieredCache._reload``."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        lock_key = self._names.lock(enc)
+        woken, wake = _waker()
+        tier.add_waiter(enc, wake)
+        give_up = time.monotonic() + self._wait_timeout
+        try:
+            while True:
+                claim = new_token()
+                lock_ms = ms(self._lock_timeout)
+                if await self._call(self._own.set(lock_key, claim, nx=True, px=lock_ms)):
+                    value = await self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
+                    )
+                    return True, value
+                left = give_up - time.monotonic()
+                if not wait:
+                    return False, None
+                if left <= 0:
+                    value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                    return True, value
+                tier.counts.add("waits")
+                try:
+                    await asyncio.wait_for(woken.wait(), min(POLL_SECONDS, left))
+                except asyncio.TimeoutError:
+                    pass
+                woken.clear()
+        finally:
+            tier.remove_waiter(enc, wake)
 
     # ------------------------------------------------------------ decorator
 
@@ -672,36 +779,105 @@ class AsyncTieredCache(Generic[K, V]):
         key: Callable[..., Any] | None = None,
         typed: bool = False,
         name: str | None = None,
-    ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+        *,
+        cache_if: Callable[[Any], object] | None = None,
+        refresh_after: float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], AsyncTieredFunction[P, R]]:
         """Caches an ``async def`` function's results in this cache (one call
-        per arguments across every process; ``name`` as for
-        ``TieredCache.cached``); ``f.cache_invalidate(*args, **kwargs)`` is a
-        coroutine that removes one result everywhere."""
+        per arguments across every process; the options and the function's
+        methods as for ``TieredCache.cached``, every method a coroutine; a
+        reload due after ``refresh_after`` is a task on the caller's loop)."""
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
+        _core.check_seconds(refresh_after, "refresh_after")
+        if cache_if is not None and not callable(cache_if):
+            raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
 
-        def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        def decorate(fn: Callable[P, Awaitable[R]]) -> AsyncTieredFunction[P, R]:
             if not inspect.iscoroutinefunction(fn):
                 raise TypeError(
                     "AsyncTieredCache.cached decorates async def functions: use "
                     f"TieredCache for {getattr(fn, '__qualname__', fn)!r}"
                 )
-            make_key = call_key(fn, key, typed, name)
+            d = Decorated(fn, key, typed, name, cache_if, refresh_after)
+            keep = d.keep()
+            rust = self._tier.rust
+
+            async def epoch_now() -> str:
+                return new_epoch()
+
+            async def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                # (Read without counting: TierStats count the results' reads.)
+                epoch = rust.peek(d.epoch_key, _MISS) if rust.trusted else _MISS
+                if epoch is _MISS:
+                    epoch = await self._load(d.epoch_key, epoch_now, EPOCH_TTL)
+                return d.key(epoch, args, kwargs)
+
+            def loader(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                async def load() -> Any:
+                    return d.pack(await fn(*args, **kwargs))
+
+                return load
 
             @functools.wraps(fn)
-            async def wrapper(*args: Any, **kwargs: Any) -> R:
-                cache: Any = self
-                k = make_key(args, kwargs)
-                return await cache.get_with(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                k = await key_of(args, kwargs)
+                stored = rust.lookup(k, _MISS)
+                if stored is _MISS:
+                    stored = await self._load(k, loader(args, kwargs), ttl, keep)
+                value, due = d.unpack(stored)
+                if due:
+                    self._reload_later(k, loader(args, kwargs), ttl, keep)
+                return value
 
-            async def cache_invalidate(*args: Any, **kwargs: Any) -> None:
-                await self.remove(make_key(args, kwargs))
+            async def refresh(*args: Any, **kwargs: Any) -> Any:
+                k = await key_of(args, kwargs)
+                _, stored = await self._reload(k, loader(args, kwargs), ttl, keep, True)
+                return d.unpack(stored)[0]
 
-            wrapper.cache_invalidate = cache_invalidate  # type: ignore[attr-defined]
-            wrapper.cache = self  # type: ignore[attr-defined]
-            return wrapper
+            async def cache_invalidate(*args: Any, **kwargs: Any) -> bool:
+                """Removes the result of these arguments in Redis and in every
+                process's local tier; whether Redis held one."""
+                return (await self._getdel(await key_of(args, kwargs)))[1] is not None
+
+            async def cache_contains(*args: Any, **kwargs: Any) -> bool:
+                return await self._contains(await key_of(args, kwargs))
+
+            async def cache_clear() -> None:
+                cache: Any = self  # (the epoch is no K -> V entry of the user's)
+                await cache.set(d.epoch_key, new_epoch(), EPOCH_TTL)
+
+            out = equip(wrapper, self, refresh, cache_invalidate, cache_contains, cache_clear)
+            return cast("AsyncTieredFunction[P, R]", out)
 
         return decorate
+
+    def _reload_later(
+        self,
+        key: Any,
+        initializer: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None,
+    ) -> None:
+        """``TieredCache._reload_later``: the reload is a task on the running
+        loop (one per key and loop; the cache keeps it until it ends)."""
+        loop = asyncio.get_running_loop()
+        slot = (id(loop), _core.encode_key(key))
+        if slot in self._reloading or self._tier.closed:
+            return
+
+        async def run() -> None:
+            try:
+                await self._reload(key, initializer, ttl, keep, False)
+            except RedisError:
+                pass  # counted; the stored result stays
+            except Exception as err:
+                if not self._tier.closed:  # (else: the cache closed under it)
+                    _write_unraisable(err, initializer)  # as @cached's failed reloads
+            finally:
+                self._reloading.pop(slot, None)
+
+        self._reloading[slot] = loop.create_task(run())
 
     # ------------------------------------------------------------ the rest
 
@@ -740,7 +916,13 @@ class AsyncTieredCache(Generic[K, V]):
     async def aclose(self) -> None:
         """Stops the feed and closes the cache's own connections (the client
         given stays open)."""
-        await asyncio.get_running_loop().run_in_executor(None, self._tier.close)
+        loop = asyncio.get_running_loop()
+        mine = [slot for slot in self._reloading if slot[0] == id(loop)]
+        reloads = [self._reloading.pop(slot) for slot in mine]
+        for task in reloads:
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+        await loop.run_in_executor(None, self._tier.close)
         current, others, forked = self._clients.take()
         for other in others:
             _let_go(other, forked=forked)

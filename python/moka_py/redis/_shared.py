@@ -383,7 +383,11 @@ class Tier:
     # ------------------------------------------------------------ the breaker
 
     def available(self) -> None:
-        """Raises :class:`Unavailable` while the breaker is open."""
+        """Raises :class:`Unavailable` while the breaker is open, and once the
+        cache is closed (a load or a reload that outlived ``close`` opens no
+        connection again)."""
+        if self.closed:
+            raise Unavailable(f"{self._label} is closed")
         if self.down_until and time.monotonic() < self.down_until:
             raise Unavailable(
                 f"Redis failed less than {BREAK_SECONDS} s ago; not waiting for it again yet"
@@ -472,14 +476,10 @@ class Tier:
         """``(ok, value, seconds left)`` of a payload read from Redis: checked
         first, deserialized after. A payload refused (or that the serializer
         cannot read) is counted and logged (rate-limited), never raised."""
-        try:
-            data, deadline = self.envelope.open(self.names.value(enc), payload)
-        except Refused as err:
-            self.refused("payload", err)
+        opened = self._open(enc, payload)
+        if opened is None:
             return False, None, None
-        left = _core.seconds_left(deadline)
-        if left is not None and left <= 0:
-            return False, None, None
+        data, left = opened
         try:
             value = serializer.loads(data)
         except Exception as err:
@@ -488,6 +488,24 @@ class Tier:
             )
             return False, None, None
         return True, value, left
+
+    def _open(self, enc: bytes, payload: bytes) -> tuple[bytes, float | None] | None:
+        """The serialized value of a payload read from Redis and its seconds
+        left, or None when it is refused (counted) or has expired."""
+        try:
+            data, deadline = self.envelope.open(self.names.value(enc), payload)
+        except Refused as err:
+            self.refused("payload", err)
+            return None
+        left = _core.seconds_left(deadline)
+        if left is not None and left <= 0:
+            return None
+        return data, left
+
+    def holds(self, enc: bytes, payload: bytes) -> bool:
+        """Whether a payload read from Redis holds a value a read would
+        return (verified, not expired; not deserialized)."""
+        return self._open(enc, payload) is not None
 
     def accept(
         self, serializer: _core.Serializer, enc: bytes, k: Any, payload: bytes | None, token: int

@@ -7,14 +7,16 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from .._moka_py import Moka
+from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
 from ._envelope import Envelope
+from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
@@ -29,6 +31,7 @@ __all__ = ["TieredCache"]
 K = TypeVar("K")
 V = TypeVar("V")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 _MISS: Any = object()
 # The longest a process's leader waits between two looks at Redis while
@@ -169,6 +172,10 @@ class TieredCache(Generic[K, V]):
     def _forked(self) -> None:
         self._flights: dict[bytes, _Flight] = {}
         self._flights_lock = threading.Lock()
+        # refresh_after's reloads in the background: one thread, made on first
+        # use, shut down by close (a forked child makes its own).
+        self._reloading: set[bytes] = set()
+        self._reloads: ThreadPoolExecutor | None = None
         self._renewer = _Renewer(self, self._lock_timeout)
         self._pid = self._tier.pid
 
@@ -343,6 +350,14 @@ class TieredCache(Generic[K, V]):
 
     def remove(self, key: K, default: Any = None) -> V | Any:
         """Removes ``key`` everywhere; the value that was stored, or ``default``."""
+        enc, old = self._getdel(key)
+        if old is None:
+            return default
+        ok, value, _ = self._tier.decode(self._serializer, enc, old)
+        return value if ok else default
+
+    def _getdel(self, key: Any) -> tuple[bytes, bytes | None]:
+        """Removes ``key`` everywhere: its encoding, and the payload Redis held."""
         enc = _core.encode_key(key)
         self._ensure()
         tier = self._tier
@@ -351,14 +366,26 @@ class TieredCache(Generic[K, V]):
         msgs = tier.messages(_core.INVALIDATE, (enc,))
         try:
             (old,) = self._write(lambda p: p.getdel(name), msgs)
-        except RedisError:
+        finally:
             tier.rust.invalidate(k)
-            raise
-        tier.rust.invalidate(k)
-        if old is None:
-            return default
-        ok, value, _ = tier.decode(self._serializer, enc, old)
-        return value if ok else default
+        return enc, old
+
+    def _contains(self, key: Any) -> bool:
+        """Whether a read of ``key`` would find a value (the trusted local
+        tier's, or a payload in Redis that verifies and has not expired),
+        without reading it into the local tier or counting a read. On a
+        Redis failure, whether a local copy is held."""
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        if tier.rust.trusted and k in tier.local:
+            return True
+        try:
+            payload = self._call(self._own.get, self._names.value(enc))
+        except RedisError:
+            return k in tier.local
+        return payload is not None and tier.holds(enc, payload)
 
     def clear(self) -> None:
         """Deletes every entry of this namespace from Redis (every master of a
@@ -403,7 +430,15 @@ class TieredCache(Generic[K, V]):
             return found  # type: ignore[no-any-return]
         return self._load(key, initializer, ttl)  # type: ignore[no-any-return]
 
-    def _load(self, key: Any, initializer: Callable[[], Any], ttl: float | None) -> Any:
+    def _load(
+        self,
+        key: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None = None,
+    ) -> Any:
+        """``get_with``'s miss; a value for which ``keep`` is false is
+        returned (to this process's callers) but not stored."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
@@ -443,9 +478,9 @@ class TieredCache(Generic[K, V]):
                     flight = current
         try:
             if takeover:
-                flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+                flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
             else:
-                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited)
+                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
             return flight.value
         except BaseException as err:
             flight.error = err
@@ -464,6 +499,7 @@ class TieredCache(Generic[K, V]):
         ttl: float | None,
         ttl_s: float | None,
         waited: bool,
+        keep: Callable[[Any], object] | None,
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -484,15 +520,15 @@ class TieredCache(Generic[K, V]):
                     lock_ms = ms(self._lock_timeout)
                     claimed = self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms)
                 except RedisError:
-                    return self._load_alone(k, initializer, ttl, ttl_s, token)
+                    return self._load_alone(k, initializer, ttl, ttl_s, token, keep)
                 if claimed:
-                    return self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None)
+                    return self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None, keep)
                 left = give_up - time.monotonic()
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     tier.wait_outlasted(False, self._wait_timeout)
-                    return self._load_unclaimed(enc, k, initializer, ttl, ttl_s)
+                    return self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
                 if not waited:
                     tier.counts.add("waits")
                     waited = True
@@ -517,12 +553,14 @@ class TieredCache(Generic[K, V]):
         ttl: float | None,
         ttl_s: float | None,
         token: int,
+        keep: Callable[[Any], object] | None,
     ) -> Any:
         """Redis is unreachable: load in this process, keep the value locally
         (for at most the entry's bounds), store nothing in Redis."""
         value = self._compute(initializer)
-        bound = self._tier.write_bound(ttl, ttl_s)
-        self._tier.rust.fill(k, value, bound, token)
+        if keep is None or keep(value):
+            bound = self._tier.write_bound(ttl, ttl_s)
+            self._tier.rust.fill(k, value, bound, token)
         return value
 
     def _load_unclaimed(
@@ -532,12 +570,15 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], Any],
         ttl: float | None,
         ttl_s: float | None,
+        keep: Callable[[Any], object] | None,
     ) -> Any:
         """``wait_timeout`` passed while another load held the key: load here,
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
         value = self._compute(initializer)
+        if keep is not None and not keep(value):
+            return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
         payload = tier.pack(enc, data, ttl_s)
@@ -561,8 +602,14 @@ class TieredCache(Generic[K, V]):
         ttl_s: float | None,
         claim: bytes,
         absent: bool,
+        keep: Callable[[Any], object] | None,
+        force: bool = False,
+        drop: bool = False,
     ) -> Any:
-        """This process holds the claim: load, store, release, tell the waiters."""
+        """This process holds the claim: load, store, release, tell the
+        waiters. ``force`` (a refresh or a reload): load whatever Redis
+        holds, store over it, and raise if it cannot be stored; ``drop`` (a
+        refresh): a result ``keep`` rejects unlinks the stored one."""
         tier = self._tier
         name = self._names.value(enc)
         lock_key = self._names.lock(enc)
@@ -574,7 +621,7 @@ class TieredCache(Generic[K, V]):
             # Another process may have stored the value and released its claim
             # between this process's GET and its claim: read once more.
             try:
-                again = self._call(self._own.get, name)
+                again = None if force else self._call(self._own.get, name)
             except RedisError:
                 again = None
             if again is not None:
@@ -582,6 +629,14 @@ class TieredCache(Generic[K, V]):
                 if ok:
                     return value
             value = self._compute(initializer)
+            if keep is not None and not keep(value):
+                if drop:
+                    # A refresh whose result is not kept: the stored one is
+                    # outdated all the same (FILLED: every copy is dropped).
+                    self._call(self._own.unlink, name)
+                    tier.rust.invalidate(k)
+                    stored = True
+                return value
             data = self._serializer.dumps(value)
             try:
                 # NX: a `set` of this key made meanwhile wins over the load.
@@ -592,10 +647,13 @@ class TieredCache(Generic[K, V]):
                         name,
                         tier.pack(enc, data, ttl_s),
                         px=ms(ttl_s),
-                        nx=absent,
+                        nx=absent and not force,
                     )
                 )
             except RedisError:
+                if force:
+                    tier.rust.invalidate(k)
+                    raise
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
@@ -610,6 +668,51 @@ class TieredCache(Generic[K, V]):
                 self._publish(tier.messages(kind, (enc,)))
             except RedisError:
                 pass  # the claim lapses after lock_timeout; waiters poll
+            # (This process's own notices do not come back through the feed.)
+            tier.wake(enc)
+
+    def _reload(
+        self,
+        key: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None,
+        wait: bool,
+    ) -> tuple[bool, Any]:
+        """A load of ``key`` whatever is stored (``refresh``), holding the
+        key's claim like any load, so that callers meanwhile wait for it:
+        ``(True, value)``, stored over any value and every process's copy
+        invalidated; or ``(False, None)`` when another load holds the claim
+        and ``wait`` is false (a background reload: that load is the
+        reload). Raises ``redis.RedisError`` when Redis cannot be asked."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        lock_key = self._names.lock(enc)
+        woken = threading.Event()
+        tier.add_waiter(enc, woken.set)
+        give_up = time.monotonic() + self._wait_timeout
+        try:
+            while True:
+                claim = new_token()
+                lock_ms = ms(self._lock_timeout)
+                if self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms):
+                    value = self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
+                    )
+                    return True, value
+                left = give_up - time.monotonic()
+                if not wait:
+                    return False, None
+                if left <= 0:
+                    return True, self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                tier.counts.add("waits")
+                woken.wait(min(POLL_SECONDS, left))
+                woken.clear()
+        finally:
+            tier.remove_waiter(enc, woken.set)
 
     # ------------------------------------------------------------ decorator
 
@@ -619,39 +722,123 @@ class TieredCache(Generic[K, V]):
         key: Callable[..., Any] | None = None,
         typed: bool = False,
         name: str | None = None,
-    ) -> Callable[[Callable[..., R]], Callable[..., R]]:
+        *,
+        cache_if: Callable[[Any], object] | None = None,
+        refresh_after: float | None = None,
+    ) -> Callable[[Callable[P, R]], TieredFunction[P, R]]:
         """Caches a sync function's results in this cache: one call per
         arguments across every process (``get_with``). The key is ``name``
         (default: the function's module and qualified name) plus the arguments
         (or what ``key(*args, **kwargs)`` returns); a function defined inside
         another, or a lambda, needs ``name=``: its qualified name does not
-        tell two of them apart. ``f.cache_invalidate(*args, **kwargs)`` removes
-        one result everywhere."""
+        tell two of them apart.
+
+        ``cache_if(result)``: a result for which it is false is returned but
+        not stored. ``refresh_after``: seconds after which a call that finds
+        the result returns it and reloads it in the background (one reload
+        across the fleet: a process that finds another's load in flight
+        leaves it to that one).
+
+        The function gets ``f.refresh(*args, **kwargs)`` (loads whatever is
+        stored, holding the key's claim so that callers elsewhere wait for it,
+        stores over any value and invalidates every process's copy; returns
+        the result), ``f.uncached(*args, **kwargs)`` (the function itself),
+        ``f.cache_invalidate(*args, **kwargs)`` (removes one result
+        everywhere; whether Redis held it), ``f.cache_contains(*args,
+        **kwargs)`` and ``f.cache_clear()`` (every result of this function,
+        in every process)."""
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
+        _core.check_seconds(refresh_after, "refresh_after")
+        if cache_if is not None and not callable(cache_if):
+            raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
 
-        def decorate(fn: Callable[..., R]) -> Callable[..., R]:
+        def decorate(fn: Callable[P, R]) -> TieredFunction[P, R]:
             if inspect.iscoroutinefunction(fn):
                 raise TypeError(
                     "TieredCache.cached decorates sync functions: use AsyncTieredCache "
                     f"for async def {fn.__qualname__}"
                 )
-            make_key = call_key(fn, key, typed, name)
+            d = Decorated(fn, key, typed, name, cache_if, refresh_after)
+            keep = d.keep()
+            rust = self._tier.rust
+
+            def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                # (Read without counting: TierStats count the results' reads.)
+                epoch = rust.peek(d.epoch_key, _MISS) if rust.trusted else _MISS
+                if epoch is _MISS:
+                    epoch = self._load(d.epoch_key, new_epoch, EPOCH_TTL)
+                return d.key(epoch, args, kwargs)
 
             @functools.wraps(fn)
-            def wrapper(*args: Any, **kwargs: Any) -> R:
-                k = make_key(args, kwargs)
-                cache: Any = self
-                return cache.get_with(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                k = key_of(args, kwargs)
+                stored = rust.lookup(k, _MISS)
+                if stored is _MISS:
+                    stored = self._load(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep)
+                value, due = d.unpack(stored)
+                if due:
+                    self._reload_later(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep)
+                return value
 
-            def cache_invalidate(*args: Any, **kwargs: Any) -> None:
-                self.remove(make_key(args, kwargs))
+            def refresh(*args: Any, **kwargs: Any) -> Any:
+                k = key_of(args, kwargs)
+                _, stored = self._reload(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep, True)
+                return d.unpack(stored)[0]
 
-            wrapper.cache_invalidate = cache_invalidate  # type: ignore[attr-defined]
-            wrapper.cache = self  # type: ignore[attr-defined]
-            return wrapper
+            def cache_invalidate(*args: Any, **kwargs: Any) -> bool:
+                """Removes the result of these arguments in Redis and in every
+                process's local tier; whether Redis held one."""
+                return self._getdel(key_of(args, kwargs))[1] is not None
+
+            def cache_contains(*args: Any, **kwargs: Any) -> bool:
+                return self._contains(key_of(args, kwargs))
+
+            def cache_clear() -> None:
+                cache: Any = self  # (the epoch is no K -> V entry of the user's)
+                cache.set(d.epoch_key, new_epoch(), EPOCH_TTL)
+
+            out = equip(wrapper, self, refresh, cache_invalidate, cache_contains, cache_clear)
+            return cast("TieredFunction[P, R]", out)
 
         return decorate
+
+    def _reload_later(
+        self,
+        key: Any,
+        initializer: Callable[[], Any],
+        ttl: float | None,
+        keep: Callable[[Any], object] | None,
+    ) -> None:
+        """A hit on a result due for a reload (``refresh_after``): reloads it
+        on the cache's reload thread, unless this process reloads it already
+        or the cache is closed. A reload that fails, or whose result
+        ``cache_if`` rejects, leaves the stored result; the loader's exception
+        goes to ``sys.unraisablehook`` (as ``@cached``'s), a Redis failure is
+        counted in ``redis_errors``."""
+        enc = _core.encode_key(key)
+
+        def run() -> None:
+            try:
+                self._reload(key, initializer, ttl, keep, False)
+            except RedisError:
+                pass  # counted; the stored result stays
+            except Exception as err:
+                if not self._tier.closed:  # (else: the cache closed under it)
+                    _write_unraisable(err, initializer)  # as @cached's failed reloads
+            finally:
+                with self._flights_lock:
+                    self._reloading.discard(enc)
+
+        with self._flights_lock:
+            if enc in self._reloading or self._tier.closed or self._pid != self._tier.pid:
+                return
+            self._reloading.add(enc)
+            if self._reloads is None:
+                self._reloads = ThreadPoolExecutor(1, thread_name_prefix="moka_py.redis reload")
+            # (Under the lock, so that close() cannot shut the pool down
+            # between; submit runs no code of the user's.)
+            self._reloads.submit(run)
 
     # ------------------------------------------------------------ the rest
 
@@ -695,6 +882,11 @@ class TieredCache(Generic[K, V]):
         connections (the client given stays open: it is the caller's)."""
         self._renewer.stop()
         self._tier.close()
+        # (After the tier is closed: no reload is submitted from now on.)
+        with self._flights_lock:
+            reloads, self._reloads = self._reloads, None
+        if reloads is not None:
+            reloads.shutdown(wait=False)
         try:
             self._own.close()
             if self._kind != Kind.CLUSTER:
@@ -710,54 +902,3 @@ class TieredCache(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"TieredCache(namespace={self._names.namespace!r}, feed_up={self.feed_up})"
-
-
-def function_name(fn: Callable[..., Any], name: str | None) -> str:
-    """The identity of a decorated function in Redis: ``name``, or its module
-    and qualified name, which must tell it apart from every other function
-    (``ValueError`` for a nested function or a lambda without ``name``)."""
-    if name is not None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
-        return name
-    qualname = getattr(fn, "__qualname__", None)
-    module = getattr(fn, "__module__", None)
-    if not isinstance(qualname, str):
-        raise ValueError(f"{fn!r} has no __qualname__: pass name= to cached()")
-    if "<locals>" in qualname or "<lambda>" in qualname:
-        raise ValueError(
-            f"{qualname} is defined inside a function or is a lambda, so its name is shared "
-            "by every function made there, and their results would share keys: pass "
-            "name= (one per function, e.g. name=f'price:{tenant}')"
-        )
-    return f"{module}.{qualname}"
-
-
-def call_key(
-    fn: Callable[..., Any], key: Callable[..., Any] | None, typed: bool, name: str | None = None
-) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
-    """How a decorated function's call becomes a cache key: the function's
-    identity (:func:`function_name`), then the arguments (keyword arguments
-    sorted by name), or ``key(*args, **kwargs)``; ``typed`` adds the types'
-    names."""
-    prefix = function_name(fn, name)
-    if key is not None:
-        custom = key
-
-        def make(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return (prefix, custom(*args, **kwargs))
-
-        return make
-
-    def make_default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        parts: tuple[Any, ...] = (prefix, args)
-        if kwargs:
-            parts += (tuple(sorted(kwargs.items())),)
-        if typed:
-            parts += (
-                tuple(type(a).__qualname__ for a in args),
-                tuple(type(v).__qualname__ for _, v in sorted(kwargs.items())),
-            )
-        return parts
-
-    return make_default
