@@ -29,14 +29,22 @@ CAPACITY = 10_000
 CASES = (
     "get hit (int)",
     "get hit (str)",
+    "get hit (long str)",
+    "get hit (tuple)",
+    "get hit (UUID)",
     "get hit (int), stats=True",
     "get hit, registered with OpenTelemetry",
     "get miss (int)",
     "get miss (str)",
+    "get miss (long str)",
+    "get miss (tuple)",
+    "get miss (UUID)",
     "set existing",
     "set fresh, full cache",
     "remove",
+    "remove miss",
     "get_with hit",
+    "get_with hit (str)",
     "get_with miss",
     "@cached hit",
     "@cached coalescing hit",
@@ -54,7 +62,7 @@ OTEL_HIT = "get hit, registered with OpenTelemetry"
 OTEL_COLLECT = "OpenTelemetry collection, per registered cache"
 # The cases that write: their target is parity with moka-py 0.5.0, since most of a write
 # is moka's own (README, Performance), where reads aim at 0.9x.
-WRITES = ("set existing", "set fresh, full cache", "remove")
+WRITES = ("set existing", "set fresh, full cache", "remove", "remove miss")
 # Not a cache's operation: the cost subtracted from ASYNC_HIT, for reference.
 PLAIN_AWAIT = "await a plain coroutine"
 
@@ -72,6 +80,20 @@ def int_keys() -> list[Any]:
 def str_keys(prefix: str) -> list[Any]:
     # Built at run time: equal to, but not the same objects as, the stored keys.
     return ["".join([prefix, str(i)]) for i in range(POOL)]
+
+
+LONG = "x" * 64  # the prefix of the long str keys
+
+
+def tuple_keys(base: int) -> list[Any]:
+    # Built at run time, as str_keys; the shape moka-py's own benchmark uses.
+    return [("user", base + i, True) for i in range(POOL)]
+
+
+def uuid_keys(base: int) -> list[Any]:
+    import uuid
+
+    return [uuid.UUID(int=((base + i) << 64) | 12345) for i in range(POOL)]
 
 
 def get_loop(get: Callable[[Any], Any]) -> Callable[[list[Any]], None]:
@@ -125,10 +147,24 @@ def mapping_cases(impl: str) -> dict[str, Case]:
     fill(api, str_keys("key-"))
     out["get hit (str)"] = Case(fixed(str_keys("key-")), get_loop(api.get))
 
+    # Each key shape: stored, then read back with equal objects (hits) and with
+    # absent keys of the same shape (misses).
+    for shape, make in (
+        ("long str", lambda base: str_keys(f"{LONG}{base}-")),
+        ("tuple", tuple_keys),
+        ("UUID", uuid_keys),
+    ):
+        api = impls.make(impl, CAPACITY)
+        fill(api, make(0))
+        out[f"get hit ({shape})"] = Case(fixed(make(0)), get_loop(api.get))
+        out[f"get miss ({shape})"] = Case(fixed(make(POOL)), get_loop(api.get))
+
     api = impls.make(impl, CAPACITY)
     fill(api, [-1 - k for k in ints])
     out["get miss (int)"] = Case(fixed(ints), get_loop(api.get))
     out["get miss (str)"] = Case(fixed(str_keys("miss-")), get_loop(api.get))
+    if impls.is_moka(impl):  # the others' remove raises KeyError on a miss
+        out["remove miss"] = Case(fixed(ints), get_loop(api.remove))
 
     api = impls.make(impl, CAPACITY)
     fill(api, list(range(10**9, 10**9 + CAPACITY)))
@@ -218,7 +254,20 @@ def get_with_cases(impl: str) -> dict[str, Case]:
         for k in keys:
             gw_miss(k, init)
 
-    return {"get_with hit": Case(fixed(ints), run_hit), "get_with miss": Case(cleared, run_miss)}
+    strs: Any = moka_py.Moka(CAPACITY)
+    for k in str_keys("key-"):
+        strs.set(k, k)
+    gw_str = strs.get_with
+
+    def run_str(keys: list[Any]) -> None:
+        for k in keys:
+            gw_str(k, init)
+
+    return {
+        "get_with hit": Case(fixed(ints), run_hit),
+        "get_with hit (str)": Case(fixed(str_keys("key-")), run_str),
+        "get_with miss": Case(cleared, run_miss),
+    }
 
 
 def decorator_cases(impl: str) -> dict[str, Case]:
