@@ -408,7 +408,7 @@ impl Store {
     }
 
     /// [`Store::key_ref`] for a read (see [`Store::read_key_hashed`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<KeyRef>> {
         Ok(self.read_key_hashed(obj)?.1)
     }
@@ -427,11 +427,14 @@ impl Store {
     /// [`Store::read_for_load`], [`Store::contains`]: attached on every
     /// build): a tuple of native items is compared only with entries of its
     /// hash, and built only when one is found (`key::describe_read`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_key_hashed(
         &self,
         obj: &Bound<'_, PyAny>,
     ) -> PyResult<(isize, Option<KeyRef>)> {
+        if let Some((hash, repr)) = key::common(obj) {
+            return Ok((hash, Some(KeyRef::new(hash, repr))));
+        }
         self.resolve(obj, key::describe_read(obj)?)
     }
 

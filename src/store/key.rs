@@ -468,6 +468,37 @@ pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<(isize, Repr)> {
     describe_other(obj, repr)
 }
 
+/// The hash and representation of the two most common keys, an exact `int`
+/// in the `i64` range and an exact ASCII `str`, read without the general
+/// path's checks; `None` for every other key (and for an `int`'s hash that
+/// `PyObject_Hash` would compute otherwise, never).
+#[inline(always)]
+pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
+    // SAFETY: `obj` is a live object and we are attached (`Bound`); a str's
+    // hash is computed in C (and cached on the object), and cannot fail.
+    unsafe {
+        let ptr = obj.as_ptr();
+        if ffi::PyLong_CheckExact(ptr) != 0 {
+            let mut overflow: c_int = 0;
+            let v = ffi::PyLong_AsLongLongAndOverflow(ptr, &raw mut overflow);
+            // -1 is also the error return, but an exact int cannot fail here.
+            return (overflow == 0).then(|| (int_hash(v), Repr::Int(v)));
+        }
+        if ffi::PyUnicode_CheckExact(ptr) != 0 && ffi::PyUnicode_IS_COMPACT_ASCII(ptr) != 0 {
+            let hash = ffi::PyObject_Hash(ptr);
+            #[allow(clippy::cast_sign_loss)]
+            return (hash != -1).then(|| {
+                let data = ffi::PyUnicode_DATA(ptr).cast::<u8>().cast_const();
+                (
+                    hash,
+                    Repr::Str(data, ffi::PyUnicode_GET_LENGTH(ptr) as usize),
+                )
+            });
+        }
+        None
+    }
+}
+
 /// [`describe`] for a read (a lookup made attached, whose key is only
 /// compared, never stored): a tuple of native items is [`Repr::Lazy`].
 #[inline]
