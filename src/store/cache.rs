@@ -9,12 +9,11 @@
 //! the insert, and what moka lets go of is queued and released after the
 //! call (`deferred.rs`).
 
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
 use moka::sync::Cache;
 use moka::Equivalent;
 use pyo3::prelude::*;
@@ -39,9 +38,9 @@ pub(crate) type Table = Cache<Key, Arc<Entry>, PyHashBuilder>;
 pub(crate) struct Store {
     /// The moka table. `clear()` swaps in a fresh one, so that nothing of the
     /// old one (moka keeps removed keys in tombstones of its table) stays
-    /// alive; a call that was already using the old one finishes on it.
-    /// Dropped by hand in `Drop`, to release its references right then.
-    table: ManuallyDrop<ArcSwap<Table>>,
+    /// alive; a call that was already using the old one finishes on it (see
+    /// [`Pinned`]). Freed by hand in `Drop`, to release its references then.
+    table: Atomic<Table>,
     loads: Loads,
     /// Canonical ids of the keys compared by Python `==`; made on first use.
     interner: OnceLock<Arc<Interner>>,
@@ -91,6 +90,7 @@ fn reclaim() {
     for _ in 0..RECLAIM_FLUSHES {
         crossbeam_epoch::pin().flush();
     }
+    free_retired();
 }
 
 /// Enough flushes to collect a few hundred batches of garbage (about 100 ns
@@ -132,6 +132,39 @@ fn build_table(
     builder.build_with_hasher(PyHashBuilder)
 }
 
+/// The table of a store, for as long as the calling thread stays pinned in
+/// crossbeam's epoch (which moka's own reads and writes pin anyway, so its
+/// pins inside become nested ones, a counter's increment): a table that
+/// `clear()` swaps out is freed only once every thread pinned before has
+/// let go. A plain atomic load where an `ArcSwap` took about 50 instructions
+/// and a thread-local per read. Never held across a [`reclaim`] (it would
+/// keep the epoch from advancing).
+pub(crate) struct Pinned<'a> {
+    table: &'a Table,
+    _guard: Guard,
+}
+
+impl std::ops::Deref for Pinned<'_> {
+    type Target = Table;
+    #[inline]
+    fn deref(&self) -> &Table {
+        self.table
+    }
+}
+
+/// Tables swapped out by `clear()`, handed over by crossbeam's collector once
+/// no thread can still be reading them, and freed by the next [`reclaim`]
+/// (outside the collector: freeing a moka table pins and defers in turn).
+/// Lock: held to push or take the list, nothing else.
+static RETIRED: Mutex<Vec<Table>> = Mutex::new(Vec::new());
+
+/// Frees the tables that [`RETIRED`] holds (what they held is queued,
+/// released after the call, as everything moka lets go of).
+fn free_retired() {
+    let tables = std::mem::take(&mut *RETIRED.lock().unwrap_or_else(PoisonError::into_inner));
+    drop(tables);
+}
+
 /// moka applies its pending writes (and evicts) inline once this many are
 /// queued (its `WRITE_LOG_FLUSH_POINT`, 64), so without a weigher a cache
 /// never runs further over its capacity than this on its own.
@@ -169,11 +202,7 @@ impl Store {
         let stats = stats.then(|| Arc::new(Stats::default()));
         let slack = slack_for(settings.capacity, weigher.is_some());
         Store {
-            table: ManuallyDrop::new(ArcSwap::from_pointee(build_table(
-                settings,
-                listener.as_ref(),
-                stats.as_ref(),
-            ))),
+            table: Atomic::new(build_table(settings, listener.as_ref(), stats.as_ref())),
             loads: Loads::default(),
             interner: OnceLock::new(),
             listener,
@@ -203,11 +232,11 @@ impl Store {
             py,
             Span::Long,
             || {
-                let old = self.table.swap(Arc::new(self.fresh_table()));
-                old.invalidate_all();
-                old.run_pending_tasks();
+                self.swap_table(|old| {
+                    old.invalidate_all();
+                    old.run_pending_tasks();
+                });
                 self.unsynced.store(0, Ordering::Relaxed);
-                drop(old);
                 reclaim();
             },
             |()| (),
@@ -218,7 +247,7 @@ impl Store {
     /// pending evictions (an atomic read: no housekeeping, so no listener
     /// runs). For metrics, read by a collector's thread.
     pub(crate) fn approx_count(&self) -> u64 {
-        self.table.load().entry_count()
+        self.table().entry_count()
     }
 
     /// The number of entries, after applying pending evictions.
@@ -253,7 +282,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table.load().contains_key(key),
+            || self.table().contains_key(key),
             |found| found,
         )
     }
@@ -272,7 +301,7 @@ impl Store {
         // Walking moka's table runs no Python code. Its epoch pin may free
         // garbage of other threads' removals; that is only queued (released
         // at this thread's next call, or at exit), never released here.
-        for (key, entry) in self.table.load().iter() {
+        for (key, entry) in self.table().iter() {
             visit.call(key.obj())?;
             visit.call(&*entry.obj)?;
         }
@@ -284,7 +313,7 @@ impl Store {
     pub(crate) fn gc_clear(&self) {
         // No thread is inside a method of an object the GC is clearing (it
         // would hold a reference), so nothing here waits on another thread.
-        drop(self.table.swap(Arc::new(self.fresh_table())));
+        self.swap_table(|_| ());
         reclaim();
         self.clear_callbacks();
     }
@@ -300,6 +329,44 @@ impl Store {
 
     fn fresh_table(&self) -> Table {
         build_table(self.settings, self.listener.as_ref(), self.stats.as_ref())
+    }
+
+    /// The current table, pinned (see [`Pinned`]).
+    #[inline]
+    pub(crate) fn table(&self) -> Pinned<'_> {
+        let guard = epoch::pin();
+        let table = self.table.load(Ordering::Acquire, &guard);
+        // SAFETY: the table is never null (made in `new`, replaced by
+        // `swap_table`), and one swapped out is freed only after every thread
+        // pinned before the swap has unpinned: `guard` lives as long as the
+        // reference, in the same `Pinned`.
+        let table = unsafe { &*table.as_raw() };
+        Pinned {
+            table,
+            _guard: guard,
+        }
+    }
+
+    /// Puts a fresh table in place of the current one; `finish` runs on the
+    /// old one (still visible to the calls already using it), which is
+    /// retired once no thread can be reading it (see [`RETIRED`]).
+    fn swap_table(&self, finish: impl FnOnce(&Table)) {
+        let guard = epoch::pin();
+        let old = self
+            .table
+            .swap(Owned::new(self.fresh_table()), Ordering::AcqRel, &guard);
+        // SAFETY: `old` was the current table until the swap; only this call
+        // retires it, after every thread pinned now has let go.
+        unsafe {
+            finish(old.deref());
+            let old = *old.into_owned().into_box();
+            guard.defer_unchecked(move || {
+                RETIRED
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(old);
+            });
+        }
     }
 
     /// Lets go of the listener and the weigher (queued, as every release).
@@ -360,7 +427,7 @@ impl Store {
             call::enter(
                 py,
                 Span::Read,
-                || self.table.load().get(key),
+                || self.table().get(key),
                 |entry| {
                     entry.map(|e| {
                         let value = e.obj.clone_ref(py);
@@ -530,7 +597,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table.load().get(key),
+            || self.table().get(key),
             |entry| entry.map(|e| e.obj.clone_ref(py)),
         )
     }
@@ -544,7 +611,7 @@ impl Store {
             py,
             Span::Write,
             || {
-                let store = self.table.load();
+                let store = self.table();
                 if self.can_expire() && !store.contains_key(key) {
                     None
                 } else {
@@ -637,7 +704,7 @@ impl Store {
             py,
             Span::Write,
             || {
-                let store = self.table.load();
+                let store = self.table();
                 let out = op(&store);
                 if self.bounded {
                     self.bound_size(&store, weight);
@@ -660,7 +727,7 @@ impl Store {
             py,
             Span::Long,
             || {
-                let store = self.table.load();
+                let store = self.table();
                 let bound = |store: &Table, weight: u32| {
                     if self.bounded {
                         self.bound_size(store, weight);
@@ -680,7 +747,7 @@ impl Store {
         op: impl FnOnce(&Table) -> T + Send,
         then: impl FnOnce(T) -> R,
     ) -> R {
-        call::enter(py, Span::Long, || op(&self.table.load()), then)
+        call::enter(py, Span::Long, || op(&self.table()), then)
     }
 
     /// Keeps the size within `capacity + slack`: moka applies writes in
@@ -742,10 +809,10 @@ impl Store {
             py,
             Span::Long,
             || {
-                let store = self.table.load();
-                self.housekeep(&store);
+                self.housekeep(&self.table());
+                // Unpinned: the epoch may advance and free what is pending.
                 reclaim();
-                f(&store, self.per_entry.load(Ordering::Relaxed))
+                f(&self.table(), self.per_entry.load(Ordering::Relaxed))
             },
             |out| out,
         )
@@ -758,14 +825,24 @@ impl Store {
         py: Python<'_>,
         f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R,
     ) -> R {
-        call::enter(py, Span::Long, || self.table.load().iter().collect(), f)
+        call::enter(py, Span::Long, || self.table().iter().collect(), f)
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // SAFETY: the table is not used again (`self` is being dropped).
-        unsafe { ManuallyDrop::drop(&mut self.table) };
+        // SAFETY: no other reference to the store exists (`&mut self`), so
+        // no thread reads the table; it is freed here, once.
+        unsafe {
+            let table = self.table.swap(
+                epoch::Shared::null(),
+                Ordering::AcqRel,
+                epoch::unprotected(),
+            );
+            if !table.is_null() {
+                drop(table.into_owned());
+            }
+        }
         reclaim();
         drop(self.interner.take());
         self.clear_callbacks();
