@@ -156,7 +156,10 @@ impl std::ops::Deref for Pinned<'_> {
 /// no thread can still be reading them, and freed by the next [`reclaim`]
 /// (outside the collector: freeing a moka table pins and defers in turn).
 /// Lock: held to push or take the list, nothing else.
-static RETIRED: Mutex<Vec<Table>> = Mutex::new(Vec::new());
+// Boxed: readers point into the box, which must stay where it is (not be
+// moved out of) until it is freed.
+#[allow(clippy::vec_box)]
+static RETIRED: Mutex<Vec<Box<Table>>> = Mutex::new(Vec::new());
 
 /// Frees the tables that [`RETIRED`] holds (what they held is queued,
 /// released after the call, as everything moka lets go of).
@@ -359,7 +362,7 @@ impl Store {
         // retires it, after every thread pinned now has let go.
         unsafe {
             finish(old.deref());
-            let old = *old.into_owned().into_box();
+            let old = old.into_owned().into_box();
             guard.defer_unchecked(move || {
                 RETIRED
                     .lock()

@@ -93,7 +93,7 @@ mod shared {
             if !immortal(op) {
                 (*op).ob_ref_shared.fetch_add(ONE, Ordering::Relaxed);
                 ffi::Py_DECREF(obj.into_ptr());
-                return Py::from_owned_ptr(Python::assume_attached(), op);
+                return Bound::from_owned_ptr(Python::assume_attached(), op).unbind();
             }
         }
         obj
