@@ -283,7 +283,7 @@ def scenario_clear_while_reading() -> None:
             cache.get(k)
             cache.get(key=("t", k))
             _ = k in cache
-            cache.get_with(str(k), lambda: n)
+            cache.get_with(str(k), lambda n=n: n)
             assert square(k % 80) == (k % 80) ** 2
 
     run_threads(work, 6, timeout=60.0)

@@ -10,7 +10,7 @@ tables, so code that LTO inlined is still charged to its own crate):
 
 * CPython: the interpreter, the call protocol, int and str hashing;
 * PyO3: the method trampoline and argument parsing;
-* binding: moka_py's own Rust (keys, the loader, the detach wrappers, arc-swap);
+* binding: moka_py's own Rust (keys, the loader, the detach wrappers, the fast entries);
 * moka: moka's cache, its concurrent hash table and housekeeping, and the
   crossbeam channels and epochs it uses;
 * malloc: the C allocator.
