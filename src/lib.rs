@@ -37,6 +37,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py::moka::Moka>()?;
     py::fast::install(m.py())?;
+    store::key::check_layouts(m.py())?;
     m.add_class::<py::cached::CachedFunction>()?;
     m.add_class::<py::cached::MissKey>()?;
     m.add_class::<py::ready::Ready>()?;

@@ -658,7 +658,108 @@ EDGE_INTS = [
     0, 1, -1, -2, 2, 2**30, 2**31 - 1, -(2**31), MODULUS - 1, MODULUS, MODULUS + 1,
     -(MODULUS - 1), -MODULUS, -MODULUS - 1, 2 * MODULUS - 1, -(2 * MODULUS) + 1,
     2**62, 2**63 - 1, -(2**63), -(2**63) + 1, 2**63, -(2**63) - 1, 2**64 + 5,
+    # One 30-bit digit or two: an int of one digit is read from the object itself.
+    2**30 - 1, 2**30 + 1, -(2**30) + 1, -(2**30), -(2**30) - 1, 2**60, -(2**60),
 ]  # fmt: skip
+
+
+def test_ints_of_every_size_are_found_by_equal_objects() -> None:
+    """Every edge int in one cache, read with equal objects made anew (not the
+    small-int cache's or the stored ones): each finds its own entry only."""
+    c: Moka[int, int] = Moka(100)
+    for i, value in enumerate(EDGE_INTS):
+        c.set(int(str(value)), i)
+    for i, value in enumerate(EDGE_INTS):
+        assert c.get(int(str(value))) == i, value
+        assert c.get_with(int(str(value)), lambda: -1) == i, value
+    assert c.get(int("12345678901")) is None
+    for i, value in enumerate(EDGE_INTS):
+        assert c.remove(int(str(value))) == i, value
+    assert len(c) == 0
+
+
+def random_plain_tuple(rng: random.Random, depth: int = 0) -> tuple[Any, ...]:
+    """A tuple of the items a read hashes in Rust (src/store/key.rs,
+    lazy_tuple_hash): ints of every size, ASCII strs (with their hash computed
+    or not yet), bools, None, floats, bytes and such tuples."""
+    items: list[Any] = []
+    for _ in range(rng.randrange(0, 5)):
+        kind = rng.randrange(9 if depth < 3 else 8)
+        if kind == 0:
+            items.append(rng.choice(EDGE_INTS) + rng.randrange(-2, 3))
+        elif kind == 1:
+            items.append(rng.randrange(-(2**40), 2**40))
+        elif kind == 2:
+            items.append("".join(rng.choice("abcxyz") for _ in range(rng.randrange(0, 70))))
+        elif kind == 3:
+            items.append(rng.random() < 0.5)
+        elif kind == 4:
+            items.append(None)
+        elif kind == 5:
+            items.append(rng.choice([0.5, -1.25, 2.0, 1e300, float("inf")]))
+        elif kind == 6:
+            items.append(bytes(rng.randrange(0, 8)))
+        elif kind == 7:
+            items.append(rng.randrange(-3, 4))
+        else:
+            items.append(random_plain_tuple(rng, depth + 1))
+    return tuple(items)
+
+
+def copied(value: Any) -> Any:
+    """An equal object built anew (a str without its hash computed yet)."""
+    if isinstance(value, tuple):
+        return tuple(copied(v) for v in value)
+    if isinstance(value, str):
+        return "".join(list(value))
+    if type(value) is int:
+        return int(str(value))
+    return value
+
+
+def test_tuples_hashed_in_rust_are_found_as_a_dict_finds_them() -> None:
+    """A read hashes a tuple of plain items itself (the same rule as CPython's
+    tuple hash), a write with hash(): they must agree on every such tuple."""
+    rng = random.Random(22)
+    c: Moka[Any, int] = Moka(10_000)
+    d: dict[Any, int] = {}
+    for i in range(2000):
+        t = random_plain_tuple(rng)
+        c.set(t, i)
+        d[t] = i
+    assert len(c) == len(d)
+    for t, i in d.items():
+        assert c.get(copied(t)) == i, t
+        assert copied(t) in c
+    for _ in range(500):
+        t = random_plain_tuple(rng)
+        assert c.get(copied(t)) == d.get(t), t
+
+
+def test_uuids_are_found_by_equal_uuids() -> None:
+    values = [uuid.UUID(int=0), uuid.UUID(int=1), uuid.UUID(int=2**128 - 1), uuid.UUID(int=2**64)]
+    values += [uuid.uuid4() for _ in range(50)]
+    c: Moka[uuid.UUID, int] = Moka(100)
+    for i, value in enumerate(values):
+        c.set(value, i)
+    for i, value in enumerate(values):
+        assert c.get(uuid.UUID(str(value))) == i
+        assert c.get_with(uuid.UUID(str(value)), lambda: -1) == i
+    assert c.get(uuid.UUID(int=12345)) is None
+    assert len(c) == len(values)
+
+
+def test_a_uuid_whose_int_was_replaced_is_a_python_key() -> None:
+    """A UUID's `int` is read from its slot; one whose slot holds something
+    else (replaced behind the class's back) is hashed and compared by Python."""
+    odd = uuid.UUID(int=7)
+    object.__setattr__(odd, "int", "seven")
+    c: Moka[Any, str] = Moka(10)
+    c.set(uuid.UUID(int=7), "real")
+    c.set(odd, "odd")
+    assert c.get(odd) == "odd"
+    assert c.get(uuid.UUID(int=7)) == "real"
+    assert len(c) == 2
 
 
 @pytest.mark.parametrize("value", EDGE_INTS)

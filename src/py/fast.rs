@@ -7,7 +7,7 @@
 //! count, a look at its pool of deferred references under a mutex), the
 //! generic parsing of the arguments and a type check of `self`. The entries
 //! here take the one shape that matters, positional arguments only, a key
-//! of a built-in type (see [`key::plain`]) and a cache without an eviction
+//! of a built-in type (see [`key::plain`], and `uuid.UUID` for reads) and a cache without an eviction
 //! listener, weigher or `refresh_after`, and do only what it needs: count
 //! the arguments, catch a panic. Any other call (keywords, a wrong count, a
 //! key whose hash or `==` is Python code, a cache with callbacks) goes to
@@ -19,8 +19,13 @@
 //! count is zero to its own pool (released at the next PyO3 entry). The fast
 //! shape drops no `Py`: keys are borrowed, values go into entries (released
 //! through `deferred.rs`, which decrements directly), and no callback of the
-//! cache is called. A `get_with` miss goes to PyO3's entry. Nothing here changes the rule of
-//! `store/call.rs`: every moka call still goes through `call::enter`.
+//! cache is called. A `get_with` miss runs its load inside `Python::try_attach`, which counts
+//! it. Nothing here changes the rule of `store/call.rs`: every moka call still goes through
+//! `call::enter`.
+//!
+//! Reads (`get`, `get_with`) take their key's hash and representation from
+//! [`key::read_plain`], which also accepts an exact `uuid.UUID`: one pass over
+//! the key that both checks its shape and describes it.
 //!
 //! `install` replaces each method in the class's dictionary by a method
 //! descriptor for the entry, with the docstring and signature of PyO3's (so
@@ -38,7 +43,7 @@ use pyo3::prelude::*;
 use pyo3::{Borrowed, PyTypeInfo};
 
 use crate::py::moka::Moka;
-use crate::store::key;
+use crate::store::key::{self, KeyRef};
 
 /// One method: its name, its entry, and PyO3's descriptor for it (a strong
 /// reference kept for the life of the process, set by [`install`]).
@@ -199,7 +204,63 @@ unsafe fn plain_args(
     max: ffi::Py_ssize_t,
 ) -> bool {
     // SAFETY: `args` holds at least `nargs` objects.
-    kwnames.is_null() && nargs >= min && nargs <= max && unsafe { key::plain(*args) }
+    counted(nargs, kwnames, min, max) && unsafe { key::plain(*args) }
+}
+
+/// Whether the arguments are `min..=max` positional ones.
+#[inline]
+fn counted(
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    min: ffi::Py_ssize_t,
+    max: ffi::Py_ssize_t,
+) -> bool {
+    kwnames.is_null() && nargs >= min && nargs <= max
+}
+
+/// The cache and the first argument's read key, when a read has the fast
+/// shape (see [`plain_cache`] and [`key::read_plain`]).
+///
+/// # Safety
+/// As the entries.
+#[inline(always)]
+unsafe fn plain_read<'a>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    min: ffi::Py_ssize_t,
+    max: ffi::Py_ssize_t,
+) -> Option<(&'a Moka, isize, KeyRef)> {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let moka = plain_cache(slf)?;
+        if !counted(nargs, kwnames, min, max) {
+            return None;
+        }
+        let key = Borrowed::from_ptr(Python::assume_attached(), *args);
+        let (hash, repr) = key::read_plain(&key)?;
+        Some((moka, hash, KeyRef::new(hash, repr)))
+    }
+}
+
+/// The second positional argument if there are two, else `None`: a new
+/// reference.
+///
+/// # Safety
+/// As the entries.
+#[inline]
+unsafe fn default(args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: `args` holds `nargs` objects; `None` is immortal or counted.
+    unsafe {
+        let default = if nargs == 2 {
+            *args.add(1)
+        } else {
+            ffi::Py_None()
+        };
+        ffi::Py_IncRef(default);
+        default
+    }
 }
 
 /// `Moka.get(key, default=None)`.
@@ -211,24 +272,13 @@ unsafe extern "C" fn get(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with a live `Moka` and its arguments.
     unsafe {
-        let moka = match plain_cache(slf) {
-            Some(moka) if plain_args(args, nargs, kwnames, 1, 2) => moka,
-            _ => return slow(&GET, slf, args, nargs, kwnames),
+        let Some((moka, _, key)) = plain_read(slf, args, nargs, kwnames, 1, 2) else {
+            return slow(&GET, slf, args, nargs, kwnames);
         };
         guarded(|py| {
-            let key = &*Borrowed::from_ptr(py, *args);
-            let found = moka.read(py, moka.read_key(key)?.as_ref());
-            Ok(match found {
+            Ok(match moka.read(py, Some(&key)) {
                 Some(value) => value.into_ptr(),
-                None => {
-                    let default = if nargs == 2 {
-                        *args.add(1)
-                    } else {
-                        ffi::Py_None()
-                    };
-                    ffi::Py_IncRef(default);
-                    default
-                }
+                None => default(args, nargs),
             })
         })
     }
@@ -246,21 +296,19 @@ unsafe extern "C" fn get_with(
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with a live `Moka` and its arguments.
     unsafe {
-        let moka = match plain_cache(slf) {
-            Some(moka) if plain_args(args, nargs, kwnames, 2, 2) => moka,
-            _ => return slow(&GET_WITH, slf, args, nargs, kwnames),
+        let Some((moka, hash, lookup)) = plain_read(slf, args, nargs, kwnames, 2, 2) else {
+            return slow(&GET_WITH, slf, args, nargs, kwnames);
         };
         let mut finalizing = false;
         let found = guarded(|py| {
-            let key = &*Borrowed::from_ptr(py, *args);
-            let (hash, lookup) = moka.read_key_hashed(key)?;
             // No `refresh_after`: a hit is never stale.
-            if let Some(value) = lookup.as_ref().and_then(|k| moka.lookup(py, k)) {
+            if let Some(value) = moka.lookup(py, &lookup) {
                 moka.count_read(true);
                 return Ok(value.into_ptr());
             }
+            let key = &*Borrowed::from_ptr(py, *args);
             let initializer = &*Borrowed::from_ptr(py, *args.add(1));
-            let owned = moka.owned_hashed(key, hash, lookup.as_ref())?;
+            let owned = moka.owned_hashed(key, hash, Some(&lookup))?;
             let loaded = Python::try_attach(|py| {
                 moka.count_read(false);
                 moka.load(py, owned, || initializer.call0(), None, None)
@@ -321,15 +369,7 @@ unsafe extern "C" fn remove(
             };
             Ok(match found {
                 Some(value) => value.into_ptr(),
-                None => {
-                    let default = if nargs == 2 {
-                        *args.add(1)
-                    } else {
-                        ffi::Py_None()
-                    };
-                    ffi::Py_IncRef(default);
-                    default
-                }
+                None => default(args, nargs),
             })
         })
     }

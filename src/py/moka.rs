@@ -29,6 +29,8 @@ pub(crate) struct Moka {
     store: Arc<Store>,
     /// With `refresh_after=`: the reloads' settings and executor (`refresh.rs`).
     refresh: Option<Refresher>,
+    /// See [`Moka::is_plain`]; fixed for the life of the cache.
+    plain: bool,
 }
 
 impl Moka {
@@ -37,7 +39,7 @@ impl Moka {
     /// take (`fast.rs`).
     #[inline]
     pub(crate) fn is_plain(&self) -> bool {
-        self.refresh.is_none() && !self.store.has_callbacks()
+        self.plain
     }
 }
 
@@ -106,6 +108,7 @@ impl Moka {
             refresh.is_some(),
         );
         Ok(Moka {
+            plain: refresh.is_none() && !store.has_callbacks(),
             store: Arc::new(store),
             refresh,
         })
@@ -427,12 +430,15 @@ impl Moka {
     }
 
     fn __clear__(&self) {
-        self.store.gc_clear();
-        if let Some(r) = &self.refresh {
-            r.clear();
-        }
-        // The GC calls this attached; release what the table held now.
-        Python::attach(call::after);
+        // The GC calls this attached.
+        Python::attach(|py| {
+            self.store.gc_clear(py);
+            if let Some(r) = &self.refresh {
+                r.clear();
+            }
+            // Release what the table held now.
+            call::after(py);
+        });
     }
 }
 

@@ -86,11 +86,11 @@ pub(crate) struct Settings {
 /// queue), so afterwards the cache holds no reference to removed values (a
 /// per-`remove` flush would triple its cost). What that frees is queued and
 /// released after the call.
+/// Tables retired by `clear()` are freed by [`free_retired`], attached, after.
 fn reclaim() {
     for _ in 0..RECLAIM_FLUSHES {
         crossbeam_epoch::pin().flush();
     }
-    free_retired();
 }
 
 /// Enough flushes to collect a few hundred batches of garbage (about 100 ns
@@ -152,18 +152,46 @@ impl std::ops::Deref for Pinned<'_> {
     }
 }
 
+/// The table for a call into moka made attached on the GIL build (a
+/// [`Span::Read`] on every build, a [`Span::Write`] on the GIL build; see
+/// `call.rs`): there, a plain load, without crossbeam's pin (its
+/// thread-local and counters, about 30 instructions a read). Sound because
+/// on the GIL build the thread holds the GIL from the load to the end of its
+/// use of the table (the call runs no Python code and does not detach), and
+/// a table swapped out is freed only by a thread holding the GIL
+/// ([`free_retired`]): it cannot be freed while such a thread reads it. On
+/// the free-threaded build, where attached threads run at once, it is
+/// [`Pinned`].
+#[cfg(not(Py_GIL_DISABLED))]
+pub(crate) struct Held<'a>(&'a Table);
+
+#[cfg(not(Py_GIL_DISABLED))]
+impl std::ops::Deref for Held<'_> {
+    type Target = Table;
+    #[inline]
+    fn deref(&self) -> &Table {
+        self.0
+    }
+}
+
+#[cfg(Py_GIL_DISABLED)]
+pub(crate) type Held<'a> = Pinned<'a>;
+
 /// Tables swapped out by `clear()`, handed over by crossbeam's collector once
-/// no thread can still be reading them, and freed by the next [`reclaim`]
-/// (outside the collector: freeing a moka table pins and defers in turn).
-/// Lock: held to push or take the list, nothing else.
+/// no pinned thread can still be reading them, and freed by the next
+/// [`free_retired`] (outside the collector: freeing a moka table pins and
+/// defers in turn). Lock: held to push or take the list, nothing else.
 // Boxed: readers point into the box, which must stay where it is (not be
 // moved out of) until it is freed.
 #[allow(clippy::vec_box)]
 static RETIRED: Mutex<Vec<Box<Table>>> = Mutex::new(Vec::new());
 
 /// Frees the tables that [`RETIRED`] holds (what they held is queued,
-/// released after the call, as everything moka lets go of).
-fn free_retired() {
+/// released after the call, as everything moka lets go of). Attached (the
+/// token): on the GIL build, a thread that holds the GIL reads the table
+/// without pinning ([`Store::table_held`]), so a table is freed only by a
+/// thread that holds the GIL, which that reader then cannot be using.
+fn free_retired(_py: Python<'_>) {
     let tables = std::mem::take(&mut *RETIRED.lock().unwrap_or_else(PoisonError::into_inner));
     drop(tables);
 }
@@ -242,7 +270,7 @@ impl Store {
                 self.unsynced.store(0, Ordering::Relaxed);
                 reclaim();
             },
-            |()| (),
+            |()| free_retired(py),
         );
     }
 
@@ -285,7 +313,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table().contains_key(key),
+            || self.table_held().contains_key(key),
             |found| found,
         )
     }
@@ -313,11 +341,12 @@ impl Store {
 
     /// The GC's `__clear__`: drops the table (notifying no listener) and the
     /// callbacks. What they held is queued: the caller releases it.
-    pub(crate) fn gc_clear(&self) {
+    pub(crate) fn gc_clear(&self, py: Python<'_>) {
         // No thread is inside a method of an object the GC is clearing (it
         // would hold a reference), so nothing here waits on another thread.
         self.swap_table(|_| ());
         reclaim();
+        free_retired(py);
         self.clear_callbacks();
     }
 
@@ -348,6 +377,32 @@ impl Store {
             table,
             _guard: guard,
         }
+    }
+
+    /// The current table, for an `op` of [`call::enter`] that runs attached
+    /// on the GIL build: a [`Span::Read`], or a [`Span::Write`] (see [`Held`]).
+    #[cfg(not(Py_GIL_DISABLED))]
+    #[inline]
+    fn table_held(&self) -> Held<'_> {
+        debug_assert!(
+            // SAFETY: reads this thread's current thread state; no locks.
+            unsafe { !pyo3::ffi::compat::PyThreadState_GetUnchecked().is_null() },
+            "an unpinned read of the table while detached"
+        );
+        // SAFETY: the table is never null (see `table`); the caller holds
+        // the GIL for as long as it uses the reference (see `Held`).
+        Held(unsafe {
+            &*self
+                .table
+                .load(Ordering::Acquire, epoch::unprotected())
+                .as_raw()
+        })
+    }
+
+    #[cfg(Py_GIL_DISABLED)]
+    #[inline]
+    fn table_held(&self) -> Held<'_> {
+        self.table()
     }
 
     /// Puts a fresh table in place of the current one; `finish` runs on the
@@ -430,7 +485,7 @@ impl Store {
             call::enter(
                 py,
                 Span::Read,
-                || self.table().get(key),
+                || self.table_held().get(key),
                 |entry| {
                     entry.map(|e| {
                         let value = e.obj.clone_ref(py);
@@ -463,6 +518,9 @@ impl Store {
 
     /// The owned key of `obj` (interned if it is compared by Python).
     pub(crate) fn key(&self, obj: &Bound<'_, PyAny>) -> PyResult<Key> {
+        if let Some((hash, repr)) = key::common(obj) {
+            return Ok(Key::new(hash, repr, obj));
+        }
         let (hash, repr) = key::describe(obj)?;
         let repr = match repr {
             Repr::Python => Repr::Canon(self.interner().intern(obj, hash)?),
@@ -490,6 +548,9 @@ impl Store {
         &self,
         obj: &Bound<'_, PyAny>,
     ) -> PyResult<(isize, Option<KeyRef>)> {
+        if let Some((hash, repr)) = key::common(obj) {
+            return Ok((hash, Some(KeyRef::new(hash, repr))));
+        }
         self.resolve(obj, key::describe(obj)?)
     }
 
@@ -600,7 +661,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table().get(key),
+            || self.table_held().get(key),
             |entry| entry.map(|e| e.obj.clone_ref(py)),
         )
     }
@@ -614,7 +675,7 @@ impl Store {
             py,
             Span::Write,
             || {
-                let store = self.table();
+                let store = self.table_held();
                 if self.can_expire() && !store.contains_key(key) {
                     None
                 } else {
@@ -707,7 +768,7 @@ impl Store {
             py,
             Span::Write,
             || {
-                let store = self.table();
+                let store = self.table_held();
                 let out = op(&store);
                 if self.bounded {
                     self.bound_size(&store, weight);
@@ -817,7 +878,10 @@ impl Store {
                 reclaim();
                 f(&self.table(), self.per_entry.load(Ordering::Relaxed))
             },
-            |out| out,
+            |out| {
+                free_retired(py);
+                out
+            },
         )
     }
 
@@ -851,7 +915,10 @@ impl Drop for Store {
         self.clear_callbacks();
         // Release what the table and the interner held now, not at some
         // later call (attached: the last owner is a Python object or a call).
-        Python::attach(call::after);
+        Python::attach(|py| {
+            free_retired(py);
+            call::after(py);
+        });
     }
 }
 

@@ -220,6 +220,32 @@ struct Local {
     state: Cell<u8>,
 }
 
+impl Local {
+    /// Sets `pending`, counting the threads that have it in [`PENDING`].
+    #[inline]
+    fn set_pending(&self, pending: bool) {
+        #[cfg(not(Py_GIL_DISABLED))]
+        if self.pending.replace(pending) != pending {
+            if pending {
+                PENDING.fetch_add(1, Ordering::Relaxed);
+            } else {
+                PENDING.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        #[cfg(Py_GIL_DISABLED)]
+        self.pending.set(pending);
+    }
+}
+
+/// On the GIL build, how many threads have something queued: while none has,
+/// [`run`] answers without a look at this thread's queue (a thread-local,
+/// about 15 instructions a call). A thread reads its own increments in
+/// order, so a thread with items queued never finds 0 here. Not on the
+/// free-threaded build, where threads writing at once would all update this
+/// one counter (a cache line passed between cores on every write).
+#[cfg(not(Py_GIL_DISABLED))]
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 const FRESH: u8 = 0;
 const LIVE: u8 = 1;
 const GONE: u8 = 2;
@@ -232,7 +258,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         LOCAL.with(|local| {
             local.state.set(GONE);
-            local.pending.set(false);
+            local.set_pending(false);
             let left = std::mem::take(&mut *local.items.borrow_mut());
             drop(local.spare.take());
             if !left.is_empty() {
@@ -279,7 +305,7 @@ fn push(item: Item) {
         match local.items.try_borrow_mut() {
             Ok(mut items) => {
                 items.push(item);
-                local.pending.set(true);
+                local.set_pending(true);
                 None
             }
             Err(_) => Some(item),
@@ -310,7 +336,11 @@ fn register(local: &Local) -> bool {
 /// value) stays one finalizer deep, however long it is (a trampoline).
 #[inline]
 pub(crate) fn run(py: Python<'_>, exiting: fn() -> bool) {
-    if LOCAL.with(|local| local.pending.get()) || HAS_ORPHANS.load(Ordering::Relaxed) {
+    #[cfg(not(Py_GIL_DISABLED))]
+    let mine = PENDING.load(Ordering::Relaxed) != 0 && LOCAL.with(|local| local.pending.get());
+    #[cfg(Py_GIL_DISABLED)]
+    let mine = LOCAL.with(|local| local.pending.get());
+    if mine || HAS_ORPHANS.load(Ordering::Relaxed) {
         run_queued(py, exiting);
     }
 }
@@ -379,7 +409,7 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
         // The queue gets the spare buffer (a release that runs the cache
         // again while this batch is out, and finds none, starts a new one).
         let mut batch = LOCAL.with(|local| {
-            local.pending.set(false);
+            local.set_pending(false);
             let mut items = local.items.borrow_mut();
             if items.is_empty() {
                 Vec::new()
@@ -395,7 +425,7 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
                 // For the next loop on this thread (see `Hold`).
                 LOCAL.with(|local| {
                     local.items.borrow_mut().append(&mut kept);
-                    local.pending.set(true);
+                    local.set_pending(true);
                 });
             }
             return;

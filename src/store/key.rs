@@ -364,22 +364,33 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
         }
         for i in 0..ffi::PyTuple_GET_SIZE(obj) {
             let item = ffi::PyTuple_GET_ITEM(obj, i);
-            let tp = ffi::Py_TYPE(item);
-            let native = if tp == addr_of_mut!(ffi::PyUnicode_Type) {
-                ffi::PyUnicode_IS_COMPACT_ASCII(item) != 0
-            } else {
-                tp == addr_of_mut!(ffi::PyLong_Type)
-                    || tp == addr_of_mut!(ffi::PyBool_Type)
-                    || item == ffi::Py_None()
-                    || tp == addr_of_mut!(ffi::PyFloat_Type)
-                    || tp == addr_of_mut!(ffi::PyBytes_Type)
-                    || lazy_tuple(item, depth + 1)
-            };
-            if !native {
+            if !(plain_scalar(item) || lazy_tuple(item, depth + 1)) {
                 return false;
             }
         }
         true
+    }
+}
+
+/// Whether `obj` is a plain key ([`plain`]) but a tuple: an exact `int`,
+/// ASCII `str`, `bytes` or `float`, `bool`, `None` (the most common first).
+///
+/// # Safety
+/// `obj` must be a live object and the caller must be attached.
+#[inline(always)]
+unsafe fn plain_scalar(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: reads the type (and the state bits of a `str`) of a live
+    // object, attached.
+    unsafe {
+        let tp = ffi::Py_TYPE(obj);
+        if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+            return ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0;
+        }
+        tp == addr_of_mut!(ffi::PyLong_Type)
+            || tp == addr_of_mut!(ffi::PyBool_Type)
+            || obj == ffi::Py_None()
+            || tp == addr_of_mut!(ffi::PyFloat_Type)
+            || tp == addr_of_mut!(ffi::PyBytes_Type)
     }
 }
 
@@ -392,22 +403,8 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
 /// `obj` must be a live object and the caller must be attached.
 #[inline]
 pub(crate) unsafe fn plain(obj: *mut ffi::PyObject) -> bool {
-    // SAFETY: reads the type (and the state bits of a `str`) of a live
-    // object, attached.
-    unsafe {
-        let tp = ffi::Py_TYPE(obj);
-        if tp == addr_of_mut!(ffi::PyLong_Type) {
-            return true;
-        }
-        if tp == addr_of_mut!(ffi::PyUnicode_Type) {
-            return ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0;
-        }
-        tp == addr_of_mut!(ffi::PyBytes_Type)
-            || tp == addr_of_mut!(ffi::PyFloat_Type)
-            || tp == addr_of_mut!(ffi::PyBool_Type)
-            || obj == ffi::Py_None()
-            || lazy_tuple(obj, 0)
-    }
+    // SAFETY: as the caller guarantees.
+    unsafe { plain_scalar(obj) || lazy_tuple(obj, 0) }
 }
 
 /// Whether `obj` (accepted by [`lazy_tuple`] at this depth, or one of its
@@ -479,13 +476,16 @@ pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
     unsafe {
         let ptr = obj.as_ptr();
         if ffi::PyLong_CheckExact(ptr) != 0 {
+            if let Some(v) = compact_int(ptr) {
+                return Some((int_hash(v), Repr::Int(v)));
+            }
             let mut overflow: c_int = 0;
             let v = ffi::PyLong_AsLongLongAndOverflow(ptr, &raw mut overflow);
             // -1 is also the error return, but an exact int cannot fail here.
             return (overflow == 0).then(|| (int_hash(v), Repr::Int(v)));
         }
         if ffi::PyUnicode_CheckExact(ptr) != 0 && ffi::PyUnicode_IS_COMPACT_ASCII(ptr) != 0 {
-            let hash = ffi::PyObject_Hash(ptr);
+            let hash = str_hash(ptr);
             #[allow(clippy::cast_sign_loss)]
             return (hash != -1).then(|| {
                 let data = ffi::PyUnicode_DATA(ptr).cast::<u8>().cast_const();
@@ -496,6 +496,302 @@ pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
             });
         }
         None
+    }
+}
+
+/// The read description ([`describe_read`]) of a key that [`plain`] accepts,
+/// with the two most common shapes ([`common`]) read first; `None` for any
+/// other key (which takes the general path, where an error is raised).
+#[inline(always)]
+pub(crate) fn read_plain(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
+    if let Some(described) = common(obj) {
+        return Some(described);
+    }
+    // The hash of a plain key runs no Python code and cannot fail.
+    let ptr = obj.as_ptr();
+    // SAFETY: `obj` is a live object and we are attached (`Bound`).
+    unsafe {
+        if TUPLE_HASH.load(std::sync::atomic::Ordering::Relaxed) {
+            let hash = lazy_tuple_hash(ptr, 0);
+            if hash != -1 {
+                return Some((hash, Repr::Lazy(ptr)));
+            }
+        } else if lazy_tuple(ptr, 0) {
+            return obj.hash().ok().map(|hash| (hash, Repr::Lazy(ptr)));
+        }
+        if plain_scalar(ptr) {
+            describe(obj).ok()
+        } else {
+            uuid::read(obj)
+        }
+    }
+}
+
+/// The hash of a `str`: the one it keeps once computed (-1 until then), read
+/// as CPython does (a relaxed atomic load: on the free-threaded build another
+/// thread may be storing it), else `hash()`'s (-1 on an error, which a str's
+/// hash cannot raise).
+///
+/// # Safety
+/// `obj` must be a live exact `str` and the caller must be attached.
+#[inline(always)]
+unsafe fn str_hash(obj: *mut ffi::PyObject) -> isize {
+    // SAFETY: a `str` starts with `PyASCIIObject`, whose `hash` is a
+    // `Py_hash_t` (an `isize`) that CPython reads and writes atomically.
+    unsafe {
+        let cached = std::sync::atomic::AtomicIsize::from_ptr(
+            (&raw mut (*obj.cast::<ffi::PyASCIIObject>()).hash).cast::<isize>(),
+        )
+        .load(std::sync::atomic::Ordering::Relaxed);
+        if cached == -1 {
+            ffi::PyObject_Hash(obj)
+        } else {
+            cached
+        }
+    }
+}
+
+/// Whether [`lazy_tuple_hash`] gives `hash()`'s value on this interpreter: checked
+/// once at import ([`check_tuple_hash`]) against sample tuples; if it did
+/// not (an interpreter whose tuple hash changed), reads hash tuples with
+/// `hash()` as every other key.
+static TUPLE_HASH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For a tuple that [`lazy_tuple`] accepts, its hash, computed here with the
+/// items' hashes read as [`common`] reads them: CPython's tuple hash
+/// (xxHash's round on each item's hash, since 3.8), in the same walk over
+/// the items as `lazy_tuple`'s, without calls through each item's type. -1
+/// (never a tuple's hash) for any other object.
+///
+/// # Safety
+/// `obj` must be a live object and the caller must be attached.
+unsafe fn lazy_tuple_hash(obj: *mut ffi::PyObject, depth: u32) -> isize {
+    const PRIME_1: u64 = 11_400_714_785_074_694_791;
+    const PRIME_2: u64 = 14_029_467_366_897_019_727;
+    const PRIME_5: u64 = 2_870_177_450_012_600_261;
+    // SAFETY: reads the types and items of live objects (a tuple's items are
+    // owned by it), attached; the hashes of these types run no Python code.
+    unsafe {
+        if ffi::PyTuple_CheckExact(obj) == 0 || depth >= MAX_TUPLE_DEPTH {
+            return -1;
+        }
+        let n = ffi::PyTuple_GET_SIZE(obj);
+        let mut acc = PRIME_5;
+        for i in 0..n {
+            let item = ffi::PyTuple_GET_ITEM(obj, i);
+            let tp = ffi::Py_TYPE(item);
+            let lane = if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+                if ffi::PyUnicode_IS_COMPACT_ASCII(item) == 0 {
+                    return -1;
+                }
+                str_hash(item)
+            } else if tp == addr_of_mut!(ffi::PyLong_Type) {
+                match compact_int(item) {
+                    Some(v) => int_hash(v),
+                    None => ffi::PyObject_Hash(item),
+                }
+            } else if tp == addr_of_mut!(ffi::PyBool_Type) {
+                isize::from(item == ffi::Py_True())
+            } else if item == ffi::Py_None()
+                || tp == addr_of_mut!(ffi::PyFloat_Type)
+                || tp == addr_of_mut!(ffi::PyBytes_Type)
+            {
+                ffi::PyObject_Hash(item)
+            } else {
+                // A nested tuple (-1 if it is not one `lazy_tuple` accepts).
+                lazy_tuple_hash(item, depth + 1)
+            };
+            if lane == -1 {
+                // Not a plain item (a hash of these types cannot fail; if one
+                // did, it leaves no exception behind).
+                ffi::PyErr_Clear();
+                return -1;
+            }
+            #[allow(clippy::cast_sign_loss)]
+            let lane = lane as u64;
+            acc = acc.wrapping_add(lane.wrapping_mul(PRIME_2));
+            acc = acc.rotate_left(31);
+            acc = acc.wrapping_mul(PRIME_1);
+        }
+        #[allow(clippy::cast_sign_loss)]
+        let n = n as u64;
+        acc = acc.wrapping_add(n ^ (PRIME_5 ^ 3_527_539));
+        #[allow(clippy::cast_possible_wrap)]
+        let hash = acc as isize;
+        if hash == -1 {
+            1_546_275_796
+        } else {
+            hash
+        }
+    }
+}
+
+/// Whether ints are laid out as [`compact_int`] and [`u128_of`] read them
+/// (30-bit digits in 32-bit words, CPython's default where `Py_ssize_t` is
+/// 64 bits): checked at import ([`check_layouts`]) on `sys.int_info` and on
+/// sample values; if not, ints are read with `PyLong_AsLongLongAndOverflow`.
+static INT_LAYOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets [`INT_LAYOUT`] and [`TUPLE_HASH`] (at import), checking what this
+/// module reads of CPython's objects against the interpreter's own answers.
+pub(crate) fn check_layouts(py: Python<'_>) -> PyResult<()> {
+    let info = py.import("sys")?.getattr("int_info")?;
+    let (bits, size): (u32, u32) = (
+        info.getattr("bits_per_digit")?.extract()?,
+        info.getattr("sizeof_digit")?.extract()?,
+    );
+    INT_LAYOUT.store(
+        bits == 30 && size == 4,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut ints_agree = true;
+    for v in [
+        0_i64,
+        1,
+        -1,
+        7,
+        -7,
+        (1 << 30) - 1,
+        -((1 << 30) - 1),
+        1 << 30,
+        -(1 << 30),
+    ] {
+        let int = v.into_pyobject(py)?;
+        // SAFETY: a live int, attached.
+        let read = unsafe { compact_int(int.as_ptr()) };
+        ints_agree &= read.is_none_or(|r| r == v) && (v.abs() >= 1 << 30 || read.is_some());
+    }
+    #[cfg(not(Py_GIL_DISABLED))]
+    for v in [
+        0_u128,
+        1,
+        (1 << 30) + 5,
+        u128::from(u64::MAX) * 3 + 1,
+        u128::MAX,
+    ] {
+        let int = v.into_pyobject(py)?;
+        // SAFETY: a live int, attached.
+        ints_agree &= unsafe { u128_of(int.as_ptr()) } == Some(v);
+    }
+    if !ints_agree {
+        INT_LAYOUT.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    check_tuple_hash(py)
+}
+
+/// Sets [`TUPLE_HASH`]: whether [`lazy_tuple_hash`] equals `hash()` on every
+/// sample (nested tuples, big ints and each item type included) and refuses
+/// the tuples [`lazy_tuple`] refuses.
+fn check_tuple_hash(py: Python<'_>) -> PyResult<()> {
+    let samples = py.eval(
+        c"[(), ('user', 7, True), (1, -1, 0, 2**40, -2**62, 2**100, 1.5, None, b'x', False), ('é',), \
+           (('a', (1, (2.0,))), 'k' * 64, -(2**30), 2**30 - 1, 2**61 - 1, 2**61), (-1,), (-2,)]",
+        None,
+        None,
+    )?;
+    let mut same = true;
+    for sample in samples.try_iter()? {
+        let sample = sample?;
+        // SAFETY: a live object, attached.
+        let (ours, plain) = unsafe {
+            (
+                lazy_tuple_hash(sample.as_ptr(), 0),
+                lazy_tuple(sample.as_ptr(), 0),
+            )
+        };
+        same &= if plain {
+            ours == sample.hash()?
+        } else {
+            ours == -1
+        };
+    }
+    TUPLE_HASH.store(same, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The value of an `int` of at most one digit (below 2**30 in magnitude, the
+/// keys most programs use), read from the object as CPython's own inline
+/// functions do (`PyUnstable_Long_CompactValue` from 3.12, `ob_size` and
+/// the first digit before); `None` for a larger one. About 15 instructions
+/// fewer than a call of `PyLong_AsLongLongAndOverflow`.
+///
+/// # Safety
+/// `obj` must be a live `int` (or subclass) and the caller must be attached.
+#[inline(always)]
+unsafe fn compact_int(obj: *mut ffi::PyObject) -> Option<i64> {
+    if !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    // The digits follow the object's header: `ob_size` (a `PyVarObject`)
+    // before 3.12, `lv_tag` (a `uintptr_t`) from 3.12.
+    // SAFETY: an int is at least its header and its size/tag word, and has
+    // as many digits as that word says (from 3.12, zero has one, set to 0).
+    unsafe {
+        let head = obj.cast::<u8>().add(std::mem::size_of::<ffi::PyObject>());
+        let word = head.cast::<isize>().read();
+        let digit = || i64::from(head.add(std::mem::size_of::<isize>()).cast::<u32>().read());
+        #[cfg(Py_3_12)]
+        {
+            // Bits 0-1: the sign (0 positive, 1 zero, 2 negative); from bit
+            // 3, the number of digits. Compact: at most one digit.
+            #[allow(clippy::cast_sign_loss)]
+            let tag = word as usize;
+            #[allow(clippy::cast_possible_wrap)]
+            (tag < (2 << 3)).then(|| (1 - (tag & 3) as i64) * digit())
+        }
+        #[cfg(not(Py_3_12))]
+        {
+            // The number of digits, negative for a negative number.
+            match word {
+                0 => Some(0),
+                1 => Some(digit()),
+                -1 => Some(-digit()),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The value of a non-negative `int` below 2**128, read from its digits (30
+/// bits each, least significant first) as [`compact_int`] reads one; `None`
+/// for any other.
+///
+/// # Safety
+/// `obj` must be a live `int` and the caller must be attached.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn u128_of(obj: *mut ffi::PyObject) -> Option<u128> {
+    if !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: as in `compact_int`: an int has as many digits as its size or
+    // tag word says.
+    unsafe {
+        let head = obj.cast::<u8>().add(std::mem::size_of::<ffi::PyObject>());
+        let word = head.cast::<isize>().read();
+        #[cfg(Py_3_12)]
+        #[allow(clippy::cast_sign_loss)]
+        let digits = {
+            let tag = word as usize;
+            if tag & 3 == 2 {
+                return None; // negative
+            }
+            tag >> 3
+        };
+        #[cfg(not(Py_3_12))]
+        let digits = usize::try_from(word).ok()?;
+        if digits > 5 {
+            return None;
+        }
+        let first = head.add(std::mem::size_of::<isize>()).cast::<u32>();
+        let mut value: u128 = 0;
+        for i in (0..digits).rev() {
+            let digit = u128::from(first.add(i).read());
+            if value >> (128 - 30) != 0 {
+                return None;
+            }
+            value = (value << 30) | digit;
+        }
+        Some(value)
     }
 }
 
@@ -819,6 +1115,8 @@ mod uuid {
         let Ok(class) = module.getattr(intern!(py, "UUID")) else {
             return false;
         };
+        #[cfg(not(Py_GIL_DISABLED))]
+        find_int_slot(&class);
         let ptr = class.clone().unbind().into_ptr();
         if UUID_TYPE
             .compare_exchange(
@@ -836,18 +1134,97 @@ mod uuid {
         true
     }
 
+    /// Where an instance of `uuid.UUID` keeps its `int` (the offset of that
+    /// slot, a `__slots__` member), 0 if `UUID` does not keep it so. Read
+    /// only on the GIL build, where a borrowed slot cannot be replaced while
+    /// it is read (on the free-threaded build, `getattr` takes a reference).
+    #[cfg(not(Py_GIL_DISABLED))]
+    static INT_SLOT: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+    /// Sets [`INT_SLOT`] from `UUID.__dict__["int"]` when it is a member
+    /// descriptor of an object slot.
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn find_int_slot(class: &Bound<'_, PyAny>) {
+        let Ok(descr) = class
+            .getattr(intern!(class.py(), "__dict__"))
+            .and_then(|d| d.get_item("int"))
+        else {
+            return;
+        };
+        // SAFETY: `descr` is live; a member descriptor's `d_member` points
+        // to its static definition (pyo3-ffi types it as a getset before
+        // 3.11; it is a `PyMemberDef` in every version).
+        unsafe {
+            if ffi::Py_TYPE(descr.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+                return;
+            }
+            let member = (*descr.as_ptr().cast::<ffi::PyMemberDescrObject>())
+                .d_member
+                .cast::<ffi::PyMemberDef>();
+            if (*member).type_code == ffi::Py_T_OBJECT_EX && (*member).offset > 0 {
+                INT_SLOT.store((*member).offset, Ordering::Release);
+            }
+        }
+    }
+
+    /// The hash and representation of an exact `uuid.UUID` whose `int` is
+    /// read from its slot, with no attribute look-up and no call: `None` for
+    /// anything else (which [`describe`] handles).
+    #[inline]
+    pub(super) fn read(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let tp = obj.get_type_ptr().cast::<ffi::PyObject>();
+            if tp != UUID_TYPE.load(Ordering::Relaxed) {
+                return None;
+            }
+            let offset = INT_SLOT.load(Ordering::Relaxed);
+            if offset == 0 {
+                return None;
+            }
+            // SAFETY: `obj` is a live `UUID`, whose slot at `offset` holds a
+            // borrowed object or null; attached, on the GIL build.
+            let value = unsafe {
+                let int = obj
+                    .as_ptr()
+                    .cast::<u8>()
+                    .offset(offset)
+                    .cast::<*mut ffi::PyObject>()
+                    .read();
+                if int.is_null() || ffi::PyLong_CheckExact(int) == 0 {
+                    return None;
+                }
+                super::u128_of(int)?
+            };
+            Some(of_value(value))
+        }
+        #[cfg(Py_GIL_DISABLED)]
+        {
+            let _ = obj;
+            None
+        }
+    }
+
+    /// A UUID's hash (`hash(u.int)`) and representation.
+    fn of_value(value: u128) -> (isize, Repr) {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        let hash = (value % MODULUS) as isize;
+        #[allow(clippy::cast_possible_truncation)]
+        (hash, Repr::Uuid((value >> 64) as u64, value as u64))
+    }
+
     /// The hash and representation of a `uuid.UUID` (or of a subclass that
     /// keeps its `==` and `hash()`).
     pub(super) fn describe(obj: &Bound<'_, PyAny>) -> PyResult<Option<(isize, Repr)>> {
         if !is_uuid(obj)? {
             return Ok(None);
         }
+        if let Some(described) = read(obj) {
+            return Ok(Some(described));
+        }
         let Ok(value) = obj.getattr(intern!(obj.py(), "int"))?.extract::<u128>() else {
             return Ok(None);
         };
-        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-        let hash = (value % MODULUS) as isize;
-        #[allow(clippy::cast_possible_truncation)]
-        Ok(Some((hash, Repr::Uuid((value >> 64) as u64, value as u64))))
+        Ok(Some(of_value(value)))
     }
 }
