@@ -9,6 +9,10 @@ log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --release --all-targets -q -- -D warnings
+log "cargo clippy for free-threaded 3.13t (the code under cfg(Py_GIL_DISABLED))"
+ft=$(find_python 3.13t)
+PYO3_PYTHON="$ft" CARGO_TARGET_DIR="$ROOT/target/clippy-ft" \
+    cargo clippy --release --all-targets -q -- -D warnings
 log "no libc outside a cfg(target_os = ...) item"
 # A line of Rust that names `libc` must sit inside an item (a fn, mod, impl or
 # block) whose attribute is a cfg naming target_os, or in a file whose inner

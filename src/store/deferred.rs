@@ -451,6 +451,7 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
                         unsafe {
                             ffi::Py_DECREF(obj);
                         }
+                        // SAFETY: as above.
                         #[cfg(Py_GIL_DISABLED)]
                         unsafe {
                             shared::release(obj);
