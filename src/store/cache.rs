@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::store::call::{self, Span};
+use crate::store::deferred;
 use crate::store::entry::Entry;
 use crate::store::expiry::PerEntry;
 use crate::store::hash::PyHashBuilder;
@@ -711,8 +712,9 @@ impl Store {
     ) -> PyResult<()> {
         match self.entry(py, key.obj().bind(py), value, ttl, tti) {
             Ok(entry) => {
-                let _hold = crate::store::deferred::Hold::new(key.obj().as_ptr(), value.as_ptr());
-                self.store_entry(py, key, entry);
+                let held = [key.obj().as_ptr(), value.as_ptr()];
+                let weight = entry.weight;
+                self.write_holding(py, weight, move |store| store.insert(key, entry), held);
                 Ok(())
             }
             Err(err) => {
@@ -752,10 +754,6 @@ impl Store {
         )))
     }
 
-    fn store_entry(&self, py: Python<'_>, key: Key, entry: Arc<Entry>) {
-        self.write(py, entry.weight, move |store| store.insert(key, entry));
-    }
-
     /// A write of one key: `op` on the store, then the size bound for the
     /// `weight` it added.
     pub(crate) fn write<T: Send>(
@@ -764,7 +762,19 @@ impl Store {
         weight: u32,
         op: impl FnOnce(&Table) -> T + Send,
     ) -> T {
-        call::enter(
+        self.write_holding(py, weight, op, deferred::NOT_HELD)
+    }
+
+    /// [`Store::write`] of an entry whose key and value objects are `held`
+    /// (see `deferred::run_holding`).
+    fn write_holding<T: Send>(
+        &self,
+        py: Python<'_>,
+        weight: u32,
+        op: impl FnOnce(&Table) -> T + Send,
+        held: deferred::Held,
+    ) -> T {
+        call::enter_holding(
             py,
             Span::Write,
             || {
@@ -776,6 +786,7 @@ impl Store {
                 out
             },
             |out| out,
+            held,
         )
     }
 

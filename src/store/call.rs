@@ -75,6 +75,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use crate::store::counter::Counter;
+use crate::store::deferred;
 
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Whether this interpreter is a free-threaded build (set at import).
@@ -261,6 +262,19 @@ pub(crate) fn enter<T: Send, R>(
     op: impl FnOnce() -> T + Send,
     then: impl FnOnce(T) -> R,
 ) -> R {
+    enter_holding(py, span, op, then, deferred::NOT_HELD)
+}
+
+/// [`enter`] for a write of one entry whose key and value objects are `held`
+/// (see `deferred::run_holding`).
+#[inline]
+pub(crate) fn enter_holding<T: Send, R>(
+    py: Python<'_>,
+    span: Span,
+    op: impl FnOnce() -> T + Send,
+    then: impl FnOnce(T) -> R,
+    held: deferred::Held,
+) -> R {
     let detached = match span {
         Span::Read => false,
         Span::Write => FREE_THREADED.load(Ordering::Relaxed),
@@ -268,7 +282,7 @@ pub(crate) fn enter<T: Send, R>(
     };
     let out = if detached { detach(py, op) } else { op() };
     let result = then(out);
-    after(py);
+    deferred::run_holding(py, exiting, held);
     result
 }
 
@@ -278,5 +292,5 @@ pub(crate) fn enter<T: Send, R>(
 /// its very end, for what it let go of between them.
 #[inline]
 pub(crate) fn after(py: Python<'_>) {
-    crate::store::deferred::run(py, exiting);
+    deferred::run(py, exiting);
 }

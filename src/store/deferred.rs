@@ -213,9 +213,6 @@ struct Local {
     /// (a finalizer or listener that calls the cache) queues its own releases
     /// for that loop instead of running them one frame deeper.
     running: Cell<bool>,
-    /// The key and value objects of the write this thread is making (see
-    /// [`Hold`]), null outside one.
-    held: Cell<[*mut ffi::PyObject; 2]>,
     /// [`FRESH`], [`LIVE`] (the guard is registered) or [`GONE`].
     state: Cell<u8>,
 }
@@ -275,7 +272,6 @@ thread_local! {
             spare: Cell::new(Vec::new()),
             pending: Cell::new(false),
             running: Cell::new(false),
-            held: Cell::new([std::ptr::null_mut(); 2]),
             state: Cell::new(FRESH),
         })
     };
@@ -336,79 +332,79 @@ fn register(local: &Local) -> bool {
 /// value) stays one finalizer deep, however long it is (a trampoline).
 #[inline]
 pub(crate) fn run(py: Python<'_>, exiting: fn() -> bool) {
+    run_holding(py, exiting, NOT_HELD);
+}
+
+/// The key and value objects of a write (see [`run_holding`]), or nulls.
+pub(crate) type Held = [*mut ffi::PyObject; 2];
+
+/// No objects held: what every call but a write of one entry passes.
+pub(crate) const NOT_HELD: Held = [std::ptr::null_mut(); 2];
+
+/// [`run`] after a write of `held` (its key and value objects): the release
+/// loop does not let go of them while someone else still holds them (their
+/// reference stays queued for the thread's next release). A write whose
+/// entry moka lets go of at once (refused by the eviction policy) would
+/// otherwise leave the caller's own reference to the value as the last one,
+/// and its finalizer would run when the caller drops its argument, nested in
+/// whatever frame made the write. Released by a later loop instead, it runs
+/// there, one finalizer deep (the chain of `tests/test_finalizers.py` whose
+/// finalizers write values the cache refuses). Passed as an argument, not
+/// kept in the thread-local: two look-ups fewer per write.
+#[inline]
+pub(crate) fn run_holding(py: Python<'_>, exiting: fn() -> bool, held: Held) {
     #[cfg(not(Py_GIL_DISABLED))]
     let mine = PENDING.load(Ordering::Relaxed) != 0 && LOCAL.with(|local| local.pending.get());
     #[cfg(Py_GIL_DISABLED)]
     let mine = LOCAL.with(|local| local.pending.get());
     if mine || HAS_ORPHANS.load(Ordering::Relaxed) {
-        run_queued(py, exiting);
-    }
-}
-
-/// For as long as it lives, the release loop does not let go of its key and
-/// value objects while someone else still holds them (their reference stays
-/// queued for the thread's next release): a write whose entry moka lets go of
-/// at once (refused by the eviction policy) would otherwise leave the
-/// caller's own reference to the value as the last one, and its finalizer
-/// would run when the caller drops its argument, nested in whatever frame
-/// made the write. Released by a later loop instead, it runs there, one
-/// finalizer deep (the chain of `tests/test_finalizers.py` whose finalizers
-/// write values the cache refuses).
-pub(crate) struct Hold;
-
-impl Hold {
-    #[inline]
-    pub(crate) fn new(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> Self {
-        LOCAL.with(|local| local.held.set([key, value]));
-        Hold
-    }
-}
-
-impl Drop for Hold {
-    #[inline]
-    fn drop(&mut self) {
-        LOCAL.with(|local| local.held.set([std::ptr::null_mut(); 2]));
+        run_queued(py, exiting, held);
     }
 }
 
 /// Marks this thread as releasing for as long as it lives (also when a
 /// release unwinds), so that a nested [`run`] leaves its items to this loop.
-struct Running;
+struct Running<'a>(&'a Local);
 
-impl Running {
-    /// `None` when this thread is already releasing (or is ending).
-    fn enter() -> Option<Self> {
-        let nested = LOCAL
-            .try_with(|local| local.running.replace(true))
-            .unwrap_or(true);
-        if nested {
+impl<'a> Running<'a> {
+    /// `None` when this thread is already releasing.
+    fn enter(local: &'a Local) -> Option<Self> {
+        if local.running.replace(true) {
             None
         } else {
-            Some(Running)
+            Some(Running(local))
         }
     }
 }
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let _ = LOCAL.try_with(|local| local.running.set(false));
+        self.0.running.set(false);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
+fn run_queued(py: Python<'_>, exiting: fn() -> bool, held: Held) {
+    // One look-up of the thread-local for the whole loop (each is a call to
+    // `__tls_get_addr` in a shared library). `Local` has no destructor, so
+    // the reference is good for as long as the thread runs, and the loop only
+    // borrows its cells briefly: a release that calls the cache again uses
+    // the same cells through its own look-up.
+    LOCAL.with(|local| run_local(local, py, exiting, held));
+}
+
+fn run_local(local: &Local, py: Python<'_>, exiting: fn() -> bool, held: Held) {
     // Nested in a release of this thread: the outer loop, which goes on
     // until the queue is empty, takes what this call would have run.
-    let Some(_running) = Running::enter() else {
+    let Some(_running) = Running::enter(local) else {
         return;
     };
-    let held = LOCAL.with(|local| local.held.get());
     let mut kept: Vec<Item> = Vec::new();
     loop {
         // The queue gets the spare buffer (a release that runs the cache
         // again while this batch is out, and finds none, starts a new one).
-        let mut batch = LOCAL.with(|local| {
+        let mut batch = {
             local.set_pending(false);
             let mut items = local.items.borrow_mut();
             if items.is_empty() {
@@ -416,17 +412,15 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
             } else {
                 std::mem::replace(&mut *items, local.spare.take())
             }
-        });
+        };
         if HAS_ORPHANS.load(Ordering::Acquire) && HAS_ORPHANS.swap(false, Ordering::AcqRel) {
             batch.append(&mut ORPHANS.lock().unwrap_or_else(PoisonError::into_inner));
         }
         if batch.is_empty() {
             if !kept.is_empty() {
-                // For the next loop on this thread (see `Hold`).
-                LOCAL.with(|local| {
-                    local.items.borrow_mut().append(&mut kept);
-                    local.set_pending(true);
-                });
+                // For the next loop on this thread (see `run_holding`).
+                local.items.borrow_mut().append(&mut kept);
+                local.set_pending(true);
             }
             return;
         }
@@ -464,15 +458,13 @@ fn run_queued(py: Python<'_>, exiting: fn() -> bool) {
             }
         }
         // Keep the larger of the two buffers for the next batch.
-        LOCAL.with(|local| {
-            if local.state.get() == LIVE {
-                let spare = local.spare.take();
-                local.spare.set(if spare.capacity() >= batch.capacity() {
-                    spare
-                } else {
-                    batch
-                });
-            }
-        });
+        if local.state.get() == LIVE {
+            let spare = local.spare.take();
+            local.spare.set(if spare.capacity() >= batch.capacity() {
+                spare
+            } else {
+                batch
+            });
+        }
     }
 }
