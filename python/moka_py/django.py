@@ -1,4 +1,6 @@
-"""``moka_py.django.MokaCache``: a Django cache backend on :class:`moka_py.Moka`.
+"""``moka_py.django.MokaCache``: a Django cache backend on :class:`moka_py.Moka`
+(one process); ``moka_py.django.TieredMokaCache`` (``_django_tier.py``): one on
+:class:`moka_py.redis.TieredCache`, shared by every worker through Redis.
 
 Configured like Django's ``LocMemCache``::
 
@@ -52,9 +54,10 @@ from typing import Any, Final, Literal
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
+from moka_py._django_tier import SIGNING_SALT, TieredMokaCache
 from moka_py._moka_py import CacheStats, Moka
 
-__all__ = ["MokaCache"]
+__all__ = ["SIGNING_SALT", "MokaCache", "TieredMokaCache"]
 
 # The clock of the deadlines. A module attribute so that tests can replace it.
 _clock = time.monotonic
