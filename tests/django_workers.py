@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import moka_py._django_tier as django_tier
 from moka_py.django import TieredMokaCache
 
 
@@ -16,4 +17,4 @@ def incr(url: str, namespace: str, n: int, out: Any) -> None:
     for _ in range(n):
         cache.incr("n")
     out.put(cache.get("n"))
-    cache._cache.close()
+    django_tier.close_all()

@@ -57,11 +57,7 @@ def django_settings_module() -> Iterator[None]:
 def close_tiers() -> Iterator[None]:
     """Each test's tiers are closed after it (a process keeps them otherwise)."""
     yield
-    with django_tier._tiers_lock:
-        tiers = list(django_tier._tiers.values())
-        django_tier._tiers.clear()
-    for tier in tiers:
-        tier.close()
+    django_tier.close_all()
 
 
 def backend(location: Any, *, worker: int = 0, **params: Any) -> TieredMokaCache:

@@ -72,11 +72,7 @@ def django_unconfigured() -> Iterator[None]:
     finally:
         django.conf.settings._wrapped = saved
         reset_caches()
-        with django_tier._tiers_lock:
-            tiers = list(django_tier._tiers.values())
-            django_tier._tiers.clear()
-        for tier in tiers:
-            tier.close()
+        django_tier.close_all()
 
 
 def test_readme_results_are_the_committed_run() -> None:

@@ -47,7 +47,7 @@ from django.utils.module_loading import import_string
 if TYPE_CHECKING:
     from moka_py.redis import TieredCache, TierStats
 
-__all__ = ["SIGNING_SALT", "TieredMokaCache"]
+__all__ = ["SIGNING_SALT", "TieredMokaCache", "close_all"]
 
 # The salt of the signing key derived from SECRET_KEY (and from each of
 # SECRET_KEY_FALLBACKS, which verify): salted_hmac(SIGNING_SALT, b"", secret,
@@ -180,7 +180,10 @@ def _client(location: str | Sequence[str], options: dict[str, Any]) -> Any:
             sentinel_kwargs=options.get("SENTINEL_KWARGS"),
             **kwargs,
         )
-        return manager.master_for(service)
+        client = manager.master_for(service)
+        # (Closed with it: the connections that ask the Sentinels.)
+        client._moka_py_sentinels = manager.sentinels
+        return client
     urls = [location] if isinstance(location, str) else list(location)
     if not urls or not all(isinstance(u, str) and u for u in urls):
         raise ImproperlyConfigured(
@@ -208,7 +211,30 @@ def _client(location: str | Sequence[str], options: dict[str, Any]) -> Any:
 
 
 _tiers: dict[tuple[str, str], TieredCache[str, bytes]] = {}
+# The redis-py client of each tier: made here, so closed here (close_all).
+_clients: dict[tuple[str, str], Any] = {}
 _tiers_lock = threading.Lock()
+
+
+def close_all() -> None:
+    """Closes every tier of this process and its client, and forgets them
+    (the next backend object connects again). For tests, and for a process
+    that wants its connections closed before it ends."""
+    with _tiers_lock:
+        tiers = list(_tiers.values())
+        clients = list(_clients.values())
+        _tiers.clear()
+        _clients.clear()
+    for tier in tiers:
+        tier.close()
+    for client in clients:
+        _close(client)
+
+
+def _close(client: Any) -> None:
+    client.close()
+    for sentinel in getattr(client, "_moka_py_sentinels", ()):
+        sentinel.close()
 
 
 def _tier(location: str | Sequence[str], options: dict[str, Any]) -> TieredCache[str, bytes]:
@@ -224,20 +250,26 @@ def _tier(location: str | Sequence[str], options: dict[str, Any]) -> TieredCache
     with _tiers_lock:
         tier = _tiers.get(ident)
         if tier is None:
-            tier = TieredCache(
-                _client(location, options),
-                options.get("NAMESPACE", "django"),
-                capacity=options.get("LOCAL_MAX_ENTRIES", 10_000),
-                ttl=None,
-                local_ttl=options.get("LOCAL_TIMEOUT"),
-                serializer=_Bytes(),
-                signing_key=keys,
-                lock_timeout=options.get("LOCK_TIMEOUT", 30.0),
-                wait_timeout=options.get("WAIT_TIMEOUT", 30.0),
-                timeout=options.get("REDIS_TIMEOUT", 1.0),
-                stats=options.get("STATS", False),
-            )
+            client = _client(location, options)
+            try:
+                tier = TieredCache(
+                    client,
+                    options.get("NAMESPACE", "django"),
+                    capacity=options.get("LOCAL_MAX_ENTRIES", 10_000),
+                    ttl=None,
+                    local_ttl=options.get("LOCAL_TIMEOUT"),
+                    serializer=_Bytes(),
+                    signing_key=keys,
+                    lock_timeout=options.get("LOCK_TIMEOUT", 30.0),
+                    wait_timeout=options.get("WAIT_TIMEOUT", 30.0),
+                    timeout=options.get("REDIS_TIMEOUT", 1.0),
+                    stats=options.get("STATS", False),
+                )
+            except BaseException:
+                _close(client)  # (a bad option: nothing is kept)
+                raise
             _tiers[ident] = tier
+            _clients[ident] = client
         return tier
 
 
