@@ -9,7 +9,8 @@
 # scratch copy of the sdist's tests/ directory, beside the two test classes below.
 #
 #   bash ci/django_cache_suite.sh                 the GIL interpreter ($PY_GIL)
-#   bash ci/django_cache_suite.sh ft              free-threaded 3.13t (ci/python-ft.sh)
+#   bash ci/django_cache_suite.sh ft              free-threaded 3.13t (ci/python-ft.sh), with
+#                                                 the Django of its lock (6.1.3 today)
 # Arguments after the first go to runtests.py (e.g. -k cull). The scratch directory is
 # removed at exit unless MOKA_SUITE_KEEP=1. Exits non-zero when any test fails.
 #
@@ -61,9 +62,11 @@ else
     trap 'rm -rf "$tmp"' EXIT
 fi
 
+# (pip runs on uv's venv interpreter: --python-version is the venv's, whose lock may hold a
+# Django that needs a newer Python than uv's.)
 log "pip download django==$version (sdist)"
 "$VENVS/uv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
-    --no-binary django -d "$tmp/dl" "django==$version" >&2
+    --python-version "${tag%t}" --no-binary django -d "$tmp/dl" "django==$version" >&2
 sdist="$tmp/dl/django-$version.tar.gz"
 sha="$(sha256sum "$sdist" | cut -d' ' -f1)"
 printf '%s\n' "${hashes[@]}" | grep -qx "$sha" \
