@@ -80,6 +80,10 @@ def test_options_are_checked(url: str) -> None:
         TieredMokaCache(url, {"OPTIONS": {"SIGNING_KEY": None}})
     with pytest.raises(ImproperlyConfigured, match="LOCATION must be a Redis URL"):
         TieredMokaCache([], {})
+    # A URL may hold a password: never shown.
+    with pytest.raises(ImproperlyConfigured) as refused:
+        TieredMokaCache(["redis://:hunter2-secret@127.0.0.1:1/0", ""], {})
+    assert "hunter2" not in str(refused.value) and "a list of 2" in str(refused.value)
     with pytest.raises(ImproperlyConfigured, match="SERIALIZER"):
         TieredMokaCache(url, {"OPTIONS": {"SERIALIZER": 42}})
     with pytest.raises(ImproperlyConfigured, match="SENTINEL_SERVICE"):

@@ -187,8 +187,9 @@ def _client(location: str | Sequence[str], options: dict[str, Any]) -> Any:
     urls = [location] if isinstance(location, str) else list(location)
     if not urls or not all(isinstance(u, str) and u for u in urls):
         raise ImproperlyConfigured(
-            "TieredMokaCache: LOCATION must be a Redis URL, or a list of the URLs of "
-            f"a cluster's nodes, not {location!r}"
+            "TieredMokaCache: LOCATION must be a Redis URL, or a non-empty list of the URLs "
+            f"of a cluster's nodes, not {_shape(location)} (a URL may hold a password: it is "
+            "not shown)"
         )
     if len(urls) == 1 and isinstance(location, str):
         return redis.Redis.from_url(urls[0], **kwargs)
@@ -208,6 +209,15 @@ def _client(location: str | Sequence[str], options: dict[str, Any]) -> Any:
     if settings_of.pop("connection_class", None) is redis.connection.SSLConnection:
         settings_of["ssl"] = True
     return redis.cluster.RedisCluster(startup_nodes=nodes, **{**settings_of, **kwargs})
+
+
+def _shape(location: object) -> str:
+    """What ``location`` is, without its text (a URL may hold a password)."""
+    if isinstance(location, str):
+        return "an empty str" if not location else "that str"
+    if isinstance(location, (list, tuple)):
+        return f"a {type(location).__name__} of {len(location)}"
+    return f"a {type(location).__name__}"
 
 
 _tiers: dict[tuple[str, str], TieredCache[str, bytes]] = {}
