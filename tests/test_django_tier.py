@@ -354,6 +354,22 @@ def test_backend_objects_of_one_configuration_share_one_tier(url: str) -> None:
     assert seen == [one._cache]
 
 
+def test_threads_that_build_one_configuration_at_once_share_one_tier(url: str) -> None:
+    go = threading.Barrier(4)
+
+    def build(i: int) -> Any:
+        go.wait(10)
+        return TieredMokaCache(url, {"OPTIONS": {"NAMESPACE": "race"}})._cache
+
+    tiers = run_threads(build, 4)
+    assert all(t is tiers[0] for t in tiers)
+    # The tiers built meanwhile were closed: one feed thread is left.
+    wait_for(
+        lambda: [t.name for t in threading.enumerate()].count("moka_py.redis feed race") == 1,
+        timeout=10,
+    )
+
+
 # --- real processes -------------------------------------------------------------------
 
 

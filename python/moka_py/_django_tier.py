@@ -23,9 +23,9 @@ How it is built:
 - The ``a*`` methods answer a local hit in the event loop and run everything
   that talks to Redis in a thread (``sync_to_async(thread_sensitive=False)``:
   the backend is thread-safe, so calls need not take turns on one thread).
-- No lock of this module is held while any Python code of another's runs:
-  ``_tiers_lock`` guards a dict, and building a tier (which connects) happens
-  under it only for the first backend object of a configuration.
+- No lock of this module is held while any code but a few dict operations
+  runs: ``_tiers_lock`` guards the registry only; a tier is built (it
+  connects) outside it, and of two built at once the second is closed.
 """
 
 from __future__ import annotations
@@ -258,29 +258,39 @@ def _tier(location: str | Sequence[str], options: dict[str, Any]) -> TieredCache
         repr(sorted(public.items())) + hashlib.sha256(repr(keys).encode()).hexdigest(),
     )
     with _tiers_lock:
-        tier = _tiers.get(ident)
-        if tier is None:
-            client = _client(location, options)
-            try:
-                tier = TieredCache(
-                    client,
-                    options.get("NAMESPACE", "django"),
-                    capacity=options.get("LOCAL_MAX_ENTRIES", 10_000),
-                    ttl=None,
-                    local_ttl=options.get("LOCAL_TIMEOUT"),
-                    serializer=_Bytes(),
-                    signing_key=keys,
-                    lock_timeout=options.get("LOCK_TIMEOUT", 30.0),
-                    wait_timeout=options.get("WAIT_TIMEOUT", 30.0),
-                    timeout=options.get("REDIS_TIMEOUT", 1.0),
-                    stats=options.get("STATS", False),
-                )
-            except BaseException:
-                _close(client)  # (a bad option: nothing is kept)
-                raise
+        found = _tiers.get(ident)
+    if found is not None:
+        return found
+    # Built outside the lock (it connects, starts the feed and may log: a
+    # handler that uses this cache must not wait on the lock its own thread
+    # holds); two threads that build at once keep the first, close the other.
+    client = _client(location, options)
+    try:
+        tier: TieredCache[str, bytes] = TieredCache(
+            client,
+            options.get("NAMESPACE", "django"),
+            capacity=options.get("LOCAL_MAX_ENTRIES", 10_000),
+            ttl=None,
+            local_ttl=options.get("LOCAL_TIMEOUT"),
+            serializer=_Bytes(),
+            signing_key=keys,
+            lock_timeout=options.get("LOCK_TIMEOUT", 30.0),
+            wait_timeout=options.get("WAIT_TIMEOUT", 30.0),
+            timeout=options.get("REDIS_TIMEOUT", 1.0),
+            stats=options.get("STATS", False),
+        )
+    except BaseException:
+        _close(client)  # (a bad option: nothing is kept)
+        raise
+    with _tiers_lock:
+        found = _tiers.get(ident)
+        if found is None:
             _tiers[ident] = tier
             _clients[ident] = client
-        return tier
+            return tier
+    tier.close()
+    _close(client)
+    return found
 
 
 def _in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
