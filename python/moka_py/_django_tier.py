@@ -180,7 +180,7 @@ def _client(location: str | Sequence[str], options: dict[str, Any]) -> Any:
             sentinel_kwargs=options.get("SENTINEL_KWARGS"),
             **kwargs,
         )
-        client = manager.master_for(service)
+        client: Any = manager.master_for(service)
         # (Closed with it: the connections that ask the Sentinels.)
         client._moka_py_sentinels = manager.sentinels
         return client
