@@ -17,7 +17,7 @@
 # Both ends of the ranges that pyproject.toml declares for its dependencies (redis>=5,
 # django>=4.2, opentelemetry-api>=1.20, prometheus-client>=0.17): the tests of moka_py.redis,
 # moka_py.django, moka_py.otel and moka_py.prometheus (tests/test_redis_*.py,
-# tests/test_django.py, tests/test_otel.py, tests/test_prometheus.py, or the pytest arguments
+# tests/test_django*.py, tests/test_otel.py, tests/test_prometheus.py, or the pytest arguments
 # given) on CPython DEPS_PY, 3.11,
 #   bash ci/test.sh --deps oldest        with the oldest releases admitted, at their latest
 #                                        patch (ci/requirements-oldest.txt, locked in
@@ -117,7 +117,7 @@ deps_leg() {
     fi
     log "--deps $leg: $("$UV" pip list --python "$venv/bin/python" --format=freeze 2>/dev/null \
         | grep -iE '^(redis|django|opentelemetry-(api|sdk)|prometheus-client)==' | paste -sd' ') on $DEPS_PY"
-    for f in "$ROOT"/tests/test_redis_*.py "$ROOT/tests/test_django.py" \
+    for f in "$ROOT"/tests/test_redis_*.py "$ROOT"/tests/test_django*.py \
         "$ROOT/tests/test_otel.py" "$ROOT/tests/test_prometheus.py"; do
         files+=("tests/${f##*/}")
     done

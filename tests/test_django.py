@@ -115,11 +115,11 @@ def test_caches_come_from_the_settings_module() -> None:
     default = caches["default"]
     assert isinstance(default, MokaCache)
     assert default.default_timeout == 300
-    assert default._cache.capacity == 10_000
+    assert default._max_entries == 10_000 and default._cull_frequency == 3
     assert default._cache.policy == "tiny_lfu"
     lru = caches["lru"]
     assert isinstance(lru, MokaCache)
-    assert lru._cache.capacity == 100 and lru._cache.policy == "lru"
+    assert lru._max_entries == 100 and lru._cache.policy == "lru" and lru._cull_frequency == 4
     assert isinstance(caches["locmem"], LocMemCache)
 
 
@@ -143,10 +143,12 @@ def test_stores_are_per_location_and_options() -> None:
     a, b = MokaCache(location, params), MokaCache(location, params)
     other_location = MokaCache(unique("loc"), params)
     other_options = MokaCache(location, {"OPTIONS": {"MAX_ENTRIES": 51}})
+    other_cull = MokaCache(location, {"OPTIONS": {"MAX_ENTRIES": 50, "CULL_FREQUENCY": 0}})
     a.set("k", 1)
     assert b.get("k") == 1
     assert other_location.get("k") is None
     assert other_options.get("k") is None
+    assert other_cull.get("k") is None
 
 
 @pytest.mark.parametrize(
@@ -212,18 +214,59 @@ def test_stats_option_counts_every_read_and_is_exported() -> None:
     assert 'moka_cache_requests_total{cache_name="django",cache_result="miss"} 2.0' in text
 
 
-def test_max_entries_is_the_capacity_and_cull_frequency_is_ignored() -> None:
-    cache = fresh("lru", CULL_FREQUENCY=0)  # LocMemCache would empty itself when full
-    assert cache._cache.capacity == 100
+def _cull_count(cache: MokaCache, n: int) -> int:
+    for i in range(1, n):
+        cache.set(f"cull{i}", "value", 1000)
+    return sum(cache.has_key(f"cull{i}") for i in range(1, n))
+
+
+@pytest.mark.parametrize("policy", ["tiny_lfu", "lru"])
+def test_max_entries_and_cull_frequency_are_djangos(policy: str) -> None:
+    # Django's numbers (its BaseCacheTests.test_cull and test_zero_cull, which
+    # tests/django_cache_suite.py also runs): 49 keys into 30 entries leave 29
+    # (a third culled at each 30), or 19 with CULL_FREQUENCY=0 (emptied at 30).
+    assert _cull_count(fresh(MAX_ENTRIES=30, POLICY=policy), 50) == 29
+    assert _cull_count(fresh(MAX_ENTRIES=30, CULL_FREQUENCY=0, POLICY=policy), 50) == 19
+    locmem = LocMemCache(unique("locmem"), {"OPTIONS": {"MAX_ENTRIES": 30}})
+    assert _cull_count(locmem, 50) == 29
+    cache = fresh(MAX_ENTRIES=100, CULL_FREQUENCY=4, POLICY=policy)
     for i in range(1000):
         cache.set(i, i)
-    cache._cache.run_pending_tasks()
-    kept = [i for i in range(1000) if cache.has_key(i)]
-    assert 0 < len(kept) <= 100
-    assert 999 in kept  # LRU: the last write stays
-    nothing = fresh(MAX_ENTRIES=0)
-    assert nothing.add("k", 1) is True and not nothing.has_key("k")  # capacity 0 keeps nothing
-    assert MokaCache(unique("defaults"), {})._cache.capacity == 300  # Django's default
+        assert cache.has_key(i)  # a key just written is there, full or not
+    assert 0 < cache._cache.count() <= 100
+    assert MokaCache(unique("defaults"), {})._max_entries == 300  # Django's default
+
+
+def test_a_key_just_set_into_a_full_cache_is_there() -> None:
+    # Under TinyLFU, moka may refuse a new key when it is full; the cull keeps
+    # the cache below moka's capacity, so it never is (Django's
+    # test_cull_delete_when_store_empty forces a cull at every write).
+    cache = fresh(MAX_ENTRIES=30)
+    for i in range(30):
+        cache.get("hot")  # a frequent key that TinyLFU would prefer
+        cache.set(f"k{i}", i)
+    cache._max_entries = -1
+    cache.set("force_cull_delete", "value", 1000)
+    assert cache.has_key("force_cull_delete")
+    nothing = fresh(MAX_ENTRIES=0, CULL_FREQUENCY=0)
+    assert nothing.add("k", 1) is True and nothing.has_key("k")  # emptied, then written
+
+
+def test_culls_from_threads_keep_the_bound(run_threads: Any) -> None:
+    cache = fresh(MAX_ENTRIES=50)
+
+    def write(i: int) -> None:
+        for j in range(500):
+            cache.set(f"{i}-{j}", j)
+
+    # (A write that finds another thread's cull under way goes on without one:
+    # the count may pass the bound by what is written meanwhile; the next
+    # write's cull takes a third of it.)
+    run_threads(write, 4)
+    assert cache._cache.count() < 200
+    for _ in range(10):
+        cache.set("last", 1)
+    assert cache._cache.count() <= 50 and cache.get("last") == 1
 
 
 # --- values ---------------------------------------------------------------------------

@@ -445,9 +445,15 @@ def measure_memory(envs: list[Env], plan: Plan, quick: bool) -> dict[str, Any]:
     }
 
 
-def measure_tier(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The tier family: each case in a worker process of this (GIL) environment,
-    on a redis-server of its own. Its results and what the report needs to know."""
+TIER_CASES = ("hits", "django", "invalidation", "stampede", "throughput")
+
+
+def measure_tier(
+    quick: bool, cases: tuple[str, ...] = TIER_CASES
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tier family (or some of its ``cases``): each case in a worker
+    process of this (GIL) environment, on a redis-server of its own. Its
+    results and what the report needs to know."""
     from . import tier
 
     plan = tier.QUICK if quick else tier.FULL
@@ -456,17 +462,23 @@ def measure_tier(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     for impl, why in found["missing"].items():
         log(f"tier: {impl} not measured ({why})")
     results: dict[str, Any] = {}
-    samples: dict[str, dict[str, list[float]]] = {}
-    for r in range(plan.repeats):
-        log(f"tier: local and remote hits, repeat {r + 1}/{plan.repeats}")
-        for case, per in worker(sys.executable, "tier", case="hits", quick=quick).items():
-            for impl, ns in per.items():
-                samples.setdefault(case, {}).setdefault(impl, []).append(ns)
-    results["hits"] = {
-        case: {impl: statistics.median(v) for impl, v in per.items()}
-        for case, per in samples.items()
-    }
+    # The latency cases: repeats in fresh workers, interleaved, medians of them.
+    for latency in ("hits", "django"):
+        if latency not in cases:
+            continue
+        samples: dict[str, dict[str, list[float]]] = {}
+        for r in range(plan.repeats):
+            log(f"tier: {latency}, repeat {r + 1}/{plan.repeats}")
+            for case, per in worker(sys.executable, "tier", case=latency, quick=quick).items():
+                for impl, ns in per.items():
+                    samples.setdefault(case, {}).setdefault(impl, []).append(ns)
+        results[latency] = {
+            case: {impl: statistics.median(v) for impl, v in per.items()}
+            for case, per in samples.items()
+        }
     for case in ("invalidation", "stampede", "throughput"):
+        if case not in cases:
+            continue
         log(f"tier: {case}")
         results[case] = worker(sys.executable, "tier", case=case, quick=quick)
     meta = {
@@ -506,6 +518,13 @@ def main() -> None:
     ap.add_argument("--ft-python", help="interpreter of the free-threaded 3.13t venv")
     ap.add_argument("--ft-peer-python", help="a 3.13t venv holding moka-py 0.5.0, if any")
     ap.add_argument("--ft-status", help="ci/bench.sh's notes on the peers' install on 3.13t")
+    ap.add_argument(
+        "--tier-case",
+        action="append",
+        choices=TIER_CASES,
+        help="with --only tier: run only these cases of it, and print their results (JSON "
+        "and the tables they fill) instead of writing OUT/tier.*",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument(
         "--render",
@@ -531,6 +550,13 @@ def main() -> None:
     log(f"{'quick' if args.quick else 'full'} run: {', '.join(families)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if families == ["tier"] and args.tier_case:  # a part: printed, nothing written
+        from . import tier_report
+
+        results, meta = measure_tier(args.quick, tuple(args.tier_case))
+        print(json.dumps(results, indent=1))
+        print(tier_report.partial_md(results, meta))
+        return
     if families == ["tier"]:  # results.md is the other families': left as it is
         write_tier(*measure_tier(args.quick), out)
         return

@@ -23,6 +23,12 @@ so that one set of processes serves every implementation and repeat of a case
    (counted in Redis) and the time from the start to the last answer.
 5. throughput: PROCESSES processes, one thread each, Zipf(1.0) reads over the
    keys with 1% writes, the local tier holding 10% of the keys.
+6. Django: ``cache.get`` of moka_py.django.TieredMokaCache beside Django's own
+   RedisCache and django-redis, on the same server in one process: a hit
+   (held in TieredMokaCache's local tier; a round trip for the others), a
+   remote hit (in Redis, the local tier cleared, untimed, before each pass)
+   and a miss (in neither: a round trip for all three). ns per call of
+   ``cache.get`` (Django's make_key and validate_key included for all).
 """
 
 from __future__ import annotations
@@ -57,8 +63,19 @@ CASHEWS = "cashews"
 CASHEWS_CS = "cashews client-side"
 DOGPILE = "dogpile.cache"
 AIOCACHE = "aiocache"
+# The Django rows (case 6).
+DJ_TIER = "moka_py TieredMokaCache"
+DJ_REDIS = "Django RedisCache"
+DJ_DJREDIS = "django-redis"
 # The distribution and the import behind each peer.
-PEERS = {"redis": "redis", "cashews": "cashews", "dogpile.cache": "dogpile", "aiocache": "aiocache"}
+PEERS = {
+    "redis": "redis",
+    "cashews": "cashews",
+    "dogpile.cache": "dogpile",
+    "aiocache": "aiocache",
+    "django": "django",
+    "django-redis": "django_redis",
+}
 NEEDS = {
     CSC: "redis",
     REDIS: "redis",
@@ -66,6 +83,9 @@ NEEDS = {
     CASHEWS_CS: "cashews",
     DOGPILE: "dogpile.cache",
     AIOCACHE: "aiocache",
+    DJ_TIER: "django",
+    DJ_REDIS: "django",
+    DJ_DJREDIS: "django-redis",
 }
 
 # The tier's caches sign their payloads (the default serializer, pickle, needs a key).
@@ -432,6 +452,65 @@ async def ahits(
     for close in closers:
         await close()
     return out
+
+
+# --- 6: Django (one process) -----------------------------------------------------------
+
+
+def django_hits(port: int, rounds: int, gone: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Case 6: case ("django hit", "django remote hit", "django miss") -> impl ->
+    median ns per ``cache.get``."""
+    if not usable(DJ_TIER, gone):
+        return {}
+    import django.conf
+    from django.core.cache import caches
+
+    backends = {DJ_TIER: "moka_py.django.TieredMokaCache"}
+    backends[DJ_REDIS] = "django.core.cache.backends.redis.RedisCache"
+    if usable(DJ_DJREDIS, gone):
+        backends[DJ_DJREDIS] = "django_redis.cache.RedisCache"
+    django.conf.settings.configure(
+        SECRET_KEY="moka_py benchmark",
+        CACHES={
+            impl: {
+                "BACKEND": backend,
+                "LOCATION": url(port),
+                "TIMEOUT": None,
+                # Each its own keys on the one server.
+                "KEY_PREFIX": f"p{i}",
+                **({"OPTIONS": {"NAMESPACE": "bench-django"}} if impl == DJ_TIER else {}),
+            }
+            for i, (impl, backend) in enumerate(backends.items())
+        },
+    )
+    keys = str_keys()
+    absent = str_keys("absent-")
+    cache = {impl: caches[impl] for impl in backends}
+    for c in cache.values():
+        c.set_many({k: value_of(i) for i, k in enumerate(keys)})
+    tier: Any = cache[DJ_TIER]._cache  # type: ignore[attr-defined]
+    if not tier.wait_ready(5):
+        raise SystemExit("TieredMokaCache: the invalidation feed did not come up")
+    cases: dict[str, tuple[list[str], dict[str, Callable[[], None]]]] = {
+        "django hit": (keys, {impl: nothing for impl in backends}),
+        "django remote hit": (keys, {DJ_TIER: tier.local.clear}),
+        "django miss": (absent, {impl: nothing for impl in backends}),
+    }
+    samples: dict[str, dict[str, list[float]]] = {}
+    for case, (ks, impls_) in cases.items():
+        for impl in impls_:  # warm up (and fill the local tier for the hit)
+            get_loop(cache[impl].get)(ks)
+        for _ in range(rounds):
+            for impl, before in impls_.items():
+                run = get_loop(cache[impl].get)
+                samples.setdefault(case, {}).setdefault(impl, []).append(
+                    per_call(run, list(ks), before)
+                )
+    tier.close()
+    return {
+        case: {impl: statistics.median(v) for impl, v in per.items()}
+        for case, per in samples.items()
+    }
 
 
 # --- the processes of cases 3-5 -------------------------------------------------------
@@ -1173,6 +1252,8 @@ def run(case: str, quick: bool) -> dict[str, Any]:
             gone[CSC] = why
         if case == "hits":
             return hits(server.port, plan.rounds, gone)
+        if case == "django":
+            return django_hits(server.port, plan.rounds, gone)
         if case == "invalidation":
             return invalidation(server.port, plan, gone)
         pool = Pool(PROCESSES, server.port)

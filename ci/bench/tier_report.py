@@ -22,8 +22,13 @@ COLORS = {
     tier.CASHEWS_CS: "#2ca02c",
     tier.DOGPILE: "#9467bd",
     tier.AIOCACHE: "#8c564b",
+    tier.DJ_TIER: "#d62728",
+    tier.DJ_REDIS: "#1f77b4",
+    tier.DJ_DJREDIS: "#17becf",
 }
 DIST = {
+    tier.DJ_REDIS: "django",
+    tier.DJ_DJREDIS: "django-redis",
     tier.REDIS: "redis",
     tier.CSC: "redis",
     tier.CASHEWS: "cashews",
@@ -117,6 +122,7 @@ def targets_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
         ratio(aremote.get(tier.ATIER), aremote.get(tier.REDIS)),
         1.15,
     )
+    rows += django_targets(r, meta)
     inv = r.get("invalidation", {}).get(tier.TIER)
     if inv:
         p99 = inv["p99"]
@@ -160,6 +166,49 @@ def targets_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
         if any(t.startswith(target) for t in missed):
             notes.append(text)
     return "\n\n".join([table(["target", "this run", "verdict"], rows), *notes])
+
+
+def django_targets(r: dict[str, Any], meta: dict[str, Any]) -> list[list[str]]:
+    """The Django targets of issue 23: a local hit at least 10x faster than
+    django-redis and Django's RedisCache, a miss within 1.15x of them."""
+    dj = r.get("django", {})
+    rows = []
+    for case, label, limit, goal in (
+        ("django hit", "Django local hit: TieredMokaCache.get at most 0.1x", 0.1, "10x faster"),
+        ("django miss", "Django miss: TieredMokaCache.get at most 1.15x", 1.15, "within 1.15x"),
+    ):
+        per = dj.get(case, {})
+        for peer in (tier.DJ_REDIS, tier.DJ_DJREDIS):
+            mine, theirs = per.get(tier.DJ_TIER), per.get(peer)
+            value = mine / theirs if mine and theirs else None
+            shown, ok = verdict(value, limit)
+            if value is None and why_missing(peer, meta):
+                ok = f"not measured ({why_missing(peer, meta)})"
+            rows.append([f"{label} {name(peer, meta)} ({goal})", shown, ok])
+    return rows if dj else []
+
+
+def django_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
+    dj = r.get("django", {})
+    rows = []
+    for case in ("django hit", "django remote hit", "django miss"):
+        per = dj.get(case, {})
+        base = per.get(tier.DJ_REDIS)
+        for impl, v in per.items():
+            rows.append(
+                [case.removeprefix("django "), name(impl, meta), fmt_ns(v), f"{v / base:.3f}x"]
+                if base
+                else [case.removeprefix("django "), name(impl, meta), fmt_ns(v), "-"]
+            )
+    return table(["case", "backend", "cache.get", "ratio to Django's RedisCache"], rows)
+
+
+def partial_md(r: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The targets and tables of a run of some cases (``--tier-case``)."""
+    parts = [table(["target", "this run", "verdict"], django_targets(r, meta))]
+    if "django" in r:
+        parts.append(django_md(r, meta))
+    return "\n\n".join(parts) + "\n"
 
 
 # Why a target is missed, for each one this run misses (what was measured of
@@ -374,6 +423,18 @@ def markdown(r: dict[str, Any], meta: dict[str, Any]) -> str:
             "fill of the local tier. Beside it: redis-py's own `GET` plus `pickle.loads` of "
             "the same pickled value on the same server, a client of its own.",
             remote_md,
+        ]
+    if "django" in r:
+        parts += [
+            "#### 5f. Django: `cache.get` of TieredMokaCache, Django's RedisCache, django-redis",
+            "One process, the same redis-server, the same "
+            f"{tier.POOL} `str` keys and small dict values for each backend (its own "
+            "`KEY_PREFIX`), `TIMEOUT` None; Django's `make_key`/`validate_key` included for "
+            "all. *hit*: the key is in TieredMokaCache's local tier (a round trip for the "
+            "others); *remote hit*: in Redis, the local tier cleared (untimed) before each "
+            "pass; *miss*: in neither, a round trip for all three. Median of "
+            f"{plan['rounds']} passes in each of {plan['repeats']} worker processes.",
+            django_md(r, meta),
         ]
     if "invalidation" in r:
         parts += [

@@ -1,4 +1,6 @@
-"""``moka_py.django.MokaCache``: a Django cache backend on :class:`moka_py.Moka`.
+"""``moka_py.django.MokaCache``: a Django cache backend on :class:`moka_py.Moka`
+(one process); ``moka_py.django.TieredMokaCache`` (``_django_tier.py``): one on
+:class:`moka_py.redis.TieredCache`, shared by every worker through Redis.
 
 Configured like Django's ``LocMemCache``::
 
@@ -52,9 +54,10 @@ from typing import Any, Final, Literal
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
+from moka_py._django_tier import SIGNING_SALT, TieredMokaCache
 from moka_py._moka_py import CacheStats, Moka
 
-__all__ = ["MokaCache"]
+__all__ = ["SIGNING_SALT", "MokaCache", "TieredMokaCache"]
 
 # The clock of the deadlines. A module attribute so that tests can replace it.
 _clock = time.monotonic
@@ -66,10 +69,17 @@ _MAX_TTL: Final = 1000.0 * 365.0 * 24.0 * 3600.0
 _STRIPES: Final = 64
 
 _POLICIES: Final = ("tiny_lfu", "lru")
-# CULL_FREQUENCY is accepted, so that LocMemCache's settings work unchanged,
-# and ignored: moka evicts one entry at a time, chosen by POLICY, as a write
-# takes the cache over MAX_ENTRIES, instead of culling a fraction of it.
 _OPTIONS: Final = ("MAX_ENTRIES", "POLICY", "PICKLE", "STATS", "CULL_FREQUENCY")
+# MAX_ENTRIES and CULL_FREQUENCY mean what Django says: a write that finds the
+# cache holding MAX_ENTRIES entries or more first removes 1/CULL_FREQUENCY of
+# them (0: all). moka's own capacity is a backstop above it, never reached in
+# practice (the cull keeps the count below it), so that moka never refuses or
+# evicts a key just written: under TinyLFU a key set into a full cache can be
+# refused at once, and Django's caches promise that a key just set is there.
+# moka's count of entries lags its pending writes, at most its write log (384
+# entries) plus what concurrent writers add: a write looks at that count and
+# counts exactly (moka's pending work applied) only within _SLACK of the limit.
+_SLACK: Final = 512
 
 # An entry: the payload (pickled bytes, or the value itself) and its deadline.
 _Entry = tuple[Any, "float | None"]
@@ -78,12 +88,17 @@ _Entry = tuple[Any, "float | None"]
 class _Store:
     """The entries of one ``LOCATION`` and the key locks that guard their writes."""
 
-    __slots__ = ("locks", "moka")
+    __slots__ = ("cull_lock", "culling", "locks", "moka")
 
     def __init__(
         self, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool, stats: bool
     ) -> None:
-        self.moka: Moka[Any, _Entry] = Moka(capacity, policy=policy, stats=stats)
+        self.moka: Moka[Any, _Entry] = Moka(capacity + 2 * _SLACK, policy=policy, stats=stats)
+        # One cull at a time: the flag is claimed and given back under the
+        # lock, and the cull itself (moka calls that release values) runs
+        # outside it; a write that finds a cull running goes on without one.
+        self.cull_lock = threading.Lock()
+        self.culling = False
         # moka_py releases what moka lets go of (a replaced or evicted entry, or
         # one freed later from moka's garbage) after any moka call, so also after
         # one made under these locks. With pickled values that runs no Python
@@ -99,18 +114,25 @@ class _Store:
         )
 
 
-_stores: dict[tuple[str, int, str, bool, bool], _Store] = {}
+# A store per LOCATION and options (CULL_FREQUENCY too: how a store culls is
+# the store's, as its capacity is).
+_stores: dict[tuple[str, int, int, str, bool, bool], _Store] = {}
 _stores_lock = threading.Lock()
 
 
 def _store(
-    location: str, capacity: int, policy: Literal["tiny_lfu", "lru"], pickled: bool, stats: bool
+    location: str,
+    capacity: int,
+    cull_frequency: int,
+    policy: Literal["tiny_lfu", "lru"],
+    pickled: bool,
+    stats: bool,
 ) -> _Store:
+    ident = (location, capacity, cull_frequency, policy, pickled, stats)
     with _stores_lock:
-        store = _stores.get((location, capacity, policy, pickled, stats))
+        store = _stores.get(ident)
         if store is None:
-            store = _Store(capacity, policy, pickled, stats)
-            _stores[(location, capacity, policy, pickled, stats)] = store
+            store = _stores[ident] = _Store(capacity, policy, pickled, stats)
         return store
 
 
@@ -153,8 +175,13 @@ class MokaCache(BaseCache):
     the writes of all keys take turns on one lock, see ``_Store``) and
     ``STATS`` (default ``False``: ``True`` records statistics, read with
     :meth:`stats`, exported by ``moka_py.otel``/``moka_py.prometheus``) and
-    ``CULL_FREQUENCY`` (accepted and ignored). Any other option raises
-    ``ImproperlyConfigured``.
+    ``CULL_FREQUENCY`` (default 3). Any other option raises
+    ``ImproperlyConfigured``. ``MAX_ENTRIES`` and ``CULL_FREQUENCY`` mean
+    what Django says: a write that finds ``MAX_ENTRIES`` entries or more
+    first removes ``1/CULL_FREQUENCY`` of them (``0``: all of them); a key
+    just written is always there to be read. ``POLICY`` is the policy of
+    moka's capacity, ``MAX_ENTRIES + 1024``, which the cull keeps the cache
+    below.
 
     Timeouts are Django's: ``None`` never expires, ``0`` or less deletes the key
     (``add`` then stores nothing but returns ``True`` if the key was absent).
@@ -171,7 +198,8 @@ class MokaCache(BaseCache):
         super().__init__(params)
         self._max_entries = capacity
         self._pickled = pickled
-        store = _store(location, capacity, policy, pickled, stats)
+        store = _store(location, capacity, self._cull_frequency, policy, pickled, stats)
+        self._store = store
         self._cache = store.moka
         self._locks = store.locks
 
@@ -196,6 +224,34 @@ class MokaCache(BaseCache):
 
     def _load(self, payload: Any) -> Any:
         return pickle.loads(payload) if self._pickled else payload
+
+    def _make_room(self) -> None:
+        """Django's cull, before a write: if the cache holds ``MAX_ENTRIES``
+        entries or more, removes ``count // CULL_FREQUENCY`` of them (all for
+        ``CULL_FREQUENCY=0``), the first in moka's order (Django leaves which
+        ones to the backend: ``LocMemCache`` the least recently used, the
+        database cache the first by key, the file cache at random). Called
+        with no lock held."""
+        limit = self._max_entries
+        cache = self._cache
+        if cache._approx_count() < limit - _SLACK:
+            return
+        store = self._store
+        with store.cull_lock:
+            if store.culling:
+                return
+            store.culling = True
+        try:
+            count = cache.count()
+            if count < limit:
+                return
+            if self._cull_frequency == 0:
+                cache.clear()
+            else:
+                cache.remove_many(cache.keys()[: count // self._cull_frequency])
+        finally:
+            with store.cull_lock:
+                store.culling = False
 
     def _lock(self, key: str) -> Any:
         return self._locks[hash(key) % _STRIPES]
@@ -248,6 +304,7 @@ class MokaCache(BaseCache):
         k = self.make_and_validate_key(key, version=version)
         payload = self._dump(value)
         expires_now, deadline = self._deadline(timeout)
+        self._make_room()
         with self._lock(k):
             current = self._cache.get(k)
             if _alive(current):
@@ -269,6 +326,7 @@ class MokaCache(BaseCache):
         k = self.make_and_validate_key(key, version=version)
         payload = self._dump(value)
         expires_now, deadline = self._deadline(timeout)
+        self._make_room()
         with self._lock(k):
             if expires_now:
                 self._cache.remove(k)

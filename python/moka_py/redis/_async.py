@@ -29,7 +29,17 @@ from . import _core
 from ._connect import Kind, bounded_async, kind_of
 from ._envelope import Envelope
 from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
-from ._shared import RELEASE_SCRIPT, RENEW_SCRIPT, Tier, as_redis_error, ms, new_token
+from ._shared import (
+    ADD_SCRIPT,
+    RELEASE_SCRIPT,
+    RENEW_SCRIPT,
+    SWAP_SCRIPT,
+    Tier,
+    as_redis_error,
+    ms,
+    new_token,
+    px_arg,
+)
 from ._sync import BATCH, POLL_SECONDS
 
 __all__ = ["AsyncTieredCache"]
@@ -442,6 +452,89 @@ class AsyncTieredCache(Generic[K, V]):
         except RedisError:
             return k in tier.local
         return payload is not None and tier.holds(enc, payload)
+
+    # ------------------------------------------------------------ atomic writes
+
+    async def _script(
+        self, script: str, name: bytes, args: list[Any], messages: list[bytes]
+    ) -> bool:
+        tier = self._tier
+        done = bool(
+            await self._call(self._own.eval(script, 1, name, *tier.script_args(args, messages)))
+        )
+        if done and self._kind == Kind.CLUSTER:
+            await self._publish(messages)
+        return done
+
+    async def add(self, key: K, value: V, ttl: float | None = None) -> bool:
+        """As :meth:`TieredCache.add`."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        data = self._serializer.dumps(value)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        token = tier.rust.token(k)
+        name = self._names.value(enc)
+        payload = tier.pack(enc, data, ttl_s)
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
+        try:
+            stored = await self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
+        except RedisError:
+            tier.rust.invalidate(k)
+            raise
+        if stored:
+            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+        return stored
+
+    async def update(self, key: K, fn: Callable[[V], V]) -> V:
+        """As :meth:`TieredCache.update` (``fn`` is a plain function)."""
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        while True:
+            token = tier.rust.token(k)
+            payload = await self._call(self._own.get(name))
+            opened = None if payload is None else tier.reopen(enc, payload)
+            ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
+            if not ok or opened is None:
+                raise KeyError(key)
+            value = fn(cast("V", old))
+            new = tier.repack(enc, self._serializer.dumps(value), opened[1])
+            msgs = tier.messages(_core.INVALIDATE, (enc,))
+            try:
+                swapped = await self._script(SWAP_SCRIPT, name, [payload, new, b"keep"], msgs)
+            except RedisError:
+                tier.rust.invalidate(k)
+                raise
+            if swapped:
+                left = _core.seconds_left(opened[1])
+                tier.rust.put(k, value, tier.local_bound(left), token)
+                return value
+
+    async def touch(self, key: K, ttl: float | None = None) -> bool:
+        """As :meth:`TieredCache.touch`."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        while True:
+            payload = await self._call(self._own.get(name))
+            opened = None if payload is None else tier.reopen(enc, payload)
+            if opened is None:
+                return False
+            new = tier.pack(enc, opened[0], ttl_s)
+            msgs = tier.messages(_core.INVALIDATE, (enc,))
+            try:
+                swapped = await self._script(SWAP_SCRIPT, name, [payload, new, px_arg(ttl_s)], msgs)
+            finally:
+                tier.rust.invalidate(k)
+            if swapped:
+                return True
 
     async def clear(self) -> None:
         self._ensure()

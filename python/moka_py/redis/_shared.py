@@ -458,13 +458,17 @@ class Tier:
 
     def pack(self, enc: bytes, data: bytes, ttl: float | None) -> bytes:
         """The payload to store for ``enc``'s serialized value ``data``."""
+        return self.envelope.pack(self.names.value(enc), self._bytes(data), _core.deadline_ms(ttl))
+
+    @staticmethod
+    def _bytes(data: Any) -> bytes:
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(
                     f"the serializer's dumps() must return bytes, not {type(data).__name__}"
                 )
             data = bytes(data)
-        return self.envelope.pack(self.names.value(enc), data, _core.deadline_ms(ttl))
+        return data  # type: ignore[no-any-return]
 
     def messages(self, kind: bytes, keys: Iterable[bytes] = ()) -> list[bytes]:
         """The messages that tell the other processes of a write of ``keys``."""
@@ -480,18 +484,21 @@ class Tier:
         if opened is None:
             return False, None, None
         data, left = opened
-        try:
-            value = serializer.loads(data)
-        except Exception as err:
-            self.refused(
-                "payload", Refused(f"that the serializer could not read ({type(err).__name__})")
-            )
-            return False, None, None
-        return True, value, left
+        ok, value = self.loads(serializer, data)
+        return (True, value, left) if ok else (False, None, None)
 
     def _open(self, enc: bytes, payload: bytes) -> tuple[bytes, float | None] | None:
         """The serialized value of a payload read from Redis and its seconds
         left, or None when it is refused (counted) or has expired."""
+        opened = self.reopen(enc, payload)
+        if opened is None:
+            return None
+        return opened[0], _core.seconds_left(opened[1])
+
+    def reopen(self, enc: bytes, payload: bytes) -> tuple[bytes, int] | None:
+        """The serialized value of a payload read from Redis and its deadline
+        (wall-clock ms, 0: none), or None when it is refused (counted) or has
+        expired: what a compare-and-swap re-signs with the same deadline."""
         try:
             data, deadline = self.envelope.open(self.names.value(enc), payload)
         except Refused as err:
@@ -500,7 +507,31 @@ class Tier:
         left = _core.seconds_left(deadline)
         if left is not None and left <= 0:
             return None
-        return data, left
+        return data, deadline
+
+    def repack(self, enc: bytes, data: bytes, deadline: int) -> bytes:
+        """A payload for ``enc`` with an explicit deadline (``reopen``'s)."""
+        return self.envelope.pack(self.names.value(enc), self._bytes(data), deadline)
+
+    def loads(self, serializer: _core.Serializer, data: bytes) -> tuple[bool, Any]:
+        """``serializer.loads(data)`` of verified bytes; ``(False, None)``
+        (counted as refused) when the serializer cannot read them."""
+        try:
+            return True, serializer.loads(data)
+        except Exception as err:
+            self.refused(
+                "payload", Refused(f"that the serializer could not read ({type(err).__name__})")
+            )
+            return False, None
+
+    def script_args(self, args: list[Any], messages: list[bytes]) -> list[Any]:
+        """The ARGV of ``ADD_SCRIPT``/``SWAP_SCRIPT``: ``args``, the channel,
+        then the messages the script publishes when it writes (none on a
+        cluster: the shell sends them with SPUBLISH after the script)."""
+        out = [*args, self.names.channel]
+        if self.kind != Kind.CLUSTER:
+            out.extend(messages)
+        return out
 
     def holds(self, enc: bytes, payload: bytes) -> bool:
         """Whether a payload read from Redis holds a value a read would
@@ -598,8 +629,55 @@ return 0
 """
 
 
+# add(): SET NX, and only if it stored, the invalidation messages (ARGV[4:],
+# none on a cluster, where they go by SPUBLISH after). ARGV: payload, PX in
+# ms or '' (no expiry), the channel, the messages.
+ADD_SCRIPT = """
+local done
+if ARGV[2] == '' then
+  done = redis.call('set', KEYS[1], ARGV[1], 'NX')
+else
+  done = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+end
+if not done then return 0 end
+for i = 4, #ARGV do redis.call('publish', ARGV[3], ARGV[i]) end
+return 1
+"""
+
+# update() and touch(): compare and swap of a payload. ARGV: the payload read,
+# the new one, 'keep' (KEEPTTL), '' (no expiry) or PX in ms, the channel, the
+# messages. The payloads are compared byte for byte: an equal payload written
+# meanwhile holds the same value and deadline, so swapping over it is right.
+SWAP_SCRIPT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == 'keep' then
+  redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
+elseif ARGV[3] == '' then
+  redis.call('set', KEYS[1], ARGV[2])
+else
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+for i = 5, #ARGV do redis.call('publish', ARGV[4], ARGV[i]) end
+return 1
+"""
+
+
+def px_arg(seconds: float | None) -> bytes:
+    """A script's PX argument: milliseconds, or b'' for no expiry."""
+    return b"" if seconds is None else b"%d" % max(1, int(seconds * 1000))
+
+
 def new_token() -> bytes:
     return os.urandom(12).hex().encode()
 
 
-__all__ += ["RELEASE_SCRIPT", "RENEW_SCRIPT", "RedisError", "ms", "new_token"]
+__all__ += [
+    "ADD_SCRIPT",
+    "RELEASE_SCRIPT",
+    "RENEW_SCRIPT",
+    "SWAP_SCRIPT",
+    "RedisError",
+    "ms",
+    "new_token",
+    "px_arg",
+]

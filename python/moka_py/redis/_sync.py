@@ -18,12 +18,15 @@ from ._connect import Kind, bounded_sync, kind_of
 from ._envelope import Envelope
 from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
+    ADD_SCRIPT,
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
+    SWAP_SCRIPT,
     Tier,
     as_redis_error,
     ms,
     new_token,
+    px_arg,
 )
 
 __all__ = ["TieredCache"]
@@ -386,6 +389,100 @@ class TieredCache(Generic[K, V]):
         except RedisError:
             return k in tier.local
         return payload is not None and tier.holds(enc, payload)
+
+    # ------------------------------------------------------------ atomic writes
+
+    def _script(self, script: str, name: bytes, args: list[Any], messages: list[bytes]) -> bool:
+        """Runs ``ADD_SCRIPT`` or ``SWAP_SCRIPT`` on ``name``: whether it
+        wrote. On a single server the script publishes the messages itself
+        (no process sees the write without them); on a cluster they follow."""
+        tier = self._tier
+        done = bool(self._call(self._own.eval, script, 1, name, *tier.script_args(args, messages)))
+        if done and self._kind == Kind.CLUSTER:
+            self._publish(messages)
+        return done
+
+    def add(self, key: K, value: V, ttl: float | None = None) -> bool:
+        """Stores ``value`` only if Redis holds no value for ``key`` (one
+        atomic ``SET NX`` across every process); whether it stored. Every
+        other process drops its copy when it does. Raises ``redis.RedisError``
+        when Redis cannot be asked."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        data = self._serializer.dumps(value)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        token = tier.rust.token(k)
+        name = self._names.value(enc)
+        payload = tier.pack(enc, data, ttl_s)
+        msgs = tier.messages(_core.INVALIDATE, (enc,))
+        try:
+            stored = self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
+        except RedisError:
+            tier.rust.invalidate(k)
+            raise
+        if stored:
+            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+        return stored
+
+    def update(self, key: K, fn: Callable[[V], V]) -> V:
+        """Replaces the value of ``key`` with ``fn(value)`` atomically across
+        every process (compare and swap: ``fn`` runs again if another write
+        of the key came between), keeping its expiry; returns the new value
+        and every other process drops its copy. ``KeyError`` if Redis holds
+        no value for ``key``; ``fn``'s exceptions propagate (nothing is
+        written); ``redis.RedisError`` when Redis cannot be asked."""
+        enc = _core.encode_key(key)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        while True:
+            token = tier.rust.token(k)
+            payload = self._call(self._own.get, name)
+            opened = None if payload is None else tier.reopen(enc, payload)
+            ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
+            if not ok or opened is None:
+                raise KeyError(key)
+            value = fn(cast("V", old))
+            new = tier.repack(enc, self._serializer.dumps(value), opened[1])
+            msgs = tier.messages(_core.INVALIDATE, (enc,))
+            try:
+                swapped = self._script(SWAP_SCRIPT, name, [payload, new, b"keep"], msgs)
+            except RedisError:
+                tier.rust.invalidate(k)
+                raise
+            if swapped:
+                left = _core.seconds_left(opened[1])
+                tier.rust.put(k, value, tier.local_bound(left), token)
+                return value
+
+    def touch(self, key: K, ttl: float | None = None) -> bool:
+        """Gives the value of ``key`` a new expiry (``ttl`` seconds from now,
+        or the cache's ``ttl``) without changing it, atomically across every
+        process; whether Redis held a value. Raises ``redis.RedisError`` when
+        Redis cannot be asked."""
+        enc = _core.encode_key(key)
+        ttl_s = self._ttl_of(ttl)
+        self._ensure()
+        tier = self._tier
+        k = _core.plain_key(key)
+        name = self._names.value(enc)
+        while True:
+            payload = self._call(self._own.get, name)
+            opened = None if payload is None else tier.reopen(enc, payload)
+            if opened is None:
+                return False
+            new = tier.pack(enc, opened[0], ttl_s)
+            msgs = tier.messages(_core.INVALIDATE, (enc,))
+            try:
+                swapped = self._script(SWAP_SCRIPT, name, [payload, new, px_arg(ttl_s)], msgs)
+            finally:
+                # (The local copy's bound was the old expiry: read it again.)
+                tier.rust.invalidate(k)
+            if swapped:
+                return True
 
     def clear(self) -> None:
         """Deletes every entry of this namespace from Redis (every master of a
