@@ -19,6 +19,7 @@ from redis_servers import RedisCluster3, RedisServer
 from support import SIGNING_KEY, run_threads, wait_for
 
 from moka_py.redis import AsyncTieredCache, TieredCache
+from moka_py.redis._shared import MAX_SWAPS
 
 pytestmark = pytest.mark.thread_unsafe  # the module's server, fixed keys
 
@@ -130,6 +131,37 @@ def test_update_keeps_the_expiry_and_fn_errors_write_nothing(
         assert plain.pttl(b"atomic:v:sf") == -1
     finally:
         forever.close()
+
+
+def test_update_under_endless_writes_gives_up(pair: Pair, redis_db: RedisServer) -> None:
+    """A key that another client rewrites between every read and swap: update
+    stops after MAX_SWAPS attempts with WatchError, writing nothing."""
+    a, b = pair
+    a.set("hot", 0)
+    calls: list[int] = []
+
+    def meddle(v: int) -> int:
+        calls.append(v)
+        b.set("hot", -len(calls))  # a new payload: the swap finds it changed
+        return v + 1000
+
+    with pytest.raises(redis.WatchError):
+        a.update("hot", meddle)
+    assert len(calls) == MAX_SWAPS
+    assert b.get("hot") == -MAX_SWAPS
+    wait_for(lambda: a.get("hot") == -MAX_SWAPS, timeout=5)
+
+    async def main() -> None:
+        client = redis_db.async_client()
+        async with AsyncTieredCache(client, namespace=NS, signing_key=SIGNING_KEY) as c:
+            assert await c.wait_ready(5)
+            calls.clear()
+            with pytest.raises(redis.WatchError):
+                await c.update("hot", meddle)
+            assert len(calls) == MAX_SWAPS
+        await client.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def test_touch(pair: Pair, redis_db: RedisServer) -> None:

@@ -31,11 +31,13 @@ from ._envelope import Envelope
 from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
+    MAX_SWAPS,
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
     Tier,
     as_redis_error,
+    contended,
     ms,
     new_token,
     px_arg,
@@ -494,7 +496,7 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        while True:
+        for _ in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = await self._call(self._own.get(name))
             opened = None if payload is None else tier.reopen(enc, payload)
@@ -513,6 +515,7 @@ class AsyncTieredCache(Generic[K, V]):
                 left = _core.seconds_left(opened[1])
                 tier.rust.put(k, value, tier.local_bound(left), token)
                 return value
+        raise contended("update")
 
     async def touch(self, key: K, ttl: float | None = None) -> bool:
         """As :meth:`TieredCache.touch`."""
@@ -522,7 +525,7 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        while True:
+        for _ in range(MAX_SWAPS):
             payload = await self._call(self._own.get(name))
             opened = None if payload is None else tier.reopen(enc, payload)
             if opened is None:
@@ -535,6 +538,7 @@ class AsyncTieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             if swapped:
                 return True
+        raise contended("touch")
 
     async def clear(self) -> None:
         self._ensure()

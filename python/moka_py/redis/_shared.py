@@ -25,6 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from .._moka_py import Moka, _Tier
 from . import _core
@@ -662,6 +663,20 @@ return 1
 """
 
 
+# update() and touch(): compare-and-swap attempts before giving up, each lost
+# to another write of the key made in between (a key written without pause by
+# others would otherwise keep the call retrying for ever).
+MAX_SWAPS = 64
+
+
+def contended(method: str) -> WatchError:
+    """The error of an ``update``/``touch`` that lost every swap."""
+    return WatchError(
+        f"{method}: another write of the key came between each of {MAX_SWAPS} attempts "
+        "to swap its value; nothing was written"
+    )
+
+
 def px_arg(seconds: float | None) -> bytes:
     """A script's PX argument: milliseconds, or b'' for no expiry."""
     return b"" if seconds is None else b"%d" % max(1, int(seconds * 1000))
@@ -673,10 +688,12 @@ def new_token() -> bytes:
 
 __all__ += [
     "ADD_SCRIPT",
+    "MAX_SWAPS",
     "RELEASE_SCRIPT",
     "RENEW_SCRIPT",
     "SWAP_SCRIPT",
     "RedisError",
+    "contended",
     "ms",
     "new_token",
     "px_arg",

@@ -19,11 +19,13 @@ from ._envelope import Envelope
 from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
+    MAX_SWAPS,
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
     Tier,
     as_redis_error,
+    contended,
     ms,
     new_token,
     px_arg,
@@ -432,13 +434,15 @@ class TieredCache(Generic[K, V]):
         of the key came between), keeping its expiry; returns the new value
         and every other process drops its copy. ``KeyError`` if Redis holds
         no value for ``key``; ``fn``'s exceptions propagate (nothing is
-        written); ``redis.RedisError`` when Redis cannot be asked."""
+        written); ``redis.WatchError`` (nothing written) when another write
+        of the key came between each of 64 attempts; ``redis.RedisError``
+        when Redis cannot be asked."""
         enc = _core.encode_key(key)
         self._ensure()
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        while True:
+        for _ in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = self._call(self._own.get, name)
             opened = None if payload is None else tier.reopen(enc, payload)
@@ -457,19 +461,20 @@ class TieredCache(Generic[K, V]):
                 left = _core.seconds_left(opened[1])
                 tier.rust.put(k, value, tier.local_bound(left), token)
                 return value
+        raise contended("update")
 
     def touch(self, key: K, ttl: float | None = None) -> bool:
         """Gives the value of ``key`` a new expiry (``ttl`` seconds from now,
         or the cache's ``ttl``) without changing it, atomically across every
-        process; whether Redis held a value. Raises ``redis.RedisError`` when
-        Redis cannot be asked."""
+        process; whether Redis held a value. Raises ``redis.WatchError`` as
+        :meth:`update` does, ``redis.RedisError`` when Redis cannot be asked."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        while True:
+        for _ in range(MAX_SWAPS):
             payload = self._call(self._own.get, name)
             opened = None if payload is None else tier.reopen(enc, payload)
             if opened is None:
@@ -483,6 +488,7 @@ class TieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             if swapped:
                 return True
+        raise contended("touch")
 
     def clear(self) -> None:
         """Deletes every entry of this namespace from Redis (every master of a
