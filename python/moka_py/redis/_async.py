@@ -198,6 +198,7 @@ class AsyncTieredCache(Generic[K, V]):
         wait_timeout: float = 30.0,
         timeout: float = 1.0,
         stats: bool = False,
+        stale_if_error: float | None = None,
     ) -> None:
         kind = kind_of(client, asynchronous=True)
         opts = _core.check_options(
@@ -238,6 +239,7 @@ class AsyncTieredCache(Generic[K, V]):
             slow_get=self._no_get,
             slow_aget=self._slow_get,
             label="AsyncTieredCache",
+            stale_if_error=_core.check_seconds(stale_if_error, "stale_if_error"),
         )
         # (event loop, encoded key) -> the future of this process's load.
         self._flights: dict[tuple[int, bytes], asyncio.Future[Any]] = {}
@@ -578,13 +580,17 @@ class AsyncTieredCache(Generic[K, V]):
         key: K,
         initializer: Callable[[], Awaitable[V]],
         ttl: float | None = None,
+        *,
+        stale_if_error: float | None = None,
     ) -> V:
         """The value of ``key``; on a miss, ``await initializer()`` runs once
-        per key across every task of every process."""
+        per key across every task of every process. ``stale_if_error``: as
+        ``TieredCache.get_with``'s."""
+        window = self._tier.window(stale_if_error)
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
-        return await self._load(key, initializer, ttl)  # type: ignore[no-any-return]
+        return await self._load(key, initializer, ttl, None, window)  # type: ignore[no-any-return]
 
     async def _load(
         self,
@@ -592,9 +598,12 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[Any]],
         ttl: float | None,
         keep: Callable[[Any], object] | None = None,
+        window: float | None = None,
     ) -> Any:
         """``get_with``'s miss; a value for which ``keep`` is false is
-        returned (to this process's callers) but not stored."""
+        returned (to this process's callers) but not stored; a load that
+        raises returns the value kept for the key instead when it expired
+        at most ``window`` seconds ago (``TieredCache._load``)."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
@@ -632,14 +641,21 @@ class AsyncTieredCache(Generic[K, V]):
             else:
                 value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
         except BaseException as err:
+            ok, value = (
+                self._tier.stale_value(k, window) if isinstance(err, Exception) else (False, None)
+            )
+            if not ok:
+                if not flight.done():
+                    if isinstance(err, asyncio.CancelledError):
+                        flight.cancel()
+                    else:
+                        flight.set_exception(err)
+                        # Awaited or not, the exception is the callers' to see.
+                        flight.exception()
+                raise
             if not flight.done():
-                if isinstance(err, asyncio.CancelledError):
-                    flight.cancel()
-                else:
-                    flight.set_exception(err)
-                    # Awaited or not, the exception is the callers' to see.
-                    flight.exception()
-            raise
+                flight.set_result(value)
+            return value
         else:
             flight.set_result(value)
             return value
@@ -681,6 +697,7 @@ class AsyncTieredCache(Generic[K, V]):
                     if keep is None or keep(value):
                         bound = tier.write_bound(ttl, ttl_s)
                         tier.rust.fill(k, value, bound, token)
+                        tier.remember(k, value, ttl_s, token)
                     return value
                 if claimed:
                     return await self._lead(
@@ -740,8 +757,10 @@ class AsyncTieredCache(Generic[K, V]):
             )
         except RedisError:
             tier.rust.fill(k, value, bound, token)
+            tier.remember(k, value, ttl_s, token)
             return value
         tier.rust.put(k, value, bound, token)
+        tier.remember_put(k, value, ttl_s, token)
         return value
 
     async def _renew(self, lock_key: bytes, claim: bytes) -> None:
@@ -812,6 +831,7 @@ class AsyncTieredCache(Generic[K, V]):
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
                 tier.rust.put(k, value, bound, token)
+                tier.remember_put(k, value, ttl_s, token)
             return value
         finally:
             renewer.cancel()
@@ -879,6 +899,7 @@ class AsyncTieredCache(Generic[K, V]):
         *,
         cache_if: Callable[[Any], object] | None = None,
         refresh_after: float | None = None,
+        stale_if_error: float | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], AsyncTieredFunction[P, R]]:
         """Caches an ``async def`` function's results in this cache (one call
         per arguments across every process; the options and the function's
@@ -887,6 +908,7 @@ class AsyncTieredCache(Generic[K, V]):
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
         _core.check_seconds(refresh_after, "refresh_after")
+        window = self._tier.window(stale_if_error)
         if cache_if is not None and not callable(cache_if):
             raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
 
@@ -921,7 +943,7 @@ class AsyncTieredCache(Generic[K, V]):
                 k = await key_of(args, kwargs)
                 stored = rust.lookup(k, _MISS)
                 if stored is _MISS:
-                    stored = await self._load(k, loader(args, kwargs), ttl, keep)
+                    stored = await self._load(k, loader(args, kwargs), ttl, keep, window)
                 value, due = d.unpack(stored)
                 if due:
                     self._reload_later(k, loader(args, kwargs), ttl, keep)

@@ -13,6 +13,7 @@ keys: no user code runs under them and nothing waits on Redis under them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -140,6 +141,7 @@ class Tier:
         slow_get: Callable[[Any, Any], Any],
         slow_aget: Callable[[Any, Any], Any],
         label: str,
+        stale_if_error: float | None = None,
     ) -> None:
         self.names = names
         self.envelope = envelope
@@ -149,6 +151,13 @@ class Tier:
         self.local_ttl = local_ttl
         self.local: Moka[Any, Any] = Moka(capacity, stats=stats)
         self.rust = _Tier(self.local, slow_get, slow_aget, uuid.UUID)
+        # stale_if_error: the last value this process read or loaded for each
+        # key, `(value, deadline, token)`, kept `stale_if_error` seconds past
+        # the value's deadline (see `remember`); None when it is off.
+        self.stale_if_error = stale_if_error
+        self.stale: Moka[Any, tuple[Any, float, int]] | None = (
+            Moka(capacity) if stale_if_error is not None else None
+        )
         self.counts: _core.LoadStats | _core.NoStats = (
             _core.LoadStats() if stats else _core.NoStats()
         )
@@ -562,17 +571,81 @@ class Tier:
             return False, None
         self.counts.add("remote_hits")
         self.rust.fill(k, value, self.local_bound(left), token)
+        self.remember(k, value, left, token)
         return True, value
 
     def fail_safe(self, k: Any) -> tuple[bool, Any]:
-        """Redis did not answer a read of ``k``: the local copy if there is one
-        (counted as served stale), else a miss."""
+        """Redis did not answer a read of ``k``: the local copy if there is one,
+        else (with ``stale_if_error``) the last value known here if it expired
+        at most that long ago (both counted as served stale), else a miss."""
         found = self.rust.peek(k, _MISSING)
         if found is _MISSING:
-            self.counts.add("misses")
-            return False, None
+            ok, found = self.stale_value(k, self.stale_if_error)
+            if not ok:
+                self.counts.add("misses")
+                return False, None
+            return True, found
         self.counts.add("stale_served")
         return True, found
+
+    # ------------------------------------------------------------ stale_if_error
+
+    def window(self, stale_if_error: object) -> float | None:
+        """The ``stale_if_error`` of one call, checked (None: the cache's; 0:
+        off for this call). It can only shorten the cache's, which bounds
+        how long values are kept."""
+        if stale_if_error is None:
+            return self.stale_if_error
+        if type(stale_if_error) in (int, float) and stale_if_error == 0:
+            return None
+        seconds = _core.check_seconds(stale_if_error, "stale_if_error")
+        assert seconds is not None
+        if self.stale_if_error is None or seconds > self.stale_if_error:
+            raise ValueError(
+                f"stale_if_error={stale_if_error!r} is longer than the cache's "
+                f"stale_if_error={self.stale_if_error!r}, which bounds how long expired "
+                "values are kept: set it on the cache"
+            )
+        return seconds
+
+    def remember(self, k: Any, value: Any, left: float | None, token: int) -> None:
+        """Keeps ``value``, read or loaded for ``k`` with ``left`` seconds to
+        live (None: no deadline), for ``stale_if_error`` seconds past that
+        deadline. ``token`` is the key's sequence token once the value is in
+        place (``rust.token`` before a ``fill``; one more after a ``put``,
+        which bumps it): any later invalidation of the key (or of a key of
+        its stripe, or of the whole tier) moves the token, and the kept value
+        is then never served."""
+        stale = self.stale
+        if stale is None or self.stale_if_error is None:
+            return
+        if left is None:
+            stale.set(k, (value, math.inf, token))
+        elif left > 0:
+            deadline = time.monotonic() + left
+            stale.set(k, (value, deadline, token), ttl=left + self.stale_if_error)
+
+    def remember_put(self, k: Any, value: Any, left: float | None, token: int) -> None:
+        """``remember`` after ``rust.put(k, value, bound, token)``: a put
+        bumps the key's stripe once (the low half of the token, see
+        ``src/py/tier.rs``), so the token with the value in place is one more."""
+        self.remember(k, value, left, token + 1)
+
+    def stale_value(self, k: Any, window: float | None) -> tuple[bool, Any]:
+        """``(True, value)``: the value kept for ``k`` whose deadline passed at
+        most ``window`` seconds ago (None: off) and that nothing invalidated
+        since, counted as served stale; else ``(False, None)``."""
+        stale = self.stale
+        if stale is None or window is None:
+            return False, None
+        found = stale.get(k, _MISSING)
+        if found is _MISSING:
+            return False, None
+        value, deadline, token = found
+        if time.monotonic() > deadline + window or self.rust.token(k) != token:
+            return False, None
+        self.counts.add("stale_served")
+        return True, value
 
     def split_local(
         self, keys: Iterable[Any]

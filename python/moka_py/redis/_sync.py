@@ -133,6 +133,7 @@ class TieredCache(Generic[K, V]):
         wait_timeout: float = 30.0,
         timeout: float = 1.0,
         stats: bool = False,
+        stale_if_error: float | None = None,
     ) -> None:
         kind = kind_of(client, asynchronous=False)
         opts = _core.check_options(
@@ -168,6 +169,7 @@ class TieredCache(Generic[K, V]):
             slow_get=self._slow_get,
             slow_aget=self._no_aget,
             label="TieredCache",
+            stale_if_error=_core.check_seconds(stale_if_error, "stale_if_error"),
         )
         self._forked()
         # The hot path: `cache.get` is the Rust method itself (no Python frame).
@@ -525,13 +527,24 @@ class TieredCache(Generic[K, V]):
 
     # ------------------------------------------------------------ loads
 
-    def get_with(self, key: K, initializer: Callable[[], V], ttl: float | None = None) -> V:
+    def get_with(
+        self,
+        key: K,
+        initializer: Callable[[], V],
+        ttl: float | None = None,
+        *,
+        stale_if_error: float | None = None,
+    ) -> V:
         """The value of ``key``; on a miss, ``initializer()`` runs once per key
-        across every thread of every process, and its result is stored."""
+        across every thread of every process, and its result is stored.
+        ``stale_if_error`` (None: the cache's; 0: off; at most the cache's):
+        if the load fails, the last value known here that expired at most
+        that long ago is returned instead (see the README)."""
+        window = self._tier.window(stale_if_error)
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
-        return self._load(key, initializer, ttl)  # type: ignore[no-any-return]
+        return self._load(key, initializer, ttl, None, window)  # type: ignore[no-any-return]
 
     def _load(
         self,
@@ -539,9 +552,13 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], Any],
         ttl: float | None,
         keep: Callable[[Any], object] | None = None,
+        window: float | None = None,
     ) -> Any:
         """``get_with``'s miss; a value for which ``keep`` is false is
-        returned (to this process's callers) but not stored."""
+        returned (to this process's callers) but not stored. A load that
+        raises an ``Exception`` returns instead the value kept for the key if
+        it expired at most ``window`` seconds ago (the callers waiting for
+        this load get it too)."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
         self._ensure()
@@ -585,6 +602,13 @@ class TieredCache(Generic[K, V]):
             else:
                 flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
             return flight.value
+        except Exception as err:
+            ok, stale = self._tier.stale_value(k, window)
+            if not ok:
+                flight.error = err
+                raise
+            flight.value = stale
+            return stale
         except BaseException as err:
             flight.error = err
             raise
@@ -664,6 +688,7 @@ class TieredCache(Generic[K, V]):
         if keep is None or keep(value):
             bound = self._tier.write_bound(ttl, ttl_s)
             self._tier.rust.fill(k, value, bound, token)
+            self._tier.remember(k, value, ttl_s, token)
         return value
 
     def _load_unclaimed(
@@ -692,8 +717,10 @@ class TieredCache(Generic[K, V]):
             )
         except RedisError:
             tier.rust.fill(k, value, bound, token)
+            tier.remember(k, value, ttl_s, token)
             return value
         tier.rust.put(k, value, bound, token)
+        tier.remember_put(k, value, ttl_s, token)
         return value
 
     def _lead(
@@ -761,6 +788,7 @@ class TieredCache(Generic[K, V]):
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
                 tier.rust.put(k, value, bound, token)
+                tier.remember_put(k, value, ttl_s, token)
             return value
         finally:
             self._renewer.drop(lock_key)
@@ -828,6 +856,7 @@ class TieredCache(Generic[K, V]):
         *,
         cache_if: Callable[[Any], object] | None = None,
         refresh_after: float | None = None,
+        stale_if_error: float | None = None,
     ) -> Callable[[Callable[P, R]], TieredFunction[P, R]]:
         """Caches a sync function's results in this cache: one call per
         arguments across every process (``get_with``). The key is ``name``
@@ -837,7 +866,8 @@ class TieredCache(Generic[K, V]):
         tell two of them apart.
 
         ``cache_if(result)``: a result for which it is false is returned but
-        not stored. ``refresh_after``: seconds after which a call that finds
+        not stored. ``stale_if_error``: as ``get_with``'s, for every call.
+        ``refresh_after``: seconds after which a call that finds
         the result returns it and reloads it in the background (one reload
         across the fleet: a process that finds another's load in flight
         leaves it to that one).
@@ -853,6 +883,7 @@ class TieredCache(Generic[K, V]):
         if ttl is not None:
             _core.check_seconds(ttl, "ttl")
         _core.check_seconds(refresh_after, "refresh_after")
+        window = self._tier.window(stale_if_error)
         if cache_if is not None and not callable(cache_if):
             raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
 
@@ -878,7 +909,7 @@ class TieredCache(Generic[K, V]):
                 k = key_of(args, kwargs)
                 stored = rust.lookup(k, _MISS)
                 if stored is _MISS:
-                    stored = self._load(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep)
+                    stored = self._load(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep, window)
                 value, due = d.unpack(stored)
                 if due:
                     self._reload_later(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep)
