@@ -176,9 +176,10 @@ def test_the_decorator_serves_stale_results(redis_db: RedisServer) -> None:
 
 
 def test_redis_down_and_loader_failing(own_redis_server: RedisServer) -> None:
-    with tiered(own_redis_server, stale_if_error=60, timeout=0.5) as c, tiered(
-        own_redis_server, timeout=0.5
-    ) as plain:
+    with (
+        tiered(own_redis_server, stale_if_error=60, timeout=0.5) as c,
+        tiered(own_redis_server, timeout=0.5) as plain,
+    ):
         c.get_with("k", lambda: "v1")
         plain.get_with("k2", lambda: "v1")
         expired(c, "k")

@@ -431,9 +431,10 @@ class TierStats:
     dropped); ``redis_errors``: Redis calls that failed or timed out;
     ``stale_served``: reads answered from the local tier while Redis was
     unreachable (fail-safe), and with ``stale_if_error``, values returned past
-    their expiry (a failed load, a read through an outage); ``rejected``: payloads and messages refused (not
-    signed with a key of this cache, forged, copied from another key, over the
-    bounds, or that the serializer could not read): each payload was a miss,
+    their expiry (a failed load, a read through an outage); ``rejected``:
+    payloads and messages refused (not signed with a key of this cache, forged,
+    copied from another key, over the bounds, or that the serializer could not
+    read): each payload was a miss,
     each message was dropped.
     """
 
