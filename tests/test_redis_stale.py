@@ -266,3 +266,40 @@ def test_async_serves_stale_and_retries(redis_db: RedisServer) -> None:
                 await aprice("never loaded")
 
     run(main)
+
+
+def test_async_redis_down_and_loader_failing(own_redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with AsyncTieredCache(
+            own_redis_server.async_client(),
+            namespace="stale",
+            signing_key=SIGNING_KEY,
+            stats=True,
+            ttl=TTL,
+            timeout=0.5,
+            stale_if_error=60,
+        ) as c:
+            assert await c.wait_ready(5)
+
+            async def v1() -> str:
+                return "v1"
+
+            assert await c.get_with("k", v1) == "v1"
+            for _ in range(2000):
+                if await c.get("k") is None:
+                    break
+                await asyncio.sleep(0.01)
+            own_redis_server.pause()
+            try:
+                assert await c.get("k") == "v1"  # no local copy: the kept value
+                assert await c.get_with("k", afailing) == "v1"
+                # Loaded here while Redis is away, kept, and served when the
+                # next load fails.
+                assert await c.get_with("new", v1) == "v1"
+                c.local.remove("new")
+                assert await c.get_with("new", afailing) == "v1"
+            finally:
+                own_redis_server.resume()
+            assert c.stats().stale_served >= 3 and c.stats().redis_errors > 0
+
+    run(main)
