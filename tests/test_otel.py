@@ -155,12 +155,15 @@ def test_a_tiered_cache_and_its_feed_loss(own_redis_server: RedisServer) -> None
         remote = of(points, "moka.tiered.requests", "users", cache_result="remote_hit")
         assert remote == s.remote_hits >= 1
         assert of(points, "moka.tiered.requests", "users", cache_result="miss") == s.misses >= 1
-        assert of(points, "moka.tiered.feed.up", "users") == 1
-        assert of(points, "moka.tiered.feed.losses", "users") == 0
+        # (On a loaded machine the feed can be lost on its own, a health
+        # check timing out: the exported figures must be the statistics'.)
+        losses = of(points, "moka.tiered.feed.losses", "users")
+        assert losses == s.feed_losses
         assert of(points, "moka.cache.entry.count", "users") == b.local.count()
+        assert b.wait_ready(5)
         assert own_redis_server.client_kill(type="pubsub") >= 2
-        wait_for(lambda: b.stats().feed_losses == 1, timeout=5)
+        wait_for(lambda: b.stats(cumulative=True).feed_losses > losses, timeout=5)
         assert b.wait_ready(5)
         points = collect(reader)
-        assert of(points, "moka.tiered.feed.losses", "users") == 1
+        assert of(points, "moka.tiered.feed.losses", "users") >= losses + 1
         assert of(points, "moka.tiered.feed.up", "users") == 1
