@@ -31,8 +31,6 @@ How it is built:
 from __future__ import annotations
 
 import hashlib
-import json
-import pickle
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -74,30 +72,6 @@ _MISS: Any = object()
 _FOREVER: Final = 100 * 365 * 86400.0  # the tier's longest ttl
 
 
-class _Pickle:
-    __slots__ = ()
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return pickle.loads(data)
-
-
-class _Json:
-    __slots__ = ()
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
-
 class _Bytes:
     """The tier's serializer: the backend hands it bytes already serialized."""
 
@@ -113,10 +87,15 @@ class _Bytes:
 
 
 def _serializer(spec: Any) -> Any:
+    # The tier's own serializers (imported here: moka_py.redis needs redis-py,
+    # which MokaCache does not).
+    from moka_py.redis import JSON
+    from moka_py.redis._core import PICKLE
+
     if spec in (None, "pickle"):
-        return _Pickle()
+        return PICKLE
     if spec == "json":
-        return _Json()
+        return JSON
     if isinstance(spec, str):
         try:
             spec = import_string(spec)
