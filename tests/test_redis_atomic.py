@@ -260,3 +260,12 @@ def test_atomic_writes_stay_signed(redis_db: RedisServer) -> None:
         assert raw is not None and raw[0] == 2 and raw.endswith(b"vw" + b"\x94.")
     finally:
         cache.close()
+
+
+def test_a_lost_swap_waits_a_bounded_random_pause() -> None:
+    from moka_py.redis._shared import swap_backoff
+
+    first = [swap_backoff(0) for _ in range(200)]
+    assert all(0.0 <= p <= 0.001 for p in first) and len(set(first)) > 1
+    assert all(0.0 <= swap_backoff(n) <= 0.05 for n in (5, 6, 63, 10_000))
+    assert max(swap_backoff(63) for _ in range(200)) > 0.001

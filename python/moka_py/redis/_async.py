@@ -41,6 +41,7 @@ from ._shared import (
     ms,
     new_token,
     px_arg,
+    swap_backoff,
 )
 from ._sync import BATCH, POLL_SECONDS
 
@@ -498,7 +499,7 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        for _ in range(MAX_SWAPS):
+        for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = await self._call(self._own.get(name))
             opened = None if payload is None else tier.reopen(enc, payload)
@@ -517,6 +518,8 @@ class AsyncTieredCache(Generic[K, V]):
                 left = _core.seconds_left(opened[1])
                 tier.rust.put(k, value, tier.local_bound(left), token)
                 return value
+            if attempt + 1 < MAX_SWAPS:
+                await asyncio.sleep(swap_backoff(attempt))
         raise contended("update")
 
     async def touch(self, key: K, ttl: float | None = None) -> bool:
@@ -527,7 +530,7 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        for _ in range(MAX_SWAPS):
+        for attempt in range(MAX_SWAPS):
             payload = await self._call(self._own.get(name))
             opened = None if payload is None else tier.reopen(enc, payload)
             if opened is None:
@@ -540,6 +543,8 @@ class AsyncTieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             if swapped:
                 return True
+            if attempt + 1 < MAX_SWAPS:
+                await asyncio.sleep(swap_backoff(attempt))
         raise contended("touch")
 
     async def clear(self) -> None:

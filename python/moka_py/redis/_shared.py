@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import threading
 import time
 import uuid
@@ -739,6 +740,18 @@ return 1
 # to another write of the key made in between (a key written without pause by
 # others would otherwise keep the call retrying for ever).
 MAX_SWAPS = 64
+# After a lost swap a caller waits a random time up to 1 ms, doubled after
+# each further loss up to 50 ms (full jitter), so that writers racing for
+# one key spread out instead of losing to each other in step: without it, a
+# slower writer among a few fast ones (a free-threaded build's threads, on a
+# loaded machine) lost all 64 in a row.
+_BACKOFF_FIRST = 0.001
+_BACKOFF_MAX = 0.05
+
+
+def swap_backoff(attempt: int) -> float:
+    """Seconds to wait after losing swap number ``attempt`` (from 0)."""
+    return random.uniform(0.0, min(_BACKOFF_MAX, _BACKOFF_FIRST * (1 << min(attempt, 16))))
 
 
 def contended(method: str) -> WatchError:
@@ -769,4 +782,5 @@ __all__ += [
     "ms",
     "new_token",
     "px_arg",
+    "swap_backoff",
 ]

@@ -29,6 +29,7 @@ from ._shared import (
     ms,
     new_token,
     px_arg,
+    swap_backoff,
 )
 
 __all__ = ["TieredCache"]
@@ -437,14 +438,15 @@ class TieredCache(Generic[K, V]):
         and every other process drops its copy. ``KeyError`` if Redis holds
         no value for ``key``; ``fn``'s exceptions propagate (nothing is
         written); ``redis.WatchError`` (nothing written) when another write
-        of the key came between each of 64 attempts; ``redis.RedisError``
-        when Redis cannot be asked."""
+        of the key came between each of 64 attempts (after each lost one
+        the call waits a random pause, its bound doubling from 1 ms to
+        50 ms); ``redis.RedisError`` when Redis cannot be asked."""
         enc = _core.encode_key(key)
         self._ensure()
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        for _ in range(MAX_SWAPS):
+        for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = self._call(self._own.get, name)
             opened = None if payload is None else tier.reopen(enc, payload)
@@ -463,6 +465,8 @@ class TieredCache(Generic[K, V]):
                 left = _core.seconds_left(opened[1])
                 tier.rust.put(k, value, tier.local_bound(left), token)
                 return value
+            if attempt + 1 < MAX_SWAPS:
+                time.sleep(swap_backoff(attempt))
         raise contended("update")
 
     def touch(self, key: K, ttl: float | None = None) -> bool:
@@ -476,7 +480,7 @@ class TieredCache(Generic[K, V]):
         tier = self._tier
         k = _core.plain_key(key)
         name = self._names.value(enc)
-        for _ in range(MAX_SWAPS):
+        for attempt in range(MAX_SWAPS):
             payload = self._call(self._own.get, name)
             opened = None if payload is None else tier.reopen(enc, payload)
             if opened is None:
@@ -490,6 +494,8 @@ class TieredCache(Generic[K, V]):
                 tier.rust.invalidate(k)
             if swapped:
                 return True
+            if attempt + 1 < MAX_SWAPS:
+                time.sleep(swap_backoff(attempt))
         raise contended("touch")
 
     def clear(self) -> None:
