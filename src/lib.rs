@@ -42,6 +42,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::cached::MissKey>()?;
     m.add_class::<py::ready::Ready>()?;
     m.add_class::<py::stats::CacheStats>()?;
+    m.add_class::<py::tags::TagStamp>()?;
     m.add_class::<py::refresh::Claim>()?;
     m.add_class::<py::tier::Tier>()?;
     m.add_class::<py::mac::Mac>()?;

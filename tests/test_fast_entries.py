@@ -80,9 +80,10 @@ def test_bad_calls_raise_as_pyo3_did(index: int) -> None:
 
 def test_signatures_and_docs_are_pyo3s() -> None:
     assert str(inspect.signature(Moka.get)) == "(self, /, key, default=None)"
-    assert str(inspect.signature(Moka.set)) == "(self, /, key, value, ttl=None, tti=None)"
+    with_tags = "ttl=None, tti=None, *, tags=None)"
+    assert str(inspect.signature(Moka.set)) == f"(self, /, key, value, {with_tags}"
     assert str(inspect.signature(Moka.remove)) == "(self, /, key, default=None)"
-    with_init = "(self, /, key, initializer, ttl=None, tti=None)"
+    with_init = f"(self, /, key, initializer, {with_tags}"
     assert str(inspect.signature(Moka.get_with)) == with_init
     for name in ("get", "set", "remove", "get_with"):
         doc = getattr(Moka, name).__doc__

@@ -21,8 +21,8 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from typing import Any, cast
 
 from moka_py._moka_py import Moka, _Claim, _write_unraisable
 
@@ -118,10 +118,14 @@ async def _compute(
     initializer: Callable[[], Awaitable[Any]],
     ttl: float | None,
     tti: float | None,
+    tags: Iterable[str] | None,
 ) -> Any:
+    # The tags are stamped before the load: an invalidation during it dates
+    # the value (it is stored, and absent at once).
+    stamp = None if tags is None else cache._stamp(tags)
     value = await timed(cache, initializer)
     # The ttl/tti start now, when the value is stored.
-    cache.set(key, value, ttl, tti)
+    cache.set(key, value, ttl, tti, tags=cast(Any, stamp))
     return value
 
 
@@ -131,9 +135,10 @@ def load(
     initializer: Callable[[], Awaitable[Any]],
     ttl: float | None,
     tti: float | None,
+    tags: Iterable[str] | None = None,
 ) -> Coroutine[Any, Any, Any]:
     """A miss of ``aget_with``: joins (or starts) the computation of ``key``."""
-    return _LOADS.join((cache, key), lambda: _compute(cache, key, initializer, ttl, tti))
+    return _LOADS.join((cache, key), lambda: _compute(cache, key, initializer, ttl, tti, tags))
 
 
 def refresh(

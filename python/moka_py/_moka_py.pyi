@@ -28,6 +28,7 @@ __all__ = [
     "Ready",
     "_Claim",
     "_Mac",
+    "_TagStamp",
     "_Tier",
     "_write_unraisable",
     "make_key",
@@ -104,12 +105,29 @@ class Moka(Generic[_K, _V]):
     @property
     def refresh_after(self) -> float | None:
         """The seconds after which ``get_with`` reloads an entry, or None."""
-    def set(self, key: _K, value: _V, ttl: float | None = None, tti: float | None = None) -> None:
+    def set(
+        self,
+        key: _K,
+        value: _V,
+        ttl: float | None = None,
+        tti: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
         """Stores ``value`` under ``key``.
 
         ``ttl``/``tti`` apply to this entry only and can only shorten the
         cache-wide ones; setting a key again without them clears them.
+        ``tags`` (strings) name groups of entries that ``invalidate_tags``
+        removes at once.
         """
+    def invalidate_tags(self, *tags: str) -> None:
+        """Makes every entry written with one of ``tags`` before the call
+        absent, at once, whatever their number (each tag has an epoch that
+        entries carry; they are removed by the next ``len()`` or
+        ``run_pending_tasks()``, or by eviction). A load in flight during
+        the call stores a value that is absent at once."""
+    def _stamp(self, tags: Iterable[str]) -> _TagStamp | None: ...
     @overload
     def get(self, key: _K) -> _V | None: ...
     @overload
@@ -121,6 +139,8 @@ class Moka(Generic[_K, _V]):
         initializer: Callable[[], _V],
         ttl: float | None = None,
         tti: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> _V:
         """The value for ``key``, computed by ``initializer()`` on a miss.
 
@@ -141,6 +161,8 @@ class Moka(Generic[_K, _V]):
         initializer: Callable[[], Awaitable[_V]],
         ttl: float | None = None,
         tti: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> Awaitable[_V]:
         """``await cache.aget_with(key, initializer)``: the value for ``key``,
         computed by ``await initializer()`` on a miss.
@@ -156,6 +178,8 @@ class Moka(Generic[_K, _V]):
         items: Mapping[_K, _V] | Iterable[tuple[_K, _V]],
         ttl: float | None = None,
         tti: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> None:
         """Stores every ``(key, value)`` pair. Every key (and weight) is checked
         before anything is stored."""
@@ -354,6 +378,11 @@ class _Claim:
         hands it to the callers waiting for the key."""
     def fail(self, exc: BaseException) -> None:
         """Hands ``exc`` to the callers waiting for the key."""
+
+@final
+class _TagStamp:
+    """Tags with their epochs when a load began (``Moka._stamp``); passed as
+    ``tags=`` of the write that stores the load's value."""
 
 def _write_unraisable(exc: BaseException, obj: object) -> None:
     """Sends ``exc`` to ``sys.unraisablehook`` (failed async reloads)."""

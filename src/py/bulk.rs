@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::ops::compute::{CompResult, Op};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -17,6 +16,7 @@ use crate::store::cache::Store;
 use crate::store::entry::Entry;
 use crate::store::errors::Error;
 use crate::store::key::{Key, KeyRef};
+use crate::store::tags::Stamp;
 
 /// The lookup keys of `keys` (an iterable), in order.
 fn lookup_keys(
@@ -43,7 +43,7 @@ pub(crate) fn get_many<'py>(
         py,
         |store| {
             refs.iter()
-                .map(|key| key.and_then(|key| store.get(key)))
+                .map(|key| key.and_then(|key| store.get(key).filter(|e| e.current())))
                 .collect()
         },
         |found| found,
@@ -90,12 +90,13 @@ pub(crate) fn set_many(
     items: &Bound<'_, PyAny>,
     ttl: Option<Duration>,
     tti: Option<Duration>,
+    tags: Option<Stamp>,
 ) -> PyResult<()> {
     let mut batch: Vec<(Key, Arc<Entry>)> = Vec::new();
     let prepared = pairs(items).and_then(|pairs| {
         for (k, v) in pairs {
             let key = cache.key(&k)?;
-            let entry = cache.entry(py, &k, &v, ttl, tti)?;
+            let entry = cache.entry(py, &k, &v, ttl, tti, tags.clone())?;
             batch.push((key, entry));
         }
         Ok(())
@@ -125,7 +126,10 @@ pub(crate) fn remove_many(cache: &Store, py: Python<'_>, keys: &Bound<'_, PyAny>
         for key in refs {
             // An expired entry is absent here as everywhere: where one can
             // expire, moka is asked first (as `Store::take` does).
-            if (!can_expire || store.contains_key(key)) && cache.remove_in(store, key).is_some() {
+            // (One invalidated by tag is removed, not counted.)
+            if (!can_expire || store.contains_key(key))
+                && cache.remove_in(store, key).is_some_and(|e| e.current())
+            {
                 removed += 1;
             }
         }
@@ -158,18 +162,5 @@ pub(crate) fn remove_if(
     }
     drop(entries);
     // An entry written again since the snapshot was not judged: it stays.
-    Ok(cache.write_batch(py, move |store, _| {
-        cache.settle(store);
-        let mut removed = 0;
-        for (key, seen) in chosen {
-            let result = store.entry(key).and_compute_with(|current| match current {
-                Some(current) if Arc::ptr_eq(current.value(), &seen) => Op::Remove,
-                _ => Op::Nop,
-            });
-            if matches!(result, CompResult::Removed(_)) {
-                removed += 1;
-            }
-        }
-        removed
-    }))
+    Ok(cache.remove_seen(py, chosen))
 }

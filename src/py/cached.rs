@@ -188,7 +188,7 @@ impl CachedFunction {
         })?;
         if self.keeps(py, &value)? {
             let owned = cache.owned_hashed(key, hash, lookup)?;
-            cache.insert_key(py, owned, &value, None, None)?;
+            cache.insert_key(py, owned, &value, None, None, None)?;
         }
         Ok(value.unbind())
     }
@@ -252,7 +252,7 @@ impl CachedFunction {
         let result = if self.cache_if.is_some() {
             cache.load_if(py, key, call, |value| self.keeps(py, value))
         } else {
-            cache.load(py, key, call, None, None)
+            cache.load(py, key, call, None, None, None)
         };
         if !computed.get() {
             self.joined();
@@ -369,7 +369,9 @@ impl CachedFunction {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let key = key.get().0.clone_ref(py);
-        self.cache.get().insert_key(py, key, value, None, None)
+        self.cache
+            .get()
+            .insert_key(py, key, value, None, None, None)
     }
 
     /// The underlying `Moka` cache.

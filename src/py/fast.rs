@@ -311,7 +311,7 @@ unsafe extern "C" fn get_with(
             let owned = moka.owned_hashed(key, hash, Some(&lookup))?;
             let loaded = Python::try_attach(|py| {
                 moka.count_read(false);
-                moka.load(py, owned, || initializer.call0(), None, None)
+                moka.load(py, owned, || initializer.call0(), None, None, None)
             });
             let Some(loaded) = loaded else {
                 finalizing = true;
@@ -342,7 +342,7 @@ unsafe extern "C" fn set(
         guarded(|py| {
             let key = &*Borrowed::from_ptr(py, *args);
             let value = &*Borrowed::from_ptr(py, *args.add(1));
-            moka.insert(py, key, value, None, None)?;
+            moka.insert(py, key, value, None, None, None)?;
             Ok(ffi::Py_NewRef(ffi::Py_None()))
         })
     }

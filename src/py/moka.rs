@@ -15,6 +15,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::py::ready::Ready;
 use crate::py::refresh::{self, Refresher};
 use crate::py::stats::CacheStats;
+use crate::py::tags::{self, TagStamp};
 use crate::store::cache::{Settings, Store};
 use crate::store::call;
 use crate::store::entry::Entry;
@@ -121,8 +122,9 @@ impl Moka {
         cls.clone().unbind()
     }
 
-    /// Stores `value` under `key`, optionally with its own `ttl`/`tti`.
-    #[pyo3(signature = (key, value, ttl=None, tti=None))]
+    /// Stores `value` under `key`, optionally with its own `ttl`/`tti` and
+    /// with `tags` (see `invalidate_tags`).
+    #[pyo3(signature = (key, value, ttl=None, tti=None, *, tags=None))]
     fn set(
         &self,
         py: Python<'_>,
@@ -130,9 +132,26 @@ impl Moka {
         value: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (ttl, tti) = options::durations(ttl, tti)?;
-        self.insert(py, key, value, ttl, tti)
+        let tags = tags::stamp_of(self, tags)?;
+        self.insert(py, key, value, ttl, tti, tags)
+    }
+
+    /// Makes every entry written with one of `tags` before this call absent
+    /// (a load in flight stores a value that is absent at once); O(1) per
+    /// tag, whatever the number of entries.
+    #[pyo3(signature = (*tags))]
+    fn invalidate_tags(&self, tags: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.tags.invalidate(&tags::names(tags.as_any())?);
+        Ok(())
+    }
+
+    /// The stamp of `tags` now, for a write of a load that begins now
+    /// (`_aload.py`).
+    fn _stamp(&self, tags: &Bound<'_, PyAny>) -> PyResult<Option<TagStamp>> {
+        Ok(tags::stamp_of(self, Some(tags))?.map(TagStamp))
     }
 
     /// The value for `key`, or `default` when it is absent.
@@ -151,13 +170,14 @@ impl Moka {
     /// threads ask at the same time), caches and returns its result.
     /// With `refresh_after`, an entry older than that is returned at once and
     /// reloaded in the background (`refresh.rs`).
-    #[pyo3(signature = (key, initializer, ttl=None, tti=None))]
+    #[pyo3(signature = (key, initializer, ttl=None, tti=None, *, tags=None))]
     fn get_with(
         slf: &Bound<'_, Self>,
         key: &Bound<'_, PyAny>,
         initializer: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let (this, py) = (slf.get(), slf.py());
         let (ttl, tti) = options::durations(ttl, tti)?;
@@ -177,20 +197,23 @@ impl Moka {
             return Ok(found);
         }
         let owned = this.owned_hashed(key, hash, lookup.as_ref())?;
-        this.load(py, owned, || initializer.call0(), ttl, tti)
+        // Stamped before the load: an invalidation during it dates the value.
+        let tags = tags::stamp_of(this, tags)?;
+        this.load(py, owned, || initializer.call0(), ttl, tti, tags)
     }
 
     /// `await cache.aget_with(key, initializer)`: `initializer` is an async
     /// callable. A hit returns a finished awaitable; a miss, a coroutine that
     /// joins the one computation of `key` on this event loop
     /// (`python/moka_py/_aload.py`).
-    #[pyo3(signature = (key, initializer, ttl=None, tti=None))]
+    #[pyo3(signature = (key, initializer, ttl=None, tti=None, *, tags=None))]
     fn aget_with(
         slf: &Bound<'_, Self>,
         key: &Bound<'_, PyAny>,
         initializer: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let (this, py) = (slf.get(), slf.py());
         // Checked now (a bad value raises at the call); the miss passes the
@@ -198,10 +221,15 @@ impl Moka {
         let durations = options::durations(ttl, tti)?;
         let none = py.None();
         let (ttl, tti) = (ttl.unwrap_or(none.bind(py)), tti.unwrap_or(none.bind(py)));
+        if let Some(tags) = tags.filter(|t| !t.is_none()) {
+            // Checked now, as the durations are.
+            tags::names(tags)?;
+        }
         let (hash, lookup) = this.read_key_hashed(key)?;
         let Some((found, stale)) = this.read_for_load(py, lookup.as_ref()) else {
+            let tags = tags.unwrap_or(none.bind(py));
             return aload(py, "load")?
-                .call1((slf, key, initializer, ttl, tti))
+                .call1((slf, key, initializer, ttl, tti, tags))
                 .map(Bound::unbind);
         };
         if let Some(seen) = stale {
@@ -230,16 +258,18 @@ impl Moka {
 
     /// Stores every `(key, value)` of `items` (a mapping or an iterable of
     /// pairs). Every key and weight is checked before anything is stored.
-    #[pyo3(signature = (items, ttl=None, tti=None))]
+    #[pyo3(signature = (items, ttl=None, tti=None, *, tags=None))]
     fn set_many(
         &self,
         py: Python<'_>,
         items: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (ttl, tti) = options::durations(ttl, tti)?;
-        crate::py::bulk::set_many(&self.store, py, items, ttl, tti)
+        let tags = tags::stamp_of(self, tags)?;
+        crate::py::bulk::set_many(&self.store, py, items, ttl, tti, tags)
     }
 
     /// Removes the present `keys`; returns how many were removed.
@@ -370,7 +400,7 @@ impl Moka {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.insert(py, key, value, None, None)
+        self.insert(py, key, value, None, None, None)
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -464,12 +494,7 @@ impl Moka {
                 &self.store,
                 slf.as_any(),
                 call,
-                refresh::Target {
-                    key,
-                    seen,
-                    ttl,
-                    tti,
-                },
+                refresh::Target::new(key, seen, ttl, tti),
             ),
             Err(err) => err.write_unraisable(slf.py(), Some(call.func.bind(slf.py()))),
         }
@@ -489,12 +514,7 @@ impl Moka {
         let refresher = self.refresh.as_ref()?;
         let py = slf.py();
         let claimed = key.and_then(|key| {
-            let target = refresh::Target {
-                key,
-                seen,
-                ttl,
-                tti,
-            };
+            let target = refresh::Target::new(key, seen, ttl, tti);
             refresher
                 .claim(py, &self.store, target)
                 .map(|claim| Bound::new(py, claim))

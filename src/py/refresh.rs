@@ -48,6 +48,7 @@ use crate::store::entry::Entry;
 use crate::store::key::Key;
 use crate::store::loader::{fork_generation, Load};
 use crate::store::slot::PySlot;
+use crate::store::tags::Stamp;
 
 /// The cache's refresh settings and executor.
 pub(crate) struct Refresher {
@@ -70,8 +71,29 @@ pub(crate) struct Target {
     pub(crate) key: Key,
     /// The entry found stale: the reload replaces it (see the module comment).
     pub(crate) seen: Arc<Entry>,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) tti: Option<Duration>,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    /// The entry's tags, at their epochs when the reload began (so that an
+    /// invalidation during the reload dates the reloaded value too).
+    tags: Option<Stamp>,
+}
+
+impl Target {
+    pub(crate) fn new(
+        key: Key,
+        seen: Arc<Entry>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+    ) -> Self {
+        let tags = seen.tags().map(Stamp::renewed);
+        Target {
+            key,
+            seen,
+            ttl,
+            tti,
+            tags,
+        }
+    }
 }
 
 /// The default pool of every cache without `executor=`, with the fork
@@ -326,7 +348,14 @@ fn replace(
     waited: bool,
 ) -> PyResult<()> {
     let key = target.key.clone_ref(py);
-    let entry = store.entry(py, key.obj().bind(py), value, target.ttl, target.tti)?;
+    let entry = store.entry(
+        py,
+        key.obj().bind(py),
+        value,
+        target.ttl,
+        target.tti,
+        target.tags.clone(),
+    )?;
     let seen = &target.seen;
     store.write(py, entry.weight, move |table| {
         table.entry(key).and_compute_with(|current| match current {

@@ -152,7 +152,7 @@ impl Tier {
         let local = self.local.get();
         let (stripe, owned) = self.resolve(local, key)?;
         let entry: Option<Arc<Entry>> = match seconds(ttl) {
-            Some(ttl) => Some(local.entry(py, key, value, ttl, None)?),
+            Some(ttl) => Some(local.entry(py, key, value, ttl, None, None)?),
             None => None,
         };
         let weight = entry.as_ref().map_or(0, |e| e.weight);

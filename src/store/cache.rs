@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use moka::Equivalent;
 use pyo3::prelude::*;
@@ -31,6 +32,7 @@ use crate::store::loader::Loads;
 use crate::store::options::{self, Policy};
 use crate::store::slot::PySlot;
 use crate::store::stats::Stats;
+use crate::store::tags::{Stamp, Tags};
 
 /// moka's cache, as this binding instantiates it.
 pub(crate) type Table = Cache<Key, Arc<Entry>, PyHashBuilder>;
@@ -67,6 +69,8 @@ pub(crate) struct Store {
     pub(crate) stats: Option<Arc<Stats>>,
     /// Whether reads report entries due for a refresh (`refresh_after=`).
     refreshes: bool,
+    /// The tags' epochs (`tags.rs`).
+    pub(crate) tags: Tags,
 }
 
 /// What a new moka store is built with (the constructor's options).
@@ -248,6 +252,7 @@ impl Store {
             settings,
             stats,
             refreshes,
+            tags: Tags::new(),
         }
     }
 
@@ -284,9 +289,10 @@ impl Store {
 
     /// The number of entries, after applying pending evictions.
     pub(crate) fn count(&self, py: Python<'_>) -> u64 {
+        self.sweep(py);
         self.sync(py, |store, walk| {
             if walk {
-                store.iter().count() as u64
+                store.iter().filter(|(_, e)| e.current()).count() as u64
             } else {
                 store.entry_count()
             }
@@ -295,26 +301,91 @@ impl Store {
 
     /// The total weight of the entries (their number without a weigher).
     pub(crate) fn weighted_size(&self, py: Python<'_>) -> u64 {
+        self.sweep(py);
         self.sync(py, |store, walk| {
             if walk {
-                store.iter().map(|(_, e)| u64::from(e.weight)).sum()
+                store
+                    .iter()
+                    .filter(|(_, e)| e.current())
+                    .map(|(_, e)| u64::from(e.weight))
+                    .sum()
             } else {
                 store.weighted_size()
             }
         })
     }
 
-    /// Applies pending evictions and expirations now.
+    /// Applies pending evictions and expirations now, and removes the
+    /// entries invalidated by tag.
     pub(crate) fn run_pending_tasks(&self, py: Python<'_>) {
+        self.sweep(py);
         self.sync(py, |_, _| ());
     }
 
-    /// `in`: does not count as an access (for `tti` or eviction).
+    /// Removes the entries that an `invalidate_tags` since the last sweep
+    /// made out of date (reads already skip them): one walk of the table
+    /// after any number of invalidations, by `len()` and
+    /// `run_pending_tasks()`. An entry written again meanwhile stays.
+    fn sweep(&self, py: Python<'_>) {
+        if !self.tags.take_unswept() {
+            return;
+        }
+        let stale = call::enter(
+            py,
+            Span::Long,
+            || {
+                self.table()
+                    .iter()
+                    .filter(|(_, e)| !e.current())
+                    .collect::<Vec<_>>()
+            },
+            |stale| {
+                stale
+                    .into_iter()
+                    .map(|(k, e)| (k.clone_ref(py), e))
+                    .collect::<Vec<_>>()
+            },
+        );
+        self.remove_seen(py, stale);
+    }
+
+    /// Removes each `(key, entry)` where that entry still is (not one
+    /// written since); how many were removed.
+    pub(crate) fn remove_seen(&self, py: Python<'_>, chosen: Vec<(Key, Arc<Entry>)>) -> u64 {
+        if chosen.is_empty() {
+            return 0;
+        }
+        self.write_batch(py, move |store, _| {
+            self.settle(store);
+            let mut removed = 0;
+            for (key, seen) in chosen {
+                let result = store.entry(key).and_compute_with(|current| match current {
+                    Some(current) if Arc::ptr_eq(current.value(), &seen) => Op::Remove,
+                    _ => Op::Nop,
+                });
+                if matches!(result, CompResult::Removed(_)) {
+                    removed += 1;
+                }
+            }
+            removed
+        })
+    }
+
+    /// `in`: does not count as an access (for `tti` or eviction), unless
+    /// the cache has tags: then the entry is read, to check them (moka has
+    /// no read of an entry that is not an access).
     pub(crate) fn contains(&self, py: Python<'_>, key: &KeyRef) -> bool {
         call::enter(
             py,
             Span::Read,
-            || self.table_held().contains_key(key),
+            || {
+                let store = self.table_held();
+                if self.tags.used() {
+                    store.get(key).is_some_and(|e| e.current())
+                } else {
+                    store.contains_key(key)
+                }
+            },
             |found| found,
         )
     }
@@ -486,7 +557,7 @@ impl Store {
             call::enter(
                 py,
                 Span::Read,
-                || self.table_held().get(key),
+                || self.table_held().get(key).filter(|e| e.current()),
                 |entry| {
                     entry.map(|e| {
                         let value = e.obj.clone_ref(py);
@@ -619,13 +690,14 @@ impl Store {
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
+        tags: Option<Stamp>,
     ) -> PyResult<Py<PyAny>> {
         self.loads.load(
             py,
             key,
             |key| self.lookup(py, key),
             || self.compute(init),
-            |key, value| self.insert_key(py, key, value, ttl, tti),
+            |key, value| self.insert_key(py, key, value, ttl, tti, tags),
         )
     }
 
@@ -646,7 +718,7 @@ impl Store {
             || self.compute(init),
             |key, value| {
                 if keep(value)? {
-                    self.insert_key(py, key, value, None, None)
+                    self.insert_key(py, key, value, None, None, None)
                 } else {
                     Ok(())
                 }
@@ -662,7 +734,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table_held().get(key),
+            || self.table_held().get(key).filter(|e| e.current()),
             |entry| entry.map(|e| e.obj.clone_ref(py)),
         )
     }
@@ -680,7 +752,8 @@ impl Store {
                 if self.can_expire() && !store.contains_key(key) {
                     None
                 } else {
-                    self.remove_in(&store, key)
+                    // (One invalidated by tag is removed, as absent.)
+                    self.remove_in(&store, key).filter(|e| e.current())
                 }
             },
             |entry| entry.map(|e| e.obj.clone_ref(py)),
@@ -696,9 +769,10 @@ impl Store {
         value: &Bound<'_, PyAny>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
+        tags: Option<Stamp>,
     ) -> PyResult<()> {
         let key = self.key(key)?;
-        self.insert_key(py, key, value, ttl, tti)
+        self.insert_key(py, key, value, ttl, tti, tags)
     }
 
     /// Stores `value` under an owned key (an error of the weigher drops it).
@@ -709,8 +783,9 @@ impl Store {
         value: &Bound<'_, PyAny>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
+        tags: Option<Stamp>,
     ) -> PyResult<()> {
-        match self.entry(py, key.obj().bind(py), value, ttl, tti) {
+        match self.entry(py, key.obj().bind(py), value, ttl, tti, tags) {
             Ok(entry) => {
                 let held = [key.obj().as_ptr(), value.as_ptr()];
                 let weight = entry.weight;
@@ -734,6 +809,7 @@ impl Store {
         value: &Bound<'_, PyAny>,
         ttl: Option<Duration>,
         tti: Option<Duration>,
+        tags: Option<Stamp>,
     ) -> PyResult<Arc<Entry>> {
         let weight = match self.weigher.as_ref().and_then(|w| w.get(py)) {
             Some(weigher) => {
@@ -751,6 +827,7 @@ impl Store {
             weight,
             ttl,
             tti,
+            tags,
         )))
     }
 
@@ -903,7 +980,12 @@ impl Store {
         py: Python<'_>,
         f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R,
     ) -> R {
-        call::enter(py, Span::Long, || self.table().iter().collect(), f)
+        call::enter(
+            py,
+            Span::Long,
+            || self.table().iter().filter(|(_, e)| e.current()).collect(),
+            f,
+        )
     }
 }
 
@@ -974,7 +1056,7 @@ mod tests {
         let store = store(100, Some(Duration::from_millis(30)), None);
         Python::attach(|py| {
             store
-                .insert(py, &int(py, 1), &int(py, 10), None, None)
+                .insert(py, &int(py, 1), &int(py, 10), None, None, None)
                 .unwrap();
             assert!(get(&store, py, 1).is_some());
             std::thread::sleep(Duration::from_millis(60));
@@ -996,7 +1078,9 @@ mod tests {
         Python::attach(|py| {
             let value = PyList::empty(py).into_any();
             let base = value.get_refcnt();
-            store.insert(py, &int(py, 1), &value, None, None).unwrap();
+            store
+                .insert(py, &int(py, 1), &value, None, None, None)
+                .unwrap();
             assert_eq!(
                 value.get_refcnt(),
                 base + 1,
@@ -1023,7 +1107,7 @@ mod tests {
             Python::attach(|py| {
                 for i in 0..500 {
                     store
-                        .insert(py, &int(py, i), &int(py, i), None, None)
+                        .insert(py, &int(py, i), &int(py, i), None, None, None)
                         .unwrap();
                     let size = store.snapshot(py, |entries| entries.len() as u64);
                     assert!(
@@ -1042,11 +1126,11 @@ mod tests {
         Python::attach(|py| {
             for _ in 0..4 {
                 store
-                    .insert(py, &int(py, 1), &int(py, 5), None, None)
+                    .insert(py, &int(py, 1), &int(py, 5), None, None, None)
                     .unwrap();
                 store.run_pending_tasks(py);
                 store
-                    .insert(py, &int(py, 1), &int(py, 0), None, None)
+                    .insert(py, &int(py, 1), &int(py, 0), None, None, None)
                     .unwrap();
                 let key = store.key_ref(&int(py, 1)).unwrap().unwrap();
                 assert!(store.take(py, &key).is_some());

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 
 use crate::store::deferred::PyOwned;
+use crate::store::tags::Stamp;
 
 pub(crate) struct Entry {
     /// The cached object, stored by reference (released outside moka).
@@ -17,16 +18,17 @@ pub(crate) struct Entry {
     /// `refresh_after` (see `expiry.rs`); it fits in the
     /// padding after `weight`, so the entry does not grow.
     stale: AtomicBool,
-    /// Per-entry expiration, read by `expiry.rs`; boxed, so
-    /// that the common entry without it stays small (one allocation of
+    /// Per-entry expiration, read by `expiry.rs`, and tags; boxed, so
+    /// that the common entry without them stays small (one allocation of
     /// 40 bytes with its `Arc`, instead of 64).
-    deadlines: Option<Box<Deadlines>>,
+    extra: Option<Box<Extra>>,
 }
 
-/// Per-entry `ttl` and `tti` (at least one of them is set).
-struct Deadlines {
+/// Per-entry `ttl` and `tti`, and the tags (at least one of them is set).
+struct Extra {
     ttl: Option<Duration>,
     tti: Option<Duration>,
+    tags: Option<Stamp>,
 }
 
 impl Entry {
@@ -35,24 +37,41 @@ impl Entry {
         weight: u32,
         ttl: Option<Duration>,
         tti: Option<Duration>,
+        tags: Option<Stamp>,
     ) -> Self {
-        let deadlines = (ttl.is_some() || tti.is_some()).then(|| Box::new(Deadlines { ttl, tti }));
+        let extra = (ttl.is_some() || tti.is_some() || tags.is_some())
+            .then(|| Box::new(Extra { ttl, tti, tags }));
         Entry {
             obj: PyOwned::new(obj),
             weight,
             stale: AtomicBool::new(false),
-            deadlines,
+            extra,
         }
     }
 
     /// Per-entry time to live.
     pub(crate) fn ttl(&self) -> Option<Duration> {
-        self.deadlines.as_ref().and_then(|d| d.ttl)
+        self.extra.as_ref().and_then(|d| d.ttl)
     }
 
     /// Per-entry time to idle.
     pub(crate) fn tti(&self) -> Option<Duration> {
-        self.deadlines.as_ref().and_then(|d| d.tti)
+        self.extra.as_ref().and_then(|d| d.tti)
+    }
+
+    /// The tags the entry was written with.
+    pub(crate) fn tags(&self) -> Option<&Stamp> {
+        self.extra.as_ref().and_then(|d| d.tags.as_ref())
+    }
+
+    /// Whether no tag of the entry was invalidated since it was written:
+    /// an entry that is not current is absent to every read.
+    #[inline]
+    pub(crate) fn current(&self) -> bool {
+        match &self.extra {
+            None => true,
+            Some(extra) => extra.tags.as_ref().is_none_or(Stamp::current),
+        }
     }
 
     /// Whether a read found this entry due for a refresh.

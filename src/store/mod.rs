@@ -22,3 +22,4 @@ pub(crate) mod loader;
 pub(crate) mod options;
 pub(crate) mod slot;
 pub(crate) mod stats;
+pub(crate) mod tags;
