@@ -54,6 +54,7 @@ def test_functools_surface() -> None:
         "cache_if": None,
         "stats": False,
         "refresh_after": None,
+        "tags": None,
     }
     info = wrapped.cache_info()
     assert info._fields == functools.lru_cache(lambda: 0).cache_info()._fields

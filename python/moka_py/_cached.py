@@ -17,9 +17,19 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from concurrent.futures import Executor
-from typing import Any, Generic, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from typing import (
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from moka_py._aload import SKIP, InFlight, reload, timed
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
@@ -111,6 +121,7 @@ def cached(
     stats: bool = False,
     refresh_after: float | None = None,
     executor: Executor | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
@@ -128,6 +139,7 @@ def cached(
     stats: bool = False,
     refresh_after: float | None = None,
     executor: Executor | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> Any:
     """Caches a function's results: ``functools.lru_cache`` with TTL and TTI.
 
@@ -152,6 +164,10 @@ def cached(
         executor, an ``async def`` one as a task on the caller's event loop).
     :param executor: the ``concurrent.futures.Executor`` of a sync function's
         reloads (default: the cache's own thread pool).
+    :param tags: the tags of every stored result (strings), or
+        ``tags(*args, **kwargs)`` returning a call's; ``f.cache.invalidate_tags(tag)``
+        then drops the results stored with ``tag`` (including one being
+        computed during the call).
 
     ``f.refresh(*args, **kwargs)`` calls the function whatever is cached,
     stores its result (or, if ``cache_if`` rejects it, removes the stored
@@ -173,6 +189,10 @@ def cached(
     for name, option in (("key", key), ("cache_if", cache_if)):
         if option is not None and not callable(option):
             raise TypeError(f"{name} must be callable or None, not {type(option).__name__}")
+    if tags is not None and not callable(tags):
+        # Checked now, as Moka checks them; kept as a tuple.
+        Moka[None, None](1).set(None, None, tags=tags)
+        tags = tuple(tags)
     if maxsize is not None and maxsize < 0:
         maxsize = 0  # as in functools
     capacity = _UNBOUNDED if maxsize is None else maxsize
@@ -211,10 +231,11 @@ def cached(
             "cache_if": cache_if,
             "stats": stats,
             "refresh_after": refresh_after,
+            "tags": tags,
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
-            wrapper = _Wrapper(*args, key=key, cache_if=cache_if)
+            wrapper = _Wrapper(*args, key=key, cache_if=cache_if, tags=tags)
             wrapper._recompute = _sync_recompute(func, cache, cache_if, stats)
             wrapper.uncached = func
             return functools.update_wrapper(wrapper, func)
@@ -223,7 +244,7 @@ def cached(
         flights = InFlight()
         refresh = None if refresh_after is None else _async_refresh(flights, invoke, cache_if)
         misses = _Late()
-        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh)
+        wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh, tags=tags)
         wrapper._recompute = _async_recompute(invoke, cache, cache_if)
         wrapper.uncached = func
         compute = _async_plain(invoke, _store(wrapper._store, cache_if))
@@ -251,6 +272,7 @@ def _sync_recompute(
 
     def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         k = wrapper._key(args, kwargs)
+        stamp = wrapper._stamp(args, kwargs)
         if stats:
             start = time.perf_counter()
             try:
@@ -262,7 +284,7 @@ def _sync_recompute(
         else:
             value = func(*args, **kwargs)
         if cache_if is None or cache_if(value):
-            cache.set(k, value)
+            cache.set(k, value, tags=cast(Any, stamp))
         else:
             cache.remove(k)  # outdated all the same
         return value
@@ -281,9 +303,10 @@ def _async_recompute(
 
     async def recompute(wrapper: _Wrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         k = wrapper._key(args, kwargs)
+        stamp = wrapper._stamp(args, kwargs)
         value = await invoke(args, kwargs)
         if cache_if is None or cache_if(value):
-            cache.set(k, Ready(value))
+            cache.set(k, Ready(value), tags=cast(Any, stamp))
         else:
             cache.remove(k)  # outdated all the same
         return value

@@ -15,7 +15,7 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor
 from typing import (
     TYPE_CHECKING,
@@ -143,6 +143,7 @@ def cached_method(
     stats: bool = False,
     refresh_after: float | None = None,
     executor: Executor | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> Callable[[Callable[Concatenate[T, P], R]], CachedMethod[T, P, R]]: ...
 
 
@@ -160,6 +161,7 @@ def cached_method(
     stats: bool = False,
     refresh_after: float | None = None,
     executor: Executor | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> Any:
     """:func:`~moka_py.cached` for methods: each instance gets its own cache.
 
@@ -187,6 +189,7 @@ def cached_method(
         stats=stats,
         refresh_after=refresh_after,
         executor=executor,
+        tags=tags,
     )
 
     def decorator(func: Callable[Concatenate[T, P], R]) -> CachedMethod[T, P, R]:

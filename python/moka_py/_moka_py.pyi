@@ -262,6 +262,7 @@ class CachedFunction:
         cache_if: Callable[[Any], object] | None = None,
         refresh: Callable[[MissKey, tuple[Any, ...], dict[str, Any] | None, _Claim], None]
         | None = None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
     ) -> Self: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, obj: object, owner: object = None, /) -> Any: ...
@@ -282,6 +283,10 @@ class CachedFunction:
         """The underlying ``Moka`` cache."""
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Hashable:
         """The cache key of a call with these arguments."""
+    def _stamp(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> _TagStamp | None:
+        """The tags of a call's result, stamped now (``tags=``)."""
     def __copy__(self) -> Self:
         """The function itself, as for ``functools.lru_cache``."""
     def __deepcopy__(self, memo: Any, /) -> Self:

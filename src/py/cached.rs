@@ -16,6 +16,7 @@ use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use crate::py::moka::Moka;
 use crate::store::counter::Counter;
 use crate::store::key::{Key, KeyRef};
+use crate::store::tags::Stamp;
 
 /// Builds the key of a call like `functools.lru_cache`: a single argument of
 /// a scalar built-in type is its own key (so `f(1)` and `f(1.0)` share one);
@@ -121,6 +122,8 @@ pub(crate) struct CachedFunction {
     /// task on the running loop (a sync function reloads on the cache's
     /// executor, `refresh.rs`).
     refresh: Option<Py<PyAny>>,
+    /// `tags=`: the tags of every result, or `tags(*args, **kwargs)`.
+    tags: Option<Py<PyAny>>,
     info: Py<PyAny>,
     maxsize: Py<PyAny>,
     parameters: Py<PyDict>,
@@ -153,6 +156,26 @@ impl CachedFunction {
         }
     }
 
+    /// The stamp of the tags of a call's result (`tags=`), taken before the
+    /// function runs: an invalidation during the call dates the result.
+    fn stamp<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Stamp>> {
+        let Some(tags) = &self.tags else {
+            return Ok(None);
+        };
+        let tags = tags.bind(py);
+        let cache = self.cache.get();
+        if tags.is_callable() {
+            let names = crate::store::call::call_python(py, || tags.call(args, kwargs))?;
+            return crate::py::tags::stamp_of(cache, Some(&names));
+        }
+        crate::py::tags::stamp_of(cache, Some(tags))
+    }
+
     /// Re-counts a call counted as a miss as a hit: it received the result
     /// of another call's computation.
     fn joined(&self) {
@@ -175,20 +198,21 @@ impl CachedFunction {
     ) -> PyResult<Py<PyAny>> {
         self.misses.add(1, Ordering::Relaxed);
         let cache = self.cache.get();
+        let tags = self.stamp(py, args, kwargs)?;
         if let Some(miss) = &self.miss {
-            let key = MissKey(cache.owned_hashed(key, hash, lookup)?);
+            let key = MissKey(cache.owned_hashed(key, hash, lookup)?, tags);
             return crate::store::call::call_python(py, || miss.call1(py, (key, args, kwargs)));
         }
         if self.coalesce {
             let owned = cache.owned_hashed(key, hash, lookup)?;
-            return self.coalesced(py, owned, args, kwargs);
+            return self.coalesced(py, owned, args, kwargs, tags);
         }
         let value = cache.compute(|| {
             crate::store::call::call_python(py, || self.func.bind(py).call(args, kwargs))
         })?;
         if self.keeps(py, &value)? {
             let owned = cache.owned_hashed(key, hash, lookup)?;
-            cache.insert_key(py, owned, &value, None, None, None)?;
+            cache.insert_key(py, owned, &value, None, None, tags)?;
         }
         Ok(value.unbind())
     }
@@ -212,7 +236,10 @@ impl CachedFunction {
         if let Some(refresh) = &self.refresh {
             // An async function: claimed here, reloaded by a task on this
             // thread's loop, which finishes the claim.
-            let miss_key = owned.as_ref().ok().map(|key| MissKey(key.clone_ref(py)));
+            let miss_key = owned
+                .as_ref()
+                .ok()
+                .map(|key| MissKey(key.clone_ref(py), None));
             let claim = cache.get().claim_refresh(cache, owned, seen, None, None);
             let (Some(key), Some(claim)) = (miss_key, claim) else {
                 return;
@@ -242,6 +269,7 @@ impl CachedFunction {
         key: Key,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
+        tags: Option<Stamp>,
     ) -> PyResult<Py<PyAny>> {
         let computed = Cell::new(false);
         let call = || {
@@ -250,9 +278,9 @@ impl CachedFunction {
         };
         let cache = self.cache.get();
         let result = if self.cache_if.is_some() {
-            cache.load_if(py, key, call, |value| self.keeps(py, value))
+            cache.load_if(py, key, call, |value| self.keeps(py, value), tags)
         } else {
-            cache.load(py, key, call, None, None, None)
+            cache.load(py, key, call, None, None, tags)
         };
         if !computed.get() {
             self.joined();
@@ -264,10 +292,10 @@ impl CachedFunction {
 #[pymethods]
 impl CachedFunction {
     /// `CachedFunction(func, cache, typed, wait_concurrent, cache_info_type,
-    /// maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None)`:
-    /// built by `moka_py.cached`.
+    /// maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None,
+    /// tags=None)`: built by `moka_py.cached`.
     #[new]
-    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None))]
+    #[pyo3(signature = (func, cache, typed, wait_concurrent, cache_info_type, maxsize, parameters, miss=None, key=None, cache_if=None, refresh=None, tags=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Py<PyAny>,
@@ -281,6 +309,7 @@ impl CachedFunction {
         key: Option<Py<PyAny>>,
         cache_if: Option<Py<PyAny>>,
         refresh: Option<Py<PyAny>>,
+        tags: Option<Py<PyAny>>,
     ) -> Self {
         CachedFunction {
             func,
@@ -291,6 +320,7 @@ impl CachedFunction {
             key,
             cache_if,
             refresh,
+            tags,
             info: cache_info_type,
             maxsize,
             parameters,
@@ -368,10 +398,11 @@ impl CachedFunction {
         key: &Bound<'_, MissKey>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let key = key.get().0.clone_ref(py);
+        let key = key.get();
+        let tags = key.1.clone();
         self.cache
             .get()
-            .insert_key(py, key, value, None, None, None)
+            .insert_key(py, key.0.clone_ref(py), value, None, None, tags)
     }
 
     /// The underlying `Moka` cache.
@@ -392,6 +423,18 @@ impl CachedFunction {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.key_of(py, args, kwargs)
+    }
+
+    /// The tags of a call's result, stamped now (`f.refresh`, which stores
+    /// its result with `Moka.set(..., tags=stamp)`); `None` without `tags=`.
+    #[pyo3(signature = (args, kwargs=None))]
+    fn _stamp<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Option<crate::py::tags::TagStamp>> {
+        Ok(self.stamp(py, args, kwargs)?.map(crate::py::tags::TagStamp))
     }
 
     /// Returns the function itself, as `functools.lru_cache` wrappers do.
@@ -428,9 +471,15 @@ impl CachedFunction {
         visit.call(&self.info)?;
         visit.call(&self.maxsize)?;
         visit.call(&self.parameters)?;
-        for f in [&self.miss, &self.key, &self.cache_if, &self.refresh]
-            .into_iter()
-            .flatten()
+        for f in [
+            &self.miss,
+            &self.key,
+            &self.cache_if,
+            &self.refresh,
+            &self.tags,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(f)?;
         }
@@ -444,7 +493,7 @@ impl CachedFunction {
 /// resolved key's, computed in Rust: the arguments' `__hash__` and `__eq__`
 /// do not run again.
 #[pyclass(frozen, module = "moka_py._moka_py", name = "MissKey")]
-pub(crate) struct MissKey(Key);
+pub(crate) struct MissKey(Key, Option<Stamp>);
 
 #[pymethods]
 impl MissKey {

@@ -710,6 +710,7 @@ impl Store {
         key: Key,
         init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
         keep: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<bool>,
+        tags: Option<Stamp>,
     ) -> PyResult<Py<PyAny>> {
         self.loads.load(
             py,
@@ -718,7 +719,7 @@ impl Store {
             || self.compute(init),
             |key, value| {
                 if keep(value)? {
-                    self.insert_key(py, key, value, None, None, None)
+                    self.insert_key(py, key, value, None, None, tags)
                 } else {
                     Ok(())
                 }
