@@ -143,7 +143,7 @@ def test_the_loop_runs_while_another_process_loads(redis_db: RedisServer) -> Non
         return value, worst
 
     value, worst = run(main)
-    pid, _ = out.get(timeout=30)
+    pid, _ = out.get(timeout=90)
     loader.join(30)
     assert value == f"value of {pid}"
     assert int(redis_db.admin.get("calls")) == 1
@@ -239,7 +239,7 @@ def test_an_async_cache_made_before_fork_works_in_the_child(
             warnings.simplefilter("ignore", DeprecationWarning)
             child = fork.Process(target=redis_workers.forked_async_child, args=(cache, out))
             child.start()
-        assert out.get(timeout=30) == ("child", "child")
+        assert out.get(timeout=90) == ("child", "child")
         child.join(30)
         assert child.exitcode == 0
         # The parent's connections were not the child's to close.

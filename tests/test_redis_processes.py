@@ -46,7 +46,7 @@ def test_a_value_set_in_one_process_is_read_in_another(redis_db: RedisServer) ->
     with TieredCache(redis_db.client(), namespace="users", signing_key=SIGNING_KEY) as cache:
         cache.set(("user", 1), {"name": "ada"})
         p = _run(redis_workers.get_one, redis_db.port, ("user", 1.0), out)
-        assert out.get(timeout=30) == {"name": "ada"}
+        assert out.get(timeout=90) == {"name": "ada"}
         _join(p)
         assert cache.get("from child") is None
         p = _run(redis_workers.set_one, redis_db.port, "from child", [1, 2])
@@ -167,7 +167,7 @@ def test_a_call_that_waits_for_another_process_is_one_wait(redis_db: RedisServer
         redis_db.admin.set("go", 1)
         for t in threads:
             t.join(30)
-        assert out.get(timeout=30) == f"value of {child.pid}"
+        assert out.get(timeout=90) == f"value of {child.pid}"
         _join(child)
         assert results == [f"value of {child.pid}"] * 2
         s = cache.stats()
@@ -191,8 +191,8 @@ def test_a_cache_created_before_fork_works_in_the_child(redis_db: RedisServer) -
             child.start()
         wait_for(lambda: cache.get(("child", child.pid)) == "hello", timeout=30)
         cache.set("k", "after fork")
-        first, later, feed_up = seen.get(timeout=30)
-        assert out.get(timeout=30) == "ok"
+        first, later, feed_up = seen.get(timeout=90)
+        assert out.get(timeout=90) == "ok"
         _join(child)
         assert child.exitcode == 0
         assert (first, later, feed_up) == ("before fork", "after fork", True)
