@@ -7,7 +7,8 @@ The block between the README's two ``<!-- results -->`` markers is made from
 ci/results/results.md (written by ``bash ci/bench.sh --out ci/results``) with
 each section's chart from ci/results/, followed by ci/results/profile.md
 (written by ``bash ci/profile.sh --out ci/results``) and ci/results/tier.md
-(``bash ci/bench.sh --only tier --out ci/results``, the Redis tier's section). tests/test_readme.py
+(``bash ci/bench.sh --only tier --out ci/results``, the Redis tier's section), and
+ci/results/tags.md (``python -m ci.bench.tags --out ci/results``). tests/test_readme.py
 checks that the README holds exactly that block, so its figures are the
 committed run's.
 """
@@ -63,6 +64,9 @@ def block() -> str:
     body = section("results.md")
     profile = (RESULTS / "profile.md").read_text(encoding="utf-8").strip()
     parts = [BEGIN, body, PROFILE_INTRO, profile]
+    if (RESULTS / "tags.md").exists():
+        # `python -m ci.bench.tags --out ci/results`: tags, epoch against deleting.
+        parts.append((RESULTS / "tags.md").read_text(encoding="utf-8").strip())
     if (RESULTS / "tier.md").exists():
         # Its first line after the title says when and on what it ran.
         parts.append(section("tier.md"))
