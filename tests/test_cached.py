@@ -55,6 +55,7 @@ def test_functools_surface() -> None:
         "stats": False,
         "refresh_after": None,
         "tags": None,
+        "stale_if_error": None,
     }
     info = wrapped.cache_info()
     assert info._fields == functools.lru_cache(lambda: 0).cache_info()._fields

@@ -123,7 +123,14 @@ async def _compute(
     # The tags are stamped before the load: an invalidation during it dates
     # the value (it is stored, and absent at once).
     stamp = None if tags is None else cache._stamp(tags)
-    value = await timed(cache, initializer)
+    try:
+        value = await timed(cache, initializer)
+    except Exception:
+        # stale_if_error: the expired value the cache still keeps, if any
+        # (stored again it would not be: the next call loads).
+        if cache.stale_if_error is None or (found := cache._stale(key)) is None:
+            raise
+        return found[0]
     # The ttl/tti start now, when the value is stored.
     cache.set(key, value, ttl, tti, tags=cast(Any, stamp))
     return value

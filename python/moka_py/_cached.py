@@ -122,6 +122,7 @@ def cached(
     refresh_after: float | None = None,
     executor: Executor | None = None,
     tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+    stale_if_error: float | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
@@ -140,6 +141,7 @@ def cached(
     refresh_after: float | None = None,
     executor: Executor | None = None,
     tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+    stale_if_error: float | None = None,
 ) -> Any:
     """Caches a function's results: ``functools.lru_cache`` with TTL and TTI.
 
@@ -164,6 +166,10 @@ def cached(
         executor, an ``async def`` one as a task on the caller's event loop).
     :param executor: the ``concurrent.futures.Executor`` of a sync function's
         reloads (default: the cache's own thread pool).
+    :param stale_if_error: seconds a result stays after its ``ttl`` for a call
+        that raises: the call then returns it instead (counted in
+        ``f.cache.stats().stale_served``), stores nothing, and the next call
+        tries again. Needs ``ttl`` and no ``tti``.
     :param tags: the tags of every stored result (strings), or
         ``tags(*args, **kwargs)`` returning a call's; ``f.cache.invalidate_tags(tag)``
         then drops the results stored with ``tag`` (including one being
@@ -203,6 +209,7 @@ def cached(
         "stats": stats,
         "refresh_after": refresh_after,
         "executor": executor,
+        "stale_if_error": stale_if_error,
     }
     # Validates every option now, at decoration time.
     Moka(capacity, weigher=weigher, **options)
@@ -232,6 +239,7 @@ def cached(
             "stats": stats,
             "refresh_after": refresh_after,
             "tags": tags,
+            "stale_if_error": stale_if_error,
         }
         args = (func, cache, typed, wait_concurrent, CacheInfo, maxsize, parameters)
         if not is_async:
@@ -247,7 +255,7 @@ def cached(
         wrapper = _Wrapper(*args, misses, key=key, cache_if=cache_if, refresh=refresh, tags=tags)
         wrapper._recompute = _async_recompute(invoke, cache, cache_if)
         wrapper.uncached = func
-        compute = _async_plain(invoke, _store(wrapper._store, cache_if))
+        compute = _async_plain(invoke, _store(wrapper._store, cache_if), cache)
         if wait_concurrent:
             misses.path = _async_coalescing(flights, compute, wrapper._joined)
         else:
@@ -372,12 +380,21 @@ def _invoke(func: Any, stats: Moka[Any, Any] | None) -> Callable[[Any, Any], Awa
 
 
 def _async_plain(
-    invoke: Callable[[Any, Any], Awaitable[Any]], store: Callable[[MissKey, Any], None]
+    invoke: Callable[[Any, Any], Awaitable[Any]],
+    store: Callable[[MissKey, Any], None],
+    cache: Moka[Any, Any],
 ) -> Callable[[MissKey, Any, Any], Any]:
-    """The miss of an async function: compute, store the result."""
+    """The miss of an async function: compute, store the result; with
+    ``stale_if_error``, a call that raises returns the expired result the
+    cache still keeps, if any (and stores nothing)."""
 
     async def miss(key: MissKey, args: Any, kwargs: Any) -> Any:
-        value = await invoke(args, kwargs)
+        try:
+            value = await invoke(args, kwargs)
+        except Exception:
+            if cache.stale_if_error is None or (found := cache._stale(key.key)) is None:
+                raise
+            return found[0].value
         store(key, value)
         return value
 

@@ -144,6 +144,7 @@ def cached_method(
     refresh_after: float | None = None,
     executor: Executor | None = None,
     tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+    stale_if_error: float | None = None,
 ) -> Callable[[Callable[Concatenate[T, P], R]], CachedMethod[T, P, R]]: ...
 
 
@@ -162,6 +163,7 @@ def cached_method(
     refresh_after: float | None = None,
     executor: Executor | None = None,
     tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+    stale_if_error: float | None = None,
 ) -> Any:
     """:func:`~moka_py.cached` for methods: each instance gets its own cache.
 
@@ -190,6 +192,7 @@ def cached_method(
         refresh_after=refresh_after,
         executor=executor,
         tags=tags,
+        stale_if_error=stale_if_error,
     )
 
     def decorator(func: Callable[Concatenate[T, P], R]) -> CachedMethod[T, P, R]:

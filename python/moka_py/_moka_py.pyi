@@ -63,6 +63,7 @@ class Moka(Generic[_K, _V]):
         stats: bool = False,
         refresh_after: float | None = None,
         executor: Executor | None = None,
+        stale_if_error: float | None = None,
     ) -> Self:
         """Creates a cache.
 
@@ -83,10 +84,15 @@ class Moka(Generic[_K, _V]):
             the background with the same initializer; shorter than ``ttl``.
         :param executor: where the reloads run (a ``concurrent.futures.Executor``);
             by default a ``ThreadPoolExecutor`` the cache makes on first use.
+        :param stale_if_error: seconds an entry is kept after its ``ttl`` (absent
+            to every read meanwhile) for a ``get_with``/``aget_with`` load of its
+            key that raises: the load returns it instead (counted in
+            ``stats().stale_served``), stores nothing, and the next call loads
+            again. Needs ``ttl`` and no ``tti``.
         :raises ValueError: a non-positive, non-finite or too long (over 1000 years)
             ``ttl``/``tti``/``refresh_after``, ``refresh_after`` not shorter than
             ``ttl``, ``executor`` without ``refresh_after``, a negative capacity,
-            an unknown policy.
+            an unknown policy, ``stale_if_error`` without ``ttl`` or with ``tti``.
         :raises TypeError: arguments of the wrong type.
         """
 
@@ -105,6 +111,12 @@ class Moka(Generic[_K, _V]):
     @property
     def refresh_after(self) -> float | None:
         """The seconds after which ``get_with`` reloads an entry, or None."""
+    @property
+    def stale_if_error(self) -> float | None:
+        """Seconds an expired value stays for a failed load to return, or None."""
+    def _stale(self, key: _K) -> tuple[_V] | None:
+        """For an async load of ``key`` that raised: its expired value (counted
+        as served), as a 1-tuple, or None."""
     def set(
         self,
         key: _K,
@@ -363,6 +375,9 @@ class CacheStats:
     @property
     def expirations(self) -> int:
         """Entries removed because they expired."""
+    @property
+    def stale_served(self) -> int:
+        """Failed loads answered with an expired value (``stale_if_error``)."""
     @property
     def requests(self) -> int:
         """``hits + misses``."""

@@ -207,9 +207,16 @@ impl CachedFunction {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             return self.coalesced(py, owned, args, kwargs, tags);
         }
-        let value = cache.compute(|| {
+        let value = match cache.compute(|| {
             crate::store::call::call_python(py, || self.func.bind(py).call(args, kwargs))
-        })?;
+        }) {
+            Ok(value) => value,
+            // `stale_if_error`: an expired result the cache still keeps.
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                return cache.stale_value(py, lookup).ok_or(err)
+            }
+            Err(err) => return Err(err),
+        };
         if self.keeps(py, &value)? {
             let owned = cache.owned_hashed(key, hash, lookup)?;
             cache.insert_key(py, owned, &value, None, None, tags)?;

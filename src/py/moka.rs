@@ -56,8 +56,8 @@ impl Deref for Moka {
 impl Moka {
     #[new]
     #[pyo3(
-        signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None, stats=false, refresh_after=None, executor=None),
-        text_signature = "(capacity, ttl=None, tti=None, eviction_listener=None, policy='tiny_lfu', weigher=None, stats=False, refresh_after=None, executor=None)"
+        signature = (capacity, ttl=None, tti=None, eviction_listener=None, policy=None, weigher=None, stats=false, refresh_after=None, executor=None, stale_if_error=None),
+        text_signature = "(capacity, ttl=None, tti=None, eviction_listener=None, policy='tiny_lfu', weigher=None, stats=False, refresh_after=None, executor=None, stale_if_error=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -70,6 +70,7 @@ impl Moka {
         stats: bool,
         refresh_after: Option<&Bound<'_, PyAny>>,
         executor: Option<&Bound<'_, PyAny>>,
+        stale_if_error: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let capacity = options::capacity(capacity)?;
         let (ttl, tti) = options::durations(ttl, tti)?;
@@ -77,6 +78,13 @@ impl Moka {
         let refresh_after = options::duration(refresh_after, "refresh_after")?;
         let executor = executor.filter(|e| !e.is_none());
         let refresh = refresh::from_options(refresh_after, ttl, executor)?;
+        let stale_if_error = options::duration(stale_if_error, "stale_if_error")?;
+        if stale_if_error.is_some() && (ttl.is_none() || tti.is_some()) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "stale_if_error keeps values past their ttl: it needs a ttl, and no tti \
+                 (an entry that expires by idleness is gone)",
+            ));
+        }
         let eviction_listener = eviction_listener.filter(|l| !l.is_none());
         let weigher = weigher.filter(|w| !w.is_none());
         for (name, f) in [
@@ -100,6 +108,7 @@ impl Moka {
             ttl,
             tti,
             refresh_after,
+            stale_if_error,
         };
         let store = Store::new(
             settings,
@@ -137,6 +146,25 @@ impl Moka {
         let (ttl, tti) = options::durations(ttl, tti)?;
         let tags = tags::stamp_of(self, tags)?;
         self.insert(py, key, value, ttl, tti, tags)
+    }
+
+    /// For an async load of `key` that raised (`_aload.py`, `@cached`): the
+    /// value expired at most `stale_if_error` ago, as a 1-tuple, or `None`.
+    fn _stale<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let key = self.read_key(key)?;
+        self.stale_value(py, key.as_ref())
+            .map(|v| PyTuple::new(py, [v]))
+            .transpose()
+    }
+
+    /// Seconds an expired value stays for a failed load to return, or `None`.
+    #[getter]
+    fn stale_if_error(&self) -> Option<f64> {
+        self.settings.stale_if_error.map(|d| d.as_secs_f64())
     }
 
     /// Makes every entry written with one of `tags` before this call absent

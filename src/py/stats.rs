@@ -39,6 +39,9 @@ pub(crate) struct CacheStats {
     /// Entries removed because they expired.
     #[pyo3(get)]
     expirations: u64,
+    /// Failed loads answered with an expired value (`stale_if_error`).
+    #[pyo3(get)]
+    stale_served: u64,
 }
 
 impl From<Figures> for CacheStats {
@@ -52,6 +55,7 @@ impl From<Figures> for CacheStats {
             evictions: f.evictions,
             evicted_weight: f.evicted_weight,
             expirations: f.expirations,
+            stale_served: f.stale_served,
         }
     }
 }
@@ -79,7 +83,7 @@ impl CacheStats {
     fn __repr__(&self) -> String {
         format!(
             "CacheStats(hits={}, misses={}, loads={}, load_failures={}, load_time={}, \
-             evictions={}, evicted_weight={}, expirations={})",
+             evictions={}, evicted_weight={}, expirations={}, stale_served={})",
             self.hits,
             self.misses,
             self.loads,
@@ -87,7 +91,8 @@ impl CacheStats {
             self.load_time,
             self.evictions,
             self.evicted_weight,
-            self.expirations
+            self.expirations,
+            self.stale_served
         )
     }
 }

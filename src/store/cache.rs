@@ -81,6 +81,9 @@ pub(crate) struct Settings {
     pub(crate) ttl: Option<Duration>,
     pub(crate) tti: Option<Duration>,
     pub(crate) refresh_after: Option<Duration>,
+    /// How long after its `ttl` an entry stays for a failed load to return
+    /// (`stale_if_error=`; a cache with it has a `ttl` and no `tti`).
+    pub(crate) stale_if_error: Option<Duration>,
 }
 
 /// moka's hash table frees removed entries through epoch-based reclamation,
@@ -110,15 +113,17 @@ fn build_table(
     listener: Option<&Arc<Listener>>,
     stats: Option<&Arc<Stats>>,
 ) -> Table {
+    let grace = settings.stale_if_error.unwrap_or_default();
     let mut builder = Cache::builder()
         .max_capacity(settings.capacity)
         .eviction_policy(settings.policy.to_moka())
         .expire_after(PerEntry {
             refresh_after: settings.refresh_after,
+            grace,
         })
         .weigher(|_: &Key, entry: &Arc<Entry>| entry.weight);
     if let Some(ttl) = settings.ttl {
-        builder = builder.time_to_live(ttl);
+        builder = builder.time_to_live(ttl.saturating_add(grace));
     }
     if let Some(tti) = settings.tti {
         builder = builder.time_to_idle(tti);
@@ -248,7 +253,8 @@ impl Store {
             capacity: settings.capacity,
             unsynced: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
-            per_entry: AtomicBool::new(false),
+            // With `stale_if_error`, moka keeps expired entries: `len` walks.
+            per_entry: AtomicBool::new(settings.stale_if_error.is_some()),
             settings,
             stats,
             refreshes,
@@ -372,15 +378,15 @@ impl Store {
     }
 
     /// `in`: does not count as an access (for `tti` or eviction), unless
-    /// the cache has tags: then the entry is read, to check them (moka has
-    /// no read of an entry that is not an access).
+    /// the cache has tags or `stale_if_error`: then the entry is read, to
+    /// check them (moka has no read of an entry that is not an access).
     pub(crate) fn contains(&self, py: Python<'_>, key: &KeyRef) -> bool {
         call::enter(
             py,
             Span::Read,
             || {
                 let store = self.table_held();
-                if self.tags.used() {
+                if self.tags.used() || self.settings.stale_if_error.is_some() {
                     store.get(key).is_some_and(|e| e.current())
                 } else {
                     store.contains_key(key)
@@ -692,13 +698,7 @@ impl Store {
         tti: Option<Duration>,
         tags: Option<Stamp>,
     ) -> PyResult<Py<PyAny>> {
-        self.loads.load(
-            py,
-            key,
-            |key| self.lookup(py, key),
-            || self.compute(init),
-            |key, value| self.insert_key(py, key, value, ttl, tti, tags),
-        )
+        self.load_keeping(py, key, init, |_| Ok(true), ttl, tti, tags)
     }
 
     /// [`Store::load`] for `@cached(cache_if=...)`: the leader stores the
@@ -712,19 +712,82 @@ impl Store {
         keep: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<bool>,
         tags: Option<Stamp>,
     ) -> PyResult<Py<PyAny>> {
+        self.load_keeping(py, key, init, keep, None, None, tags)
+    }
+
+    /// The single-flight load; with `stale_if_error`, a load that raises is
+    /// answered with the key's expired entry if moka still keeps one (then
+    /// nothing is stored, and the next call loads again).
+    #[allow(clippy::too_many_arguments)]
+    fn load_keeping<'py>(
+        &self,
+        py: Python<'py>,
+        key: Key,
+        init: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        keep: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<bool>,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+        tags: Option<Stamp>,
+    ) -> PyResult<Py<PyAny>> {
+        let stale = if self.settings.stale_if_error.is_some() {
+            self.stale_entry(py, &key)
+        } else {
+            None
+        };
+        let served = std::cell::Cell::new(false);
         self.loads.load(
             py,
             key,
             |key| self.lookup(py, key),
-            || self.compute(init),
+            || match (self.compute(init), stale) {
+                (Err(err), Some(stale))
+                    if err.is_instance_of::<pyo3::exceptions::PyException>(py)
+                        && stale.stale_servable() =>
+                {
+                    drop(err);
+                    served.set(true);
+                    self.count_stale();
+                    Ok(stale.obj.clone_ref(py).into_bound(py))
+                }
+                (result, _) => result,
+            },
             |key, value| {
-                if keep(value)? {
-                    self.insert_key(py, key, value, None, None, tags)
+                if !served.get() && keep(value)? {
+                    self.insert_key(py, key, value, ttl, tti, tags)
                 } else {
                     Ok(())
                 }
             },
         )
+    }
+
+    /// The entry of `key` that moka keeps past its expiry (`stale_if_error`).
+    fn stale_entry<Q>(&self, py: Python<'_>, key: &Q) -> Option<Arc<Entry>>
+    where
+        Q: Equivalent<Key> + std::hash::Hash + Sync + ?Sized,
+    {
+        call::enter(
+            py,
+            Span::Read,
+            || self.table_held().get(key).filter(|e| e.stale_servable()),
+            |entry| entry,
+        )
+    }
+
+    /// For a load of `key` that raised (outside [`Store::load`]): the value
+    /// expired at most `stale_if_error` ago, if moka still keeps it, counted
+    /// in the statistics as served.
+    pub(crate) fn stale_value(&self, py: Python<'_>, key: Option<&KeyRef>) -> Option<Py<PyAny>> {
+        self.settings.stale_if_error?;
+        let entry = self.stale_entry(py, key?)?;
+        self.count_stale();
+        Some(entry.obj.clone_ref(py))
+    }
+
+    fn count_stale(&self) {
+        if let Some(stats) = &self.stats {
+            stats.stale_served();
+        }
     }
 
     /// The value of `key`, if present (and not expired).
@@ -823,12 +886,19 @@ impl Store {
             // Before the insert: a thread that finds the entry then sees it.
             self.per_entry.store(true, Ordering::Release);
         }
+        // With `stale_if_error` (and so a cache-wide `ttl`): when reads stop
+        // seeing the entry.
+        let expires = match (self.settings.stale_if_error, self.settings.ttl) {
+            (Some(_), Some(all)) => Some(Instant::now() + ttl.map_or(all, |own| own.min(all))),
+            _ => None,
+        };
         Ok(Arc::new(Entry::new(
             value.clone().unbind(),
             weight,
             ttl,
             tti,
             tags,
+            expires,
         )))
     }
 
@@ -1034,6 +1104,7 @@ mod tests {
                 ttl,
                 tti: None,
                 refresh_after: None,
+                stale_if_error: None,
             };
             Store::new(settings, None, weigher, false, false)
         })

@@ -2,7 +2,7 @@
 //! know about it, computed before the insert so that moka never calls Python.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
@@ -24,11 +24,21 @@ pub(crate) struct Entry {
     extra: Option<Box<Extra>>,
 }
 
-/// Per-entry `ttl` and `tti`, and the tags (at least one of them is set).
+/// Per-entry `ttl` and `tti`, the tags, and the deadline of a cache with
+/// `stale_if_error` (at least one of them is set).
 struct Extra {
     ttl: Option<Duration>,
     tti: Option<Duration>,
     tags: Option<Stamp>,
+    /// With `stale_if_error`: when the entry expires for every read. moka
+    /// keeps it `stale_if_error` longer, for a failed load to return.
+    expires: Option<Instant>,
+}
+
+impl Extra {
+    fn tags_current(&self) -> bool {
+        self.tags.as_ref().is_none_or(Stamp::current)
+    }
 }
 
 impl Entry {
@@ -38,9 +48,17 @@ impl Entry {
         ttl: Option<Duration>,
         tti: Option<Duration>,
         tags: Option<Stamp>,
+        expires: Option<Instant>,
     ) -> Self {
-        let extra = (ttl.is_some() || tti.is_some() || tags.is_some())
-            .then(|| Box::new(Extra { ttl, tti, tags }));
+        let extra =
+            (ttl.is_some() || tti.is_some() || tags.is_some() || expires.is_some()).then(|| {
+                Box::new(Extra {
+                    ttl,
+                    tti,
+                    tags,
+                    expires,
+                })
+            });
         Entry {
             obj: PyOwned::new(obj),
             weight,
@@ -64,14 +82,26 @@ impl Entry {
         self.extra.as_ref().and_then(|d| d.tags.as_ref())
     }
 
-    /// Whether no tag of the entry was invalidated since it was written:
-    /// an entry that is not current is absent to every read.
+    /// Whether no tag of the entry was invalidated since it was written,
+    /// and (with `stale_if_error`) it has not expired: an entry that is not
+    /// current is absent to every read.
     #[inline]
     pub(crate) fn current(&self) -> bool {
         match &self.extra {
             None => true,
-            Some(extra) => extra.tags.as_ref().is_none_or(Stamp::current),
+            Some(extra) => {
+                extra.tags_current() && extra.expires.is_none_or(|at| Instant::now() < at)
+            }
         }
+    }
+
+    /// Whether a failed load may return this entry (`stale_if_error`): it
+    /// expired (moka keeps it for that long after), and no tag of it was
+    /// invalidated.
+    pub(crate) fn stale_servable(&self) -> bool {
+        self.extra.as_ref().is_some_and(|extra| {
+            extra.tags_current() && extra.expires.is_some_and(|at| Instant::now() >= at)
+        })
     }
 
     /// Whether a read found this entry due for a refresh.

@@ -21,18 +21,28 @@ use crate::store::key::Key;
 pub(crate) struct PerEntry {
     /// The cache's `refresh_after`.
     pub(crate) refresh_after: Option<Duration>,
+    /// The cache's `stale_if_error`: how much longer than its `ttl` moka
+    /// keeps an entry (reads treat it as expired, see `Entry::current`).
+    pub(crate) grace: Duration,
 }
 
-fn first_deadline(entry: &Entry) -> Option<Duration> {
-    match (entry.ttl(), entry.tti()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+impl PerEntry {
+    /// An entry's own `ttl`, as moka enforces it.
+    fn ttl(&self, entry: &Entry) -> Option<Duration> {
+        entry.ttl().map(|ttl| ttl.saturating_add(self.grace))
+    }
+
+    fn first_deadline(&self, entry: &Entry) -> Option<Duration> {
+        match (self.ttl(entry), entry.tti()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
 impl Expiry<Key, Arc<Entry>> for PerEntry {
     fn expire_after_create(&self, _: &Key, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        first_deadline(entry)
+        self.first_deadline(entry)
     }
 
     fn expire_after_read(
@@ -54,8 +64,7 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
         // A read restarts the idle clock, but never past the time to live.
         let age = read_at.saturating_duration_since(last_modified_at);
         Some(
-            entry
-                .ttl()
+            self.ttl(entry)
                 .map_or(tti, |ttl| tti.min(ttl.saturating_sub(age))),
         )
     }
@@ -67,6 +76,6 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        first_deadline(entry)
+        self.first_deadline(entry)
     }
 }

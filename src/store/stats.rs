@@ -13,6 +13,9 @@
 //!   `@cached`, `aget_with`, refreshes), by the thread that ran it.
 //! * `evictions`/`evicted_weight`/`expirations`: in moka's eviction listener,
 //!   which only adds (no Python code runs there).
+//! * `stale_served`: each load that raised and was answered with an expired
+//!   value instead (`stale_if_error`); once per load, however many callers
+//!   waited for it.
 //!
 //! A snapshot sums each counter separately while other threads may be
 //! recording, so under load its figures are each exact for some instant
@@ -44,6 +47,7 @@ pub(crate) struct Stats {
     evictions: Counter,
     evicted_weight: Counter,
     expirations: Counter,
+    stale_served: Counter,
     /// The sums at the last `reset()` (zero before any).
     baseline: Mutex<Sums>,
 }
@@ -68,6 +72,11 @@ impl Stats {
         }
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.load_nanos.add(nanos, Ordering::Relaxed);
+    }
+
+    /// A failed load answered with an expired value (`stale_if_error`).
+    pub(crate) fn stale_served(&self) {
+        self.stale_served.add(1, Ordering::Relaxed);
     }
 
     /// An entry of `weight` left the cache for `cause` (from moka's listener).
@@ -111,6 +120,7 @@ impl Stats {
             evictions: sum(&self.evictions),
             evicted_weight: sum(&self.evicted_weight),
             expirations: sum(&self.expirations),
+            stale_served: sum(&self.stale_served),
         }
     }
 }
@@ -127,6 +137,7 @@ struct Sums {
     evictions: u64,
     evicted_weight: u64,
     expirations: u64,
+    stale_served: u64,
 }
 
 impl Sums {
@@ -142,6 +153,7 @@ impl Sums {
             evictions: d(self.evictions, base.evictions),
             evicted_weight: d(self.evicted_weight, base.evicted_weight),
             expirations: d(self.expirations, base.expirations),
+            stale_served: d(self.stale_served, base.stale_served),
         }
     }
 }
@@ -158,6 +170,7 @@ impl From<Sums> for Figures {
             evictions: s.evictions,
             evicted_weight: s.evicted_weight,
             expirations: s.expirations,
+            stale_served: s.stale_served,
         }
     }
 }
@@ -174,6 +187,7 @@ pub(crate) struct Figures {
     pub(crate) evictions: u64,
     pub(crate) evicted_weight: u64,
     pub(crate) expirations: u64,
+    pub(crate) stale_served: u64,
 }
 
 #[cfg(test)]
