@@ -148,11 +148,13 @@ impl Tier {
         ttl: Option<f64>,
         token: u128,
         bump: bool,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let local = self.local.get();
         let (stripe, owned) = self.resolve(local, key)?;
+        let tags = crate::py::tags::stamp_of(local, tags)?;
         let entry: Option<Arc<Entry>> = match seconds(ttl) {
-            Some(ttl) => Some(local.entry(py, key, value, ttl, None, None)?),
+            Some(ttl) => Some(local.entry(py, key, value, ttl, None, tags)?),
             None => None,
         };
         let weight = entry.as_ref().map_or(0, |e| e.weight);
@@ -269,8 +271,9 @@ impl Tier {
     }
 
     /// Puts a value read from Redis into the local tier, for at most `ttl`
-    /// seconds, unless the key was invalidated since `token` was taken.
-    #[pyo3(signature = (key, value, ttl, token))]
+    /// seconds, unless the key was invalidated since `token` was taken;
+    /// with `tags` (names, or a stamp taken by the local cache's `_stamp`).
+    #[pyo3(signature = (key, value, ttl, token, tags=None))]
     fn fill(
         &self,
         py: Python<'_>,
@@ -278,15 +281,16 @@ impl Tier {
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
         token: u128,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        self.write(py, key, value, ttl, token, false)
+        self.write(py, key, value, ttl, token, false, tags)
     }
 
     /// After this process wrote `value` to Redis: invalidates the key for the
     /// other readers of this process, and keeps `value` locally unless the key
     /// was invalidated since `token` (taken before the Redis write: a write
     /// elsewhere may have landed after it).
-    #[pyo3(signature = (key, value, ttl, token))]
+    #[pyo3(signature = (key, value, ttl, token, tags=None))]
     fn put(
         &self,
         py: Python<'_>,
@@ -294,8 +298,9 @@ impl Tier {
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
         token: u128,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        self.write(py, key, value, ttl, token, true)
+        self.write(py, key, value, ttl, token, true, tags)
     }
 
     /// Drops the local copy of `key` and refuses fills that started before.
