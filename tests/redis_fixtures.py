@@ -24,7 +24,7 @@ Without redis-server the fixtures fail (never skip) and say how to install it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from redis_servers import (
@@ -164,3 +164,22 @@ def redis_tls_sentinel(tls_files: TLSFiles) -> Iterator[tuple[RedisServer, Redis
     finally:
         sentinel.close()
         master.close()
+
+
+def tiered_pair(client: Any, namespace: str) -> Iterator[tuple[Any, Any]]:
+    """For a fixture: two `TieredCache`s of `namespace` on `client` (what two
+    processes would hold), with statistics, both subscribed; closed after."""
+    from support import SIGNING_KEY
+
+    from moka_py.redis import TieredCache
+
+    a: TieredCache[Any, Any] = TieredCache(
+        client, namespace=namespace, signing_key=SIGNING_KEY, stats=True
+    )
+    b: TieredCache[Any, Any] = TieredCache(
+        client, namespace=namespace, signing_key=SIGNING_KEY, stats=True
+    )
+    assert a.wait_ready(5) and b.wait_ready(5)
+    yield a, b
+    a.close()
+    b.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis_fixtures import tiered_pair
 from redis_servers import RedisCluster3, RedisServer
 from support import SIGNING_KEY, run_threads, wait_for
 
@@ -28,16 +29,7 @@ Pair = tuple[TieredCache[Any, Any], TieredCache[Any, Any]]
 
 
 def _pair(client: Any) -> Iterator[Pair]:
-    a: TieredCache[Any, Any] = TieredCache(
-        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
-    )
-    b: TieredCache[Any, Any] = TieredCache(
-        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
-    )
-    assert a.wait_ready(5) and b.wait_ready(5)
-    yield a, b
-    a.close()
-    b.close()
+    yield from tiered_pair(client, NS)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis_fixtures import tiered_pair
 from redis_servers import RedisServer
 from support import SIGNING_KEY, wait_for
 
@@ -35,16 +36,7 @@ def client(redis_db: RedisServer) -> redis.Redis:
 
 @pytest.fixture
 def pair(client: redis.Redis) -> Iterator[tuple[TieredCache[Any, Any], TieredCache[Any, Any]]]:
-    a: TieredCache[Any, Any] = TieredCache(
-        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
-    )
-    b: TieredCache[Any, Any] = TieredCache(
-        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
-    )
-    assert a.wait_ready(5) and b.wait_ready(5)
-    yield a, b
-    a.close()
-    b.close()
+    yield from tiered_pair(client, NS)
 
 
 def test_set_in_one_is_read_in_the_other(pair: tuple[TieredCache[Any, Any], ...]) -> None:
