@@ -62,12 +62,9 @@ else
     trap 'rm -rf "$tmp"' EXIT
 fi
 
-# (pip runs on uv's venv interpreter: --python-version is the venv's, whose lock may hold a
-# Django that needs a newer Python than uv's.)
-log "pip download django==$version (sdist)"
-"$VENVS/uv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
-    --python-version "${tag%t}" --no-binary django -d "$tmp/dl" "django==$version" >&2
-sdist="$tmp/dl/django-$version.tar.gz"
+# (--python-version is the venv's: its lock may hold a Django that needs a newer Python than
+# uv's own.)
+sdist="$(fetch_sdist "$tmp" django "$version" --python-version "${tag%t}")"
 sha="$(sha256sum "$sdist" | cut -d' ' -f1)"
 printf '%s\n' "${hashes[@]}" | grep -qx "$sha" \
     || { echo "$sdist: sha256 $sha is not one that ci/lock/$tag/test.txt pins" >&2; exit 1; }

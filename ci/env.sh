@@ -218,6 +218,22 @@ install_wheel() {
     install_into "$venv" "$out"/*.whl
 }
 
+# fetch_sdist DIR PROJECT VERSION [PIP-ARGS...]: downloads PROJECT==VERSION's source
+# distribution (never a wheel of it) into DIR/dl and prints its path; the caller checks
+# its sha256 against what it pins. The venvs that uv makes have no pip: pip runs in uv's
+# own venv (need_uv), given the target's --python-version where that matters.
+fetch_sdist() {
+    local dir="$1" project="$2" version="$3"
+    shift 3
+    log "pip download $project==$version (sdist)"
+    "$VENVS/uv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+        --no-binary "$project" -d "$dir/dl" "$@" "$project==$version" >&2
+    local found=("$dir"/dl/*.tar.gz)
+    [ "${#found[@]}" = 1 ] && [ -f "${found[0]}" ] \
+        || { echo "pip download $project==$version: no single sdist in $dir/dl" >&2; return 1; }
+    printf '%s\n' "${found[0]}"
+}
+
 # dev_venv: the venv of the build and lint tools, synced with its lock (ci/lock/TAG/dev.txt
 # for PY_GIL's TAG) on every run.
 dev_venv() {

@@ -56,14 +56,10 @@ else
     trap 'rm -rf "$tmp"' EXIT
 fi
 
-# The venvs that uv makes have no pip: pip download runs in uv's own venv (ci/env.sh,
-# need_uv). --no-binary for moka-py alone: its build backend, which pip installs to read the
-# sdist's metadata (maturin==1.14.1, pinned by moka-py's pyproject.toml), comes as a wheel
-# (--no-binary :all: compiled maturin from source: 9 minutes on 2 cores when not cached).
-log "pip download moka-py==$VERSION (sdist)"
-"$VENVS/uv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
-    --no-binary moka-py -d "$tmp/dl" "moka-py==$VERSION" >&2
-sdist="$tmp/dl/moka_py-$VERSION.tar.gz"
+# (--no-binary for moka-py alone: its build backend, which pip installs to read the sdist's
+# metadata (maturin==1.14.1, pinned by moka-py's pyproject.toml), comes as a wheel;
+# --no-binary :all: compiled maturin from source: 9 minutes on 2 cores when not cached.)
+sdist="$(fetch_sdist "$tmp" moka-py "$VERSION")"
 echo "$SDIST_SHA256  $sdist" | sha256sum -c --quiet -
 mkdir "$tmp/sdist"
 tar -xzf "$sdist" -C "$tmp/sdist"
