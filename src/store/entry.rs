@@ -67,6 +67,12 @@ impl Entry {
         }
     }
 
+    /// Whether the entry has per-entry settings, tags or a deadline.
+    #[inline(always)]
+    pub(crate) fn has_extra(&self) -> bool {
+        self.extra.is_some()
+    }
+
     /// Per-entry time to live.
     pub(crate) fn ttl(&self) -> Option<Duration> {
         self.extra.as_ref().and_then(|d| d.ttl)

@@ -53,6 +53,35 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
         duration_until_expiry: Option<Duration>,
         last_modified_at: Instant,
     ) -> Option<Duration> {
+        if self.refresh_after.is_none() && !entry.has_extra() {
+            // The most frequent read: nothing to mark, no idle deadline.
+            return duration_until_expiry;
+        }
+        self.after_read(entry, read_at, duration_until_expiry, last_modified_at)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.first_deadline(entry)
+    }
+}
+
+impl PerEntry {
+    /// `expire_after_read` of an entry with per-entry settings, or in a
+    /// cache with `refresh_after`.
+    #[inline(never)]
+    fn after_read(
+        &self,
+        entry: &Entry,
+        read_at: Instant,
+        duration_until_expiry: Option<Duration>,
+        last_modified_at: Instant,
+    ) -> Option<Duration> {
         if let Some(after) = self.refresh_after {
             if read_at.saturating_duration_since(last_modified_at) >= after {
                 entry.mark_stale();
@@ -67,15 +96,5 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
             self.ttl(entry)
                 .map_or(tti, |ttl| tti.min(ttl.saturating_sub(age))),
         )
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        entry: &Arc<Entry>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.first_deadline(entry)
     }
 }

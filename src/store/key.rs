@@ -223,9 +223,18 @@ impl Repr {
         }
     }
 
-    /// Native equality (every variant but `Python`).
-    #[inline]
+    /// Native equality (every variant but `Python`): two ints, the most
+    /// frequent keys, inline; the other variants out of line.
+    #[inline(always)]
     fn native_eq(&self, other: &Repr) -> bool {
+        if let (Repr::Int(a), Repr::Int(b)) = (self, other) {
+            return a == b;
+        }
+        self.native_eq_other(other)
+    }
+
+    #[inline(never)]
+    fn native_eq_other(&self, other: &Repr) -> bool {
         match (self, other) {
             (Repr::Int(a), Repr::Int(b)) => a == b,
             #[allow(clippy::float_cmp)]
