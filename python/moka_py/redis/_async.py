@@ -266,12 +266,14 @@ class AsyncTieredCache(Generic[K, V]):
 
     async def _call(self, awaitable: Awaitable[R]) -> R:
         """One Redis call, bounded by ``timeout`` whatever the client does."""
-        try:
-            self._tier.available()
-        except RedisError:
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
-            raise
+        tier = self._tier
+        if tier.closed or tier.down_until:
+            try:
+                tier.available()
+            except RedisError:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+                raise
         try:
             if _timeout is not None:
                 # (Cheaper than wait_for, which wraps the call in a task.)

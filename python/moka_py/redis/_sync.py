@@ -200,18 +200,20 @@ class TieredCache(Generic[K, V]):
 
     def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """One bounded Redis call; failures are counted (and open the breaker)."""
-        self._tier.available()
+        tier = self._tier
+        if tier.closed or tier.down_until:
+            tier.available()
         try:
             result = fn(*args, **kwargs)
         except RedisError as err:
-            self._tier.failed(err)
+            tier.failed(err)
             raise
         except RedisClusterException as err:
             wrapped = as_redis_error(err)
-            self._tier.failed(wrapped)
+            tier.failed(wrapped)
             raise wrapped from err
-        if self._tier.unreachable:
-            self._tier.reachable("a call succeeded")
+        if tier.unreachable:
+            tier.reachable("a call succeeded")
         return result
 
     def _publish(self, messages: list[bytes]) -> None:
