@@ -118,6 +118,21 @@ def test_what_cannot_be_registered() -> None:
         instrument({}, "dict", meter_provider=provider)
 
 
+def test_stale_served_of_a_cache() -> None:
+    provider, reader = _sdk()
+    cache: Moka[str, int] = Moka(10, ttl=0.05, stale_if_error=60, stats=True)
+    instrument(cache, "rates", meter_provider=provider)
+    assert of(collect(reader), "moka.cache.stale_served", "rates") == 0
+    cache.set("EUR", 1)
+    wait_for(lambda: cache.get("EUR") is None, timeout=5)
+
+    def down() -> int:
+        raise ConnectionError
+
+    assert cache.get_with("EUR", down) == 1
+    assert of(collect(reader), "moka.cache.stale_served", "rates") == 1
+
+
 def test_a_cached_function() -> None:
     provider, reader = _sdk()
 

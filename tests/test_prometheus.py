@@ -72,6 +72,7 @@ def test_the_series_of_a_cache_and_a_cached_function(run_threads: Any) -> None:
         s.load_time
     )
     assert got[series("moka_cache_entry_count", cache_name="users")] == cache.count()
+    assert got[series("moka_cache_stale_served_total", cache_name="users")] == s.stale_served
     sq = square.cache.stats(cumulative=True)
     assert got[series("moka_cache_requests_total", cache_name="square", cache_result="hit")] == (
         sq.hits

@@ -39,6 +39,12 @@ REQUESTS = _F("moka.cache.requests", "counter", "{request}", "Reads that asked f
 LOADS = _F("moka.cache.loads", "counter", "{load}", "Initializer calls, by result")
 LOAD_TIME = _F("moka.cache.load.time", "counter", "s", "Time spent in initializer calls")
 EVICTIONS = _F("moka.cache.evictions", "counter", "{eviction}", "Entries evicted, by reason")
+STALE = _F(
+    "moka.cache.stale_served",
+    "counter",
+    "{load}",
+    "Failed loads answered with an expired value (stale_if_error)",
+)
 ENTRIES = _F("moka.cache.entry.count", "gauge", "{entry}", "Entries in the cache")
 T_REQUESTS = _F("moka.tiered.requests", "counter", "{request}", "Reads of a tiered cache")
 T_LOADS = _F("moka.tiered.loads", "counter", "{load}", "Initializer calls, by result")
@@ -56,6 +62,7 @@ FAMILIES = (
     LOADS,
     LOAD_TIME,
     EVICTIONS,
+    STALE,
     ENTRIES,
     T_REQUESTS,
     T_LOADS,
@@ -81,6 +88,7 @@ def _of_moka(cache: Moka[Any, Any]) -> list[Sample]:
         (LOAD_TIME, {}, s.load_time),
         (EVICTIONS, {"cache.eviction.reason": "size"}, s.evictions),
         (EVICTIONS, {"cache.eviction.reason": "expired"}, s.expirations),
+        (STALE, {}, s.stale_served),
         (ENTRIES, {}, cache._approx_count()),
     ]
 
