@@ -97,7 +97,7 @@ class _Wrapper(_RustCachedFunction):
     _recompute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
     uncached: Callable[..., Any]
     # Last: it replaces the dict of the class's own annotations, above.
-    __annotations__ = FunctionAnnotations()
+    __annotations__ = FunctionAnnotations()  # pyright: ignore[reportAssignmentType]  # a descriptor
 
     def refresh(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the function whatever is cached, stores its result and

@@ -46,7 +46,7 @@ class CachedMethod(Generic[T, P, R]):
     instance its own cached function."""
 
     # The decorated function's (3.14's update_wrapper no longer copies them).
-    __annotations__ = FunctionAnnotations()
+    __annotations__ = FunctionAnnotations()  # pyright: ignore[reportAssignmentType]  # a descriptor
 
     def __init__(
         self,
