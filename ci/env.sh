@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY_GIL="${PY_GIL:-$(command -v python3)}"
 # Every CPython that the suite runs on and that a wheel is built for, oldest first; the
 # classifiers of pyproject.toml name exactly these (ci/wheels.sh checks it).
-TARGETS=(3.10 3.11 3.12 3.13 3.13t)
+TARGETS=(3.10 3.11 3.12 3.13 3.13t 3.14)
 VENVS="${MOKA_VENVS:-$ROOT/.venvs}"
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -234,6 +234,37 @@ fetch_sdist() {
     printf '%s\n' "${found[0]}"
 }
 
+# audit_wheel WHEEL TAG: `auditwheel show` (PyPI, the dev venv's; it reads the ELF file's
+# symbol versions and libraries itself) must find the platform tag TAG
+# (manylinux_2_17_x86_64), and the file name's tags (manylinux_2_17_x86_64.manylinux2014_x86_64)
+# must include it. Exits the script otherwise.
+audit_wheel() {
+    local wheel="$1" want="$2" shown tag name_tags
+    shown=$("$VENVS/dev/bin/auditwheel" show "$wheel" | tr '\n' ' ')
+    tag=$(grep -oE 'platform tag: *"[^"]+"' <<<"$shown" | grep -oE '"[^"]+"' | tr -d '"')
+    name_tags=$(basename "$wheel" .whl | rev | cut -d- -f1 | rev)
+    echo "$(basename "$wheel"): auditwheel show says $tag" >&2
+    if [ "$tag" != "$want" ] || ! tr . '\n' <<<"$name_tags" | grep -qxF "$tag"; then
+        echo "auditwheel show: $shown" >&2
+        echo "the wheel is tagged $name_tags, auditwheel finds $tag, $want wanted" >&2
+        exit 1
+    fi
+}
+
+# ft_pyo3_config VERSION FILE: makes FILE a PyO3 configuration (for PYO3_CONFIG_FILE) that
+# describes a free-threaded CPython VERSION ("3.14") of 64 bits, for builds without such an
+# interpreter: the 3.14t compile check (ci/wheels.sh), the aarch64 3.13t wheel
+# (ci/wheels-aarch64.sh). FILE is left untouched when it says that already: PyO3's build
+# script runs again (and the crate is recompiled) when its path or its time changes.
+ft_pyo3_config() {
+    local text
+    text=$(printf '%s\n' implementation=CPython "version=$1" shared=true abi3=false \
+        build_flags=Py_GIL_DISABLED suppress_build_script_link_lines=false pointer_width=64)
+    mkdir -p "$(dirname "$2")"
+    [ -f "$2" ] && [ "$(cat "$2")" = "$text" ] && return 0
+    echo "$text" >"$2"
+}
+
 # dev_venv: the venv of the build and lint tools, synced with its lock (ci/lock/TAG/dev.txt
 # for PY_GIL's TAG) on every run.
 dev_venv() {
@@ -253,12 +284,14 @@ print(sys.executable)' "$2" 2>/dev/null
 }
 
 # find_python VERSION: prints the path of CPython VERSION, one of TARGETS. Looks, in this
-# order, at the variable PY310, PY311, PY312, PY313 or PY313T, then:
+# order, at the variable PY310, PY311, PY312, PY313, PY313T or PY314, then:
 #   3.10, 3.11, 3.12: python3.X and python3 on PATH, then every pyenv version 3.X.N
 #                     (`pyenv prefix 3.X.N`), newest first;
-#   3.13, 3.13t:      ci/python-ft.sh (built from source once, then cached).
+#   3.13, 3.13t:      ci/python-ft.sh (built from source once, then cached);
+#   3.14:             as 3.10, then ci/python-314.sh (Debian sid's binary, fetched once,
+#                     then cached).
 # Returns 1, having said on stderr what it looked at, when there is none, and 2 when
-# ci/python-ft.sh fails to build one.
+# ci/python-ft.sh or ci/python-314.sh fails otherwise than by finding nothing to use.
 find_python() {
     local v="$1" var py pv
     var="PY${v//./}"
@@ -286,6 +319,16 @@ find_python() {
             | grep -E "^${v//./\\.}\.[0-9]+$" | sort -rV); do
             python_is "$(pyenv prefix "$pv")/bin/python$v" "$v" && return 0
         done
+    fi
+    if [ "$v" = 3.14 ]; then
+        local rc=0
+        py=$(bash "$ROOT/ci/python-314.sh") || rc=$?
+        case "$rc" in
+            0) echo "$py"; return 0 ;;
+            3) echo "CPython 3.14: not found ($var unset, none on PATH or in pyenv, none in Debian sid)" >&2
+               return 1 ;;
+            *) echo "ci/python-314.sh could not fetch CPython 3.14" >&2; return 2 ;;
+        esac
     fi
     echo "CPython $v: not found ($var unset, no python$v or python3 $v on PATH, no pyenv $v.N)" >&2
     return 1

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds moka_py and runs the whole test suite on every CPython of TARGETS (ci/env.sh):
 # 3.10, 3.11, 3.12, the ordinary 3.13 and free-threaded 3.13t (both built once by
-# ci/python-ft.sh). find_python (ci/env.sh) says where each is looked for.
-#   bash ci/test.sh                      all five
+# ci/python-ft.sh), and 3.14 (Debian sid's, fetched once by ci/python-314.sh). find_python
+# (ci/env.sh) says where each is looked for.
+#   bash ci/test.sh                      all six
 #   bash ci/test.sh 3.12                 one of them (gil, gil313, ft: 3.11, 3.13, 3.13t)
 #   bash ci/test.sh 3.10,3.13t           several
 # Extra arguments after the first go to pytest. An interpreter that is not found is

@@ -4,8 +4,10 @@ coalescing of concurrent calls (wait_concurrent=True) across real threads."""
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
+import typing
 from typing import Any
 
 import pytest
@@ -318,3 +320,25 @@ def test_make_key_shapes() -> None:
     assert make_key((1,), {"b": 2, "a": 1}, False) == (1, _KWARGS_MARK, ("a", 1), ("b", 2))
     assert make_key((1,), {"a": 1.0}, True) == (1, _KWARGS_MARK, ("a", 1.0), int, float)
     assert make_key(([1],), None, False) == ([1],)  # unhashable keys fail at lookup
+
+
+def test_annotations_are_the_functions() -> None:
+    # On 3.14, functools.update_wrapper copies __annotate__, not __annotations__:
+    # the wrapper must still show the function's, not its class's.
+    def original(x: int, *, name: str = "") -> list[int]:
+        return [x]
+
+    wrapped = cached(maxsize=8)(original)
+    assert wrapped.__annotations__ == original.__annotations__
+    assert wrapped.__annotations__ == {"x": "int", "name": "str", "return": "list[int]"}
+    assert typing.get_type_hints(wrapped) == {"x": int, "name": str, "return": list[int]}
+    assert inspect.signature(wrapped) == inspect.signature(original)
+
+    async def fetch(key: str) -> bytes:
+        return key.encode()
+
+    assert cached(maxsize=8)(fetch).__annotations__ == {"key": "str", "return": "bytes"}
+    wrapped.__annotations__ = {"x": "float"}
+    assert wrapped.__annotations__ == {"x": "float"}
+    del wrapped.__annotations__
+    assert wrapped.__annotations__ == original.__annotations__

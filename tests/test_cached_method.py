@@ -60,6 +60,11 @@ def test_class_access_and_metadata() -> None:
     assert a.balance is a.balance  # one cached function per instance
     assert a.balance.__name__ == "balance"
     assert a.balance.__qualname__ == "Account.balance"
+    # The method's annotations, on the descriptor and on an instance's function
+    # (3.14's functools.update_wrapper copies __annotate__, not __annotations__).
+    want = {"currency": "str", "return": "str"}
+    assert descriptor.__annotations__ == want
+    assert a.balance.__annotations__ == want
 
 
 def test_instances_are_freed_with_their_cache() -> None:

@@ -380,10 +380,12 @@ def run_spec(spec: Spec, unraisable: list[Any]) -> None:
     problems += ctx.problems
     problems += [f"unraisable: {u!r}" for u in unraisable]
     assert not problems, f"{spec.name}:\n" + "\n".join(problems[:40])
-    # The cache is still usable.
+    # The cache is still usable. Under the expiring specs' TTL (50 ms) the entry may expire
+    # between the two calls on a slow CPU (the aarch64 suite runs under qemu: it did once).
     c.clear()
     c.set(plain_key(spec.key_kind, 1), "after")
-    assert c.get(plain_key(spec.key_kind, 1)) == "after"
+    got = c.get(plain_key(spec.key_kind, 1))
+    assert got == "after" or (spec.trigger == "expired" and got is None), got
 
 
 def run_in_child(*specs: Spec) -> None:

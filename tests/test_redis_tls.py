@@ -359,8 +359,10 @@ def _sync_sentinel_to_listener() -> None:
         [(HOST, sentinel)], sentinel_kwargs=tls, password=TLS_PASSWORD, **tls
     )
     client = manager.master_for(SENTINEL_SERVICE)
-    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, timeout=0.5) as c:
-        assert not c.wait_ready(0.5)
+    # Each call asks the Sentinel (a TLS handshake) before it reaches the listener: 2 s, not
+    # 0.5, leaves room for that on an emulated CPU (the aarch64 suite runs under qemu).
+    with TieredCache(client, namespace=NS, signing_key=SIGNING_KEY, timeout=2.0) as c:
+        assert not c.wait_ready(1.5)  # the feed tries (and fails) meanwhile
         for _ in range(2):
             assert c.get("k", "miss") == "miss"
     client.close()
@@ -384,8 +386,9 @@ def _asyncio_sentinel_to_listener() -> None:
             [(HOST, sentinel)], sentinel_kwargs=tls, password=TLS_PASSWORD, **tls
         )
         client = manager.master_for(SENTINEL_SERVICE)
+        # 2 s per call, not 0.5: as in _sync_sentinel_to_listener.
         async with AsyncTieredCache(
-            client, namespace=NS, signing_key=SIGNING_KEY, timeout=0.5
+            client, namespace=NS, signing_key=SIGNING_KEY, timeout=2.0
         ) as c:
             assert not await c.wait_ready(1.5)  # the feed tries (and fails) meanwhile
             assert await c.get("k", "miss") == "miss"

@@ -69,6 +69,33 @@ class CachedFunction(Protocol, Generic[P, R_co]):
     def cache(self) -> Moka[Any, Any]: ...
 
 
+class FunctionAnnotations:
+    """``__annotations__`` of a :class:`_Wrapper` and of ``cached_method``'s
+    descriptor: the decorated function's own (evaluated when first asked for,
+    as the function evaluates them), or what was assigned to the wrapper. Since
+    3.14, ``functools.update_wrapper`` copies a function's ``__annotate__``, no
+    longer its ``__annotations__``; without this, the wrapper would show its
+    class's annotations (``_recompute``, ``uncached``) to ``annotationlib``,
+    ``inspect`` and ``typing.get_type_hints``, which read ``__annotations__``
+    first. The same on every version."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return {}
+        own = vars(obj)
+        if "__annotations__" in own:
+            return own["__annotations__"]
+        if "__wrapped__" not in own:
+            raise AttributeError("__annotations__")
+        return own["__wrapped__"].__annotations__
+
+    def __set__(self, obj: object, value: Any) -> None:
+        vars(obj)["__annotations__"] = value
+
+    def __delete__(self, obj: object) -> None:
+        vars(obj).pop("__annotations__", None)
+
+
 class _Wrapper(_RustCachedFunction):
     """A function decorated with :func:`cached`: the Rust wrapper, with a
     ``__dict__`` for ``functools.update_wrapper`` that the GC traverses."""
@@ -79,6 +106,8 @@ class _Wrapper(_RustCachedFunction):
     # and the function itself.
     _recompute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
     uncached: Callable[..., Any]
+    # Last: it replaces the dict of the class's own annotations, above.
+    __annotations__ = FunctionAnnotations()  # pyright: ignore[reportAssignmentType]  # a descriptor
 
     def refresh(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the function whatever is cached, stores its result and

@@ -29,7 +29,7 @@ from typing import (
     overload,
 )
 
-from moka_py._cached import CachedFunction, cached
+from moka_py._cached import CachedFunction, FunctionAnnotations, cached
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -44,6 +44,9 @@ _Entry = tuple["weakref.ref[Any]", CachedFunction[..., Any]]
 class CachedMethod(Generic[T, P, R]):
     """What :func:`cached_method` returns: a descriptor that gives each
     instance its own cached function."""
+
+    # The decorated function's (3.14's update_wrapper no longer copies them).
+    __annotations__ = FunctionAnnotations()  # pyright: ignore[reportAssignmentType]  # a descriptor
 
     def __init__(
         self,

@@ -151,7 +151,7 @@ impl Repr {
             let tp = ffi::Py_TYPE(obj);
             if ffi::PyUnicode_Check(obj) != 0 && compares_as(tp, addr_of_mut!(ffi::PyUnicode_Type))
             {
-                if ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0 {
+                if compact_ascii(obj) {
                     // Its characters are its UTF-8 bytes (what
                     // `PyUnicode_AsUTF8AndSize` returns for it), read in place.
                     #[allow(clippy::cast_sign_loss)]
@@ -381,6 +381,44 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
     }
 }
 
+/// Whether the `str` `obj` is ASCII with its characters in place: they are then
+/// its UTF-8 bytes, `PyUnicode_GET_LENGTH` of them at `PyUnicode_DATA`.
+///
+/// # Safety
+/// `obj` must be a live `str` (or subclass) and the caller must be attached.
+#[cfg(not(Py_3_14))]
+#[inline(always)]
+unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: reads the state bits of a live `str`, attached.
+    unsafe { ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0 }
+}
+
+/// As above, on 3.14 and later, whose `str` state bits PyO3 does not read (their
+/// layout is CPython's to change): one byte a character and every byte below
+/// 0x80, read through the C API's `PyUnicode_KIND` and `PyUnicode_DATA`. Says
+/// the same of every string as the bits do (no non-compact `str` is made since
+/// 3.12), at the cost of two calls and a scan of the bytes.
+///
+/// # Safety
+/// As above.
+#[cfg(Py_3_14)]
+#[inline(always)]
+unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: `obj` is a live `str`, attached: its kind, data and length are
+    // read through the C API, and a 1-byte kind holds `length` bytes at `data`.
+    unsafe {
+        if ffi::PyUnicode_KIND(obj) != ffi::PyUnicode_1BYTE_KIND {
+            return false;
+        }
+        #[allow(clippy::cast_sign_loss)]
+        std::slice::from_raw_parts(
+            ffi::PyUnicode_DATA(obj).cast::<u8>().cast_const(),
+            ffi::PyUnicode_GET_LENGTH(obj) as usize,
+        )
+        .is_ascii()
+    }
+}
+
 /// Whether `obj` is a plain key ([`plain`]) but a tuple: an exact `int`,
 /// ASCII `str`, `bytes` or `float`, `bool`, `None` (the most common first).
 ///
@@ -393,7 +431,7 @@ unsafe fn plain_scalar(obj: *mut ffi::PyObject) -> bool {
     unsafe {
         let tp = ffi::Py_TYPE(obj);
         if tp == addr_of_mut!(ffi::PyUnicode_Type) {
-            return ffi::PyUnicode_IS_COMPACT_ASCII(obj) != 0;
+            return compact_ascii(obj);
         }
         tp == addr_of_mut!(ffi::PyLong_Type)
             || tp == addr_of_mut!(ffi::PyBool_Type)
@@ -493,7 +531,7 @@ pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
             // -1 is also the error return, but an exact int cannot fail here.
             return (overflow == 0).then(|| (int_hash(v), Repr::Int(v)));
         }
-        if ffi::PyUnicode_CheckExact(ptr) != 0 && ffi::PyUnicode_IS_COMPACT_ASCII(ptr) != 0 {
+        if ffi::PyUnicode_CheckExact(ptr) != 0 && compact_ascii(ptr) {
             let hash = str_hash(ptr);
             #[allow(clippy::cast_sign_loss)]
             return (hash != -1).then(|| {
@@ -590,7 +628,7 @@ unsafe fn lazy_tuple_hash(obj: *mut ffi::PyObject, depth: u32) -> isize {
             let item = ffi::PyTuple_GET_ITEM(obj, i);
             let tp = ffi::Py_TYPE(item);
             let lane = if tp == addr_of_mut!(ffi::PyUnicode_Type) {
-                if ffi::PyUnicode_IS_COMPACT_ASCII(item) == 0 {
+                if !compact_ascii(item) {
                     return -1;
                 }
                 str_hash(item)
