@@ -12,7 +12,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::store::cache::Store;
+use crate::store::cache::{live, Store};
 use crate::store::entry::Entry;
 use crate::store::errors::Error;
 use crate::store::key::{Key, KeyRef};
@@ -43,7 +43,7 @@ pub(crate) fn get_many<'py>(
         py,
         |store| {
             refs.iter()
-                .map(|key| key.and_then(|key| store.get(key).filter(|e| e.current())))
+                .map(|key| key.and_then(|key| live(store, key)))
                 .collect()
         },
         |found| found,

@@ -142,6 +142,22 @@ fn build_table(
     builder.build_with_hasher(PyHashBuilder)
 }
 
+/// The entry of `key` in `table` as every read sees it: present, not
+/// expired, and current (no tag of it invalidated; with `stale_if_error`,
+/// not past its `ttl`: see [`Entry::current`]). A read of moka, so an access.
+#[inline(always)]
+pub(crate) fn live<Q>(table: &Table, key: &Q) -> Option<Arc<Entry>>
+where
+    Q: Equivalent<Key> + std::hash::Hash + ?Sized,
+{
+    table.get(key).filter(|e| e.current())
+}
+
+/// The entries of `table` that reads see (see [`live`]).
+fn live_entries(table: &Table) -> impl Iterator<Item = (Arc<Key>, Arc<Entry>)> + '_ {
+    table.iter().filter(|(_, e)| e.current())
+}
+
 /// The table of a store, for as long as the calling thread stays pinned in
 /// crossbeam's epoch (which moka's own reads and writes pin anyway, so its
 /// pins inside become nested ones, a counter's increment): a table that
@@ -298,7 +314,7 @@ impl Store {
         self.sweep(py);
         self.sync(py, |store, walk| {
             if walk {
-                store.iter().filter(|(_, e)| e.current()).count() as u64
+                live_entries(store).count() as u64
             } else {
                 store.entry_count()
             }
@@ -310,11 +326,7 @@ impl Store {
         self.sweep(py);
         self.sync(py, |store, walk| {
             if walk {
-                store
-                    .iter()
-                    .filter(|(_, e)| e.current())
-                    .map(|(_, e)| u64::from(e.weight))
-                    .sum()
+                live_entries(store).map(|(_, e)| u64::from(e.weight)).sum()
             } else {
                 store.weighted_size()
             }
@@ -387,7 +399,7 @@ impl Store {
             || {
                 let store = self.table_held();
                 if self.tags.used() || self.settings.stale_if_error.is_some() {
-                    store.get(key).is_some_and(|e| e.current())
+                    live(&store, key).is_some()
                 } else {
                     store.contains_key(key)
                 }
@@ -563,7 +575,7 @@ impl Store {
             call::enter(
                 py,
                 Span::Read,
-                || self.table_held().get(key).filter(|e| e.current()),
+                || live(&self.table_held(), key),
                 |entry| {
                     entry.map(|e| {
                         let value = e.obj.clone_ref(py);
@@ -798,7 +810,7 @@ impl Store {
         call::enter(
             py,
             Span::Read,
-            || self.table_held().get(key).filter(|e| e.current()),
+            || live(&self.table_held(), key),
             |entry| entry.map(|e| e.obj.clone_ref(py)),
         )
     }
@@ -1051,12 +1063,7 @@ impl Store {
         py: Python<'_>,
         f: impl FnOnce(Vec<(Arc<Key>, Arc<Entry>)>) -> R,
     ) -> R {
-        call::enter(
-            py,
-            Span::Long,
-            || self.table().iter().filter(|(_, e)| e.current()).collect(),
-            f,
-        )
+        call::enter(py, Span::Long, || live_entries(&self.table()).collect(), f)
     }
 }
 
