@@ -314,6 +314,18 @@ def test_cached_method_tags_and_bad_tags() -> None:
         cached(tags="one")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="each tag must be a str, not int"):
         cached(tags=[1])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="tags must be an iterable of str, not int"):
+        cached(tags=5)  # type: ignore[arg-type]
+
+    # Tags given as an iterator are read once and kept.
+    @cached(tags=(t for t in ["gen"]))
+    def once(k: int) -> int:
+        return k
+
+    assert once.cache_parameters()["tags"] == ("gen",)
+    once(1)
+    once.cache.invalidate_tags("gen")
+    assert not once.cache_contains(1)
 
     @cached(tags=lambda k: k)
     def bad(k: Any) -> int:

@@ -225,9 +225,11 @@ def cached(
         if option is not None and not callable(option):
             raise TypeError(f"{name} must be callable or None, not {type(option).__name__}")
     if tags is not None and not callable(tags):
-        # Checked now, as Moka checks them; kept as a tuple.
-        Moka[None, None](1).set(None, None, tags=tags)
-        tags = tuple(tags)
+        # Kept as a tuple (an iterator can be read once), and checked now as
+        # Moka checks them (a lone str refused, not read as one tag per character).
+        if not isinstance(tags, str) and isinstance(tags, Iterable):
+            tags = tuple(tags)
+        Moka[None, None](1)._stamp(tags)
     if maxsize is not None and maxsize < 0:
         maxsize = 0  # as in functools
     capacity = _UNBOUNDED if maxsize is None else maxsize
