@@ -112,6 +112,14 @@ async def timed(cache: Moka[Any, Any], call: Callable[[], Awaitable[Any]]) -> An
 _LOADS = InFlight()
 
 
+def stale(cache: Moka[Any, Any], key: Hashable) -> tuple[Any] | None:
+    """For an async load of ``key`` that raised (``aget_with``, an async
+    ``@cached`` function): with ``stale_if_error``, the expired value the
+    cache still keeps, as a 1-tuple (counted as served; it is not stored
+    again, so the next call loads), else None."""
+    return None if cache.stale_if_error is None else cache._stale(key)
+
+
 async def _compute(
     cache: Moka[Any, Any],
     key: Hashable,
@@ -126,9 +134,7 @@ async def _compute(
     try:
         value = await timed(cache, initializer)
     except Exception:
-        # stale_if_error: the expired value the cache still keeps, if any
-        # (stored again it would not be: the next call loads).
-        if cache.stale_if_error is None or (found := cache._stale(key)) is None:
+        if (found := stale(cache, key)) is None:
             raise
         return found[0]
     # The ttl/tti start now, when the value is stored.

@@ -31,7 +31,7 @@ from typing import (
     overload,
 )
 
-from moka_py._aload import SKIP, InFlight, reload, timed
+from moka_py._aload import SKIP, InFlight, reload, stale, timed
 from moka_py._moka_py import CachedFunction as _RustCachedFunction
 from moka_py._moka_py import MissKey, Moka, Ready
 
@@ -423,7 +423,7 @@ def _async_plain(
         try:
             value = await invoke(args, kwargs)
         except Exception:
-            if cache.stale_if_error is None or (found := cache._stale(key.key)) is None:
+            if (found := stale(cache, key.key)) is None:
                 raise
             return found[0].value
         store(key, value)
