@@ -89,20 +89,32 @@ def test_uuid_keys() -> None:
 def test_names_begin_with_the_namespace_and_escape_glob_characters() -> None:
     names = _core.Names("app*[x]")
     enc = encode_key("k")
-    for name in (names.value(enc), names.lock(enc), names.channel):
+    for name in (names.value(enc), names.lock(enc), names.tag(b"t"), names.channel):
         assert name.startswith(b"app*[x]")
-    assert names.pattern == b"app\\*\\[x\\]:[vl]:*"
+    assert names.pattern == b"app\\*\\[x\\]:[vlt]:*"
     assert names.owns(names.value(enc)) and names.owns(names.lock(enc))
+    assert names.owns(names.tag(b"t"))
+
+
+def test_every_tag_of_a_namespace_is_in_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    for ns in ("users", "a{b}", "a{b", "x}y{", "{}"):
+        names = _core.Names(ns)
+        slots = {key_slot(names.tag(t)) for t in (b"a", b"b", b"user:1", b"{x}")}
+        assert (len(slots) == 1) == (not names.tags_refused)
+    assert _core.Names("{}").tags_refused and not _core.Names("a{b}").tags_refused
     assert not names.owns(b"app*[x]2:v:sk")
 
 
 def test_namespaces_cannot_look_like_each_other() -> None:
     # "users:v:..." is the value space of "users": no namespace may contain
     # a ':'-separated part "v" or "l".
-    for bad in ("users:v", "v", "a:l:b"):
+    for bad in ("users:v", "v", "a:l:b", "users:t:{users:t}:x"):
         with pytest.raises(ValueError, match="namespace"):
             _core.check_namespace(bad)
     assert _core.check_namespace("app:users") == "app:users"
+    assert _core.check_namespace("app:t") == "app:t"
     for bad_type in (None, b"users", 1):
         with pytest.raises(TypeError, match="namespace"):
             _core.check_namespace(bad_type)

@@ -40,8 +40,8 @@ def plain() -> Envelope:
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=2**63))
 def test_a_signed_payload_opens_to_what_was_packed(data: bytes, deadline: int) -> None:
     env = signed()
-    assert env.open(NAME, env.pack(NAME, data, deadline)) == (data, deadline)
-    assert plain().open(NAME, plain().pack(NAME, data, deadline)) == (data, deadline)
+    assert env.open(NAME, env.pack(NAME, data, deadline)) == (data, deadline, ())
+    assert plain().open(NAME, plain().pack(NAME, data, deadline)) == (data, deadline, ())
 
 
 def test_every_byte_of_a_signed_payload_is_covered() -> None:
@@ -105,8 +105,8 @@ def test_the_mac_is_hmac_sha256_over_the_documented_fields() -> None:
 
 def test_rotation_first_key_signs_every_key_verifies() -> None:
     old, new = signed(OTHER), signed(KEY, OTHER)
-    assert new.open(NAME, old.pack(NAME, b"v", 0)) == (b"v", 0)
-    assert old.open(NAME, signed(OTHER, KEY).pack(NAME, b"v", 0)) == (b"v", 0)
+    assert new.open(NAME, old.pack(NAME, b"v", 0)) == (b"v", 0, ())
+    assert old.open(NAME, signed(OTHER, KEY).pack(NAME, b"v", 0)) == (b"v", 0, ())
     with pytest.raises(Refused, match="unknown key"):
         old.open(NAME, new.pack(NAME, b"v", 0))
     msg = signed(OTHER).messages(_core.CLEAR, bytes(8))[0]
@@ -216,3 +216,71 @@ def test_the_rust_mac_is_hmac_sha256_and_keeps_its_key() -> None:
         pickle.dumps(_Mac(b"k" * 32))
     with pytest.raises(TypeError, match="bytes"):
         _Mac(b"k" * 32).sign("text")  # type: ignore[arg-type]
+
+
+TAGS = ((b"user:1", b"t" * 16), (b"org:\xc3\xa9", b"u" * 16))
+
+
+def test_a_tagged_payload_opens_with_its_tags_and_every_byte_is_covered() -> None:
+    env = signed()
+    payload = env.pack(NAME, b"value", 12345, TAGS)
+    assert payload[0] == 4
+    assert env.open(NAME, payload) == (b"value", 12345, TAGS)
+    assert env.tags_of(payload) == TAGS
+    for i in range(len(payload)):
+        forged = bytearray(payload)
+        forged[i] ^= 0x01
+        with pytest.raises(Refused):
+            env.open(NAME, bytes(forged))
+    unsigned = plain().pack(NAME, b"value", 0, TAGS)
+    assert unsigned[0] == 5
+    assert plain().open(NAME, unsigned) == (b"value", 0, TAGS)
+    with pytest.raises(Refused, match="unsigned"):
+        env.open(NAME, unsigned)
+    with pytest.raises(Refused, match="signed by a cache"):
+        plain().open(NAME, payload)
+
+
+def test_a_tagged_payload_cannot_lose_its_tags() -> None:
+    """An attacker who copies a tagged payload cannot strip its tags (which
+    would make it survive their invalidation): neither by dropping the block
+    and naming version 2, nor by dropping one tag and fixing the count."""
+    env = signed()
+    payload = env.pack(NAME, b"value", 0, TAGS)
+    head = 1 + 4 + 8
+    block = 1 + sum(1 + len(t) + 16 for t, _ in TAGS)
+    stripped = b"\x02" + payload[1:head] + payload[head + block :]
+    with pytest.raises(Refused, match="bad signature"):
+        env.open(NAME, stripped)
+    one = bytes([1]) + bytes([len(TAGS[0][0])]) + TAGS[0][0] + TAGS[0][1]
+    with pytest.raises(Refused, match="bad signature"):
+        env.open(NAME, payload[:head] + one + payload[head + block :])
+
+
+def test_a_tags_block_is_parsed_within_bounds() -> None:
+    """A forged header claiming more tags than a write may have, or longer
+    than the payload, is refused at once, before any MAC or key lookup."""
+    env = signed()
+    head = b"\x04" + bytes(4) + bytes(8)
+    with pytest.raises(Refused, match="malformed tags"):
+        env.open(NAME, head + bytes([255]) + bytes(10_000))
+    with pytest.raises(Refused, match="malformed tags"):
+        env.open(NAME, head + bytes([0]) + bytes(100))
+    with pytest.raises(Refused, match="truncated"):
+        env.open(NAME, head + bytes([32]) + bytes([255]) + bytes(100))
+    with pytest.raises(Refused, match="truncated"):
+        env.open(NAME, head)
+    assert env.tags_of(head + bytes([255])) == ()
+    assert env.tags_of(b"\x02" + bytes(60)) == ()
+    assert env.tags_of(None) == ()
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_after_a_tagged_version_are_refused_or_opened(junk: bytes) -> None:
+    for env in (signed(), plain()):
+        for version in (4, 5):
+            try:
+                env.open(NAME, bytes([version]) + junk)
+            except Refused:
+                pass
+            env.tags_of(bytes([version]) + junk)

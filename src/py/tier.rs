@@ -47,14 +47,23 @@ use crate::store::entry::Entry;
 /// Stripes of the per-key sequence numbers.
 const STRIPES: usize = 256;
 
+/// The sequence numbers. A token packs, from the high bits down, the
+/// epoch (32 bits), the tag sequence (32 bits) and the stripe's number (64
+/// bits): tokens are only compared for equality, and 2^32 bumps never fall
+/// between a token and its fill. `TAG_BITS` are the tag sequence's bits:
+/// `stale_if_error`'s check leaves them out (the kept values carry their
+/// tags, which are checked themselves).
 struct Seqs {
-    epoch: u64,
+    epoch: u32,
+    tags: u32,
     stripes: Vec<u64>,
 }
 
 impl Seqs {
     fn token(&self, stripe: usize) -> u128 {
-        (u128::from(self.epoch) << 64) | u128::from(self.stripes[stripe])
+        (u128::from(self.epoch) << 96)
+            | (u128::from(self.tags) << 64)
+            | u128::from(self.stripes[stripe])
     }
 }
 
@@ -193,6 +202,7 @@ impl Tier {
             trusted: AtomicBool::new(false),
             seqs: Mutex::new(Seqs {
                 epoch: 0,
+                tags: 0,
                 stripes: vec![0; STRIPES],
             }),
         }
@@ -317,6 +327,22 @@ impl Tier {
         if let Some(lookup) = lookup {
             local.write(py, 0, |store| drop(local.remove_in(store, &lookup)));
         }
+        Ok(())
+    }
+
+    /// Makes every local copy written with one of `tags` absent (the local
+    /// `Moka`'s `invalidate_tags`), and refuses every fill that started
+    /// before: such a fill may hold a value read before the tags were
+    /// invalidated in Redis, and it learns its tags only from the value.
+    fn invalidate_tags(&self, tags: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names = crate::py::tags::names(tags)?;
+        {
+            let mut seqs = self.lock();
+            seqs.tags = seqs.tags.wrapping_add(1);
+        }
+        // A fill that passed its check has inserted by now, stamped with
+        // the tags' epochs from before this: they are advanced here.
+        self.local.get().tags.invalidate(&names);
         Ok(())
     }
 

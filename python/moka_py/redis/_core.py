@@ -15,9 +15,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from ._envelope import MAX_KEY_BYTES, check_signing_key
+from redis.crc import key_slot
+
+from ._envelope import MAX_KEY_BYTES, MAX_TAG_BYTES, MAX_TAGS, check_signing_key
 
 __all__ = [
     "JSON",
@@ -223,21 +225,35 @@ class Names:
     """The Redis names of a namespace: every one begins with the namespace.
 
     ``<ns>:v:<key>`` holds a value, ``<ns>:l:<key>`` the claim of a load,
-    and ``<ns>:inv`` is the channel of invalidations and load notices.
+    ``<ns>:t:{<ns>:t}:<tag>`` the token of a tag (every tag of a namespace
+    in one cluster slot, so that one command reads or writes several), and
+    ``<ns>:inv`` is the channel of invalidations and load notices.
     """
 
-    __slots__ = ("channel", "lock_prefix", "namespace", "pattern", "value_prefix")
+    __slots__ = (
+        "channel",
+        "lock_prefix",
+        "namespace",
+        "pattern",
+        "tag_prefix",
+        "tags_refused",
+        "value_prefix",
+    )
 
     def __init__(self, namespace: str) -> None:
         ns = namespace.encode()
         self.namespace = namespace
         self.value_prefix = ns + b":v:"
         self.lock_prefix = ns + b":l:"
+        self.tag_prefix = ns + b":t:{" + ns + b":t}:"
         self.channel = ns + b":inv"
         # SCAN's pattern for every key of the namespace (glob characters of the
         # namespace escaped).
         escaped = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in ns)
-        self.pattern = escaped + b":[vl]:*"
+        self.pattern = escaped + b":[vlt]:*"
+        # A namespace whose own braces change the hash tag (an empty "{}")
+        # would spread its tags over slots: such a cache refuses tags.
+        self.tags_refused = key_slot(self.tag(b"a")) != key_slot(self.tag(b"b"))
 
     def value(self, enc: bytes) -> bytes:
         return self.value_prefix + enc
@@ -245,9 +261,12 @@ class Names:
     def lock(self, enc: bytes) -> bytes:
         return self.lock_prefix + enc
 
+    def tag(self, tag: bytes) -> bytes:
+        return self.tag_prefix + tag
+
     def owns(self, redis_key: bytes) -> bool:
         """Whether a key SCAN returned belongs to this namespace."""
-        return redis_key.startswith((self.value_prefix, self.lock_prefix))
+        return redis_key.startswith((self.value_prefix, self.lock_prefix, self.tag_prefix))
 
 
 # ---------------------------------------------------------------- payloads
@@ -260,7 +279,40 @@ class Names:
 #   b"c": the namespace was cleared
 #   b"f": a load stored the key (an invalidation that also wakes its waiters)
 #   b"r": a load gave up its claim without storing (wakes the waiters)
-INVALIDATE, CLEAR, FILLED, RELEASED = b"i", b"c", b"f", b"r"
+#   b"t": tags invalidated (the items are the tags, UTF-8)
+INVALIDATE, CLEAR, FILLED, RELEASED, TAGS = b"i", b"c", b"f", b"r", b"t"
+
+# What a read's tag check puts in place of a tagged payload one of whose tags
+# was invalidated since it was written: read as absent, but not as a missing
+# key (a load stores over it) and not counted as refused. Compared by identity.
+STALE = bytes(bytearray(b"stale"))
+
+
+def check_tags(tags: object, limit: int | None = MAX_TAGS) -> tuple[str, ...]:
+    """The tags of a write of a tiered cache, checked: an iterable of str
+    (a lone str is refused: it would be one tag per character), at most
+    ``limit`` distinct ones (None: any number, for an invalidation) of at
+    most MAX_TAG_BYTES bytes in UTF-8 each."""
+    if isinstance(tags, (str, bytes)):
+        raise TypeError("tags must be an iterable of str (a list of one tag: [tag])")
+    try:
+        given: tuple[object, ...] = tuple(tags)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"tags must be an iterable of str, not {type(tags).__name__}") from None
+    for tag in given:
+        if type(tag) is not str:
+            raise TypeError(f"each tag must be a str, not {type(tag).__name__}")
+    items = cast("tuple[str, ...]", tuple(dict.fromkeys(given)))
+    for tag in items:
+        try:
+            size = len(tag.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("a tag must be valid Unicode (no lone surrogate)") from None
+        if size > MAX_TAG_BYTES:
+            raise ValueError(f"a tag is at most {MAX_TAG_BYTES} bytes in UTF-8, not {size}")
+    if limit is not None and len(items) > limit:
+        raise ValueError(f"a write has at most {limit} tags, not {len(items)}")
+    return items
 
 
 def now_ms() -> int:
@@ -293,6 +345,11 @@ def check_namespace(namespace: object) -> str:
         raise ValueError(
             f"namespace {namespace!r} has a ':'-separated part 'v' or 'l', which would "
             "make its keys look like another namespace's: choose another name"
+        )
+    if ":t:{" in namespace:
+        raise ValueError(
+            f"namespace {namespace!r} holds ':t:{{', which would make its keys look like "
+            "another namespace's tags: choose another name"
         )
     return namespace
 

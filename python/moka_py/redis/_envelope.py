@@ -19,6 +19,17 @@ Payload, version 3, unsigned (a cache without a signing key)::
 
     0x03 | deadline ms (8) | data
 
+A value written with tags is a payload of version 4 (signed) or 5
+(unsigned): the same, with the tags and the token each had in Redis when the
+write began between the deadline and the MAC, inside what the MAC covers::
+
+    0x04 | key id (4) | deadline (8) | tags | MAC (32) | data
+    0x05 | deadline (8) | tags | data
+    tags = count (1) | (length (1) | tag (UTF-8) | token (16)) * count
+
+A reader checks the tokens against Redis before it takes the value (the
+shells' ``_checked``): a tag invalidated since the write has a new token.
+
 Message (on ``<ns>:inv``), version 2, signed::
 
     0x02 | key id (4) | MAC (32) | body
@@ -48,18 +59,23 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_MESSAGE_KEYS",
+    "MAX_TAGS",
+    "MAX_TAG_BYTES",
+    "TAG_TOKEN_BYTES",
     "Envelope",
     "Refused",
     "check_signing_key",
 ]
 
-SIGNED, PLAIN = 2, 3
+SIGNED, PLAIN, SIGNED_TAGGED, PLAIN_TAGGED = 2, 3, 4, 5
 _SIGNED_BYTE, _PLAIN_BYTE = bytes([SIGNED]), bytes([PLAIN])
+_SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE = bytes([SIGNED_TAGGED]), bytes([PLAIN_TAGGED])
+# The first byte of a tagged payload, of either kind.
+TAGGED = frozenset((SIGNED_TAGGED, PLAIN_TAGGED))
 _MAC_SIZE = 32
 _KID_SIZE = 4
 _DEADLINE = struct.Struct(">Q")
 _LEN = struct.Struct(">I")
-_SIGNED_HEAD = 1 + _KID_SIZE + _DEADLINE.size + _MAC_SIZE  # 45
 _PLAIN_HEAD = 1 + _DEADLINE.size  # 9
 _MSG_SIGNED_HEAD = 1 + _KID_SIZE + _MAC_SIZE  # 37
 _BODY_HEAD = 9  # kind + origin
@@ -75,6 +91,15 @@ MAX_KEY_BYTES = 64 * 1024
 MAX_MESSAGE_KEYS = 1024
 MAX_MESSAGE_BYTES = 1024 * 1024
 _MAX_RECEIVED = _MSG_SIGNED_HEAD + _BODY_HEAD + MAX_MESSAGE_BYTES + MAX_KEY_BYTES + 4
+
+# A write names at most MAX_TAGS tags of at most MAX_TAG_BYTES bytes each
+# (UTF-8); each tag's token in Redis is TAG_TOKEN_BYTES random bytes.
+MAX_TAGS = 32
+MAX_TAG_BYTES = 255
+TAG_TOKEN_BYTES = 16
+
+# (tag, token) pairs of a tagged payload.
+TagTokens = tuple[tuple[bytes, bytes], ...]
 
 _KID_LABEL = b"moka_py.redis key id"
 _PAYLOAD_LABEL = b"moka_py.redis payload v2\x00"
@@ -134,6 +159,38 @@ def check_signing_key(signing_key: object) -> list[bytes]:
     return keys
 
 
+def pack_tags(pairs: TagTokens) -> bytes:
+    """The tags block of a tagged payload (the pairs are checked by the
+    caller: at most MAX_TAGS, each tag at most MAX_TAG_BYTES)."""
+    out = [bytes([len(pairs)])]
+    for tag, token in pairs:
+        out.append(bytes([len(tag)]) + tag + token)
+    return b"".join(out)
+
+
+def parse_tags(payload: bytes, at: int) -> tuple[TagTokens, int]:
+    """The tags block of a tagged payload from offset ``at``: the pairs and
+    the offset after it. :class:`Refused` when it is out of bounds."""
+    end = len(payload)
+    if at >= end:
+        raise Refused("truncated")
+    count = payload[at]
+    if count == 0 or count > MAX_TAGS:
+        raise Refused("malformed tags")
+    at += 1
+    pairs = []
+    for _ in range(count):
+        if at >= end:
+            raise Refused("truncated")
+        n = payload[at]
+        stop = at + 1 + n + TAG_TOKEN_BYTES
+        if stop > end:
+            raise Refused("truncated")
+        pairs.append((payload[at + 1 : at + 1 + n], payload[at + 1 + n : stop]))
+        at = stop
+    return tuple(pairs), at
+
+
 def _derive(key: bytes, label: bytes) -> bytes:
     return hmac.digest(key, label, "sha256")
 
@@ -175,48 +232,78 @@ class Envelope:
 
     # ------------------------------------------------------------ payloads
 
-    def pack(self, redis_key: bytes, data: bytes, deadline_ms: int) -> bytes:
-        """The payload stored under ``redis_key`` for the serialized ``data``."""
+    def pack(self, redis_key: bytes, data: bytes, deadline_ms: int, tags: TagTokens = ()) -> bytes:
+        """The payload stored under ``redis_key`` for the serialized ``data``,
+        with the (tag, token) pairs of its tags, if any."""
         signer = self._signer
         if signer is None:
+            if tags:
+                return _PLAIN_TAGGED_BYTE + _DEADLINE.pack(deadline_ms) + pack_tags(tags) + data
             return _PLAIN_BYTE + _DEADLINE.pack(deadline_ms) + data
-        head = _SIGNED_BYTE + signer.kid + _DEADLINE.pack(deadline_ms)
+        if tags:
+            head = _SIGNED_TAGGED_BYTE + signer.kid + _DEADLINE.pack(deadline_ms) + pack_tags(tags)
+        else:
+            head = _SIGNED_BYTE + signer.kid + _DEADLINE.pack(deadline_ms)
         mac = signer.payload.sign(head, _LEN.pack(len(redis_key)), redis_key, data)
         return head + mac + data
 
-    def open(self, redis_key: bytes, payload: bytes) -> tuple[bytes, int]:
-        """``(data, deadline ms)`` of a payload read from ``redis_key``;
-        :class:`Refused` for anything this cache did not write there."""
+    def tags_of(self, payload: object) -> TagTokens:
+        """The (tag, token) pairs a payload read from Redis names, before its
+        MAC is checked (``open`` checks it, tags included): () for an untagged
+        payload or one that ``open`` will refuse."""
+        if type(payload) is not bytes or not payload or payload[0] not in TAGGED:
+            return ()
+        at = 1 + _DEADLINE.size if payload[0] == PLAIN_TAGGED else 1 + _KID_SIZE + _DEADLINE.size
+        try:
+            return parse_tags(payload, at)[0]
+        except Refused:
+            return ()
+
+    def open(self, redis_key: bytes, payload: bytes) -> tuple[bytes, int, TagTokens]:
+        """``(data, deadline ms, (tag, token) pairs)`` of a payload read from
+        ``redis_key``; :class:`Refused` for anything this cache did not write
+        there."""
         if type(payload) is not bytes:
             raise Refused("not a bytes value")
         version = payload[:1]
+        tags: TagTokens = ()
         if self._signer is None:
-            if version != _PLAIN_BYTE:
+            if len(payload) < _PLAIN_HEAD and version in (_PLAIN_BYTE, _PLAIN_TAGGED_BYTE):
+                raise Refused("truncated")
+            if version == _PLAIN_BYTE:
+                at = _PLAIN_HEAD
+            elif version == _PLAIN_TAGGED_BYTE:
+                tags, at = parse_tags(payload, _PLAIN_HEAD)
+            else:
                 raise Refused(
                     "signed by a cache with a signing key"
-                    if version == _SIGNED_BYTE
+                    if version in (_SIGNED_BYTE, _SIGNED_TAGGED_BYTE)
                     else "not a moka_py.redis payload of this version"
                 )
-            if len(payload) < _PLAIN_HEAD:
-                raise Refused("truncated")
             (deadline,) = _DEADLINE.unpack_from(payload, 1)
-            return payload[_PLAIN_HEAD:], deadline
-        if version != _SIGNED_BYTE:
+            return payload[at:], deadline, tags
+        if version == _SIGNED_BYTE:
+            at = 1 + _KID_SIZE + _DEADLINE.size
+        elif version == _SIGNED_TAGGED_BYTE:
+            tags, at = parse_tags(payload, 1 + _KID_SIZE + _DEADLINE.size)
+        else:
             raise Refused(
-                "unsigned" if version == _PLAIN_BYTE else "not a signed moka_py.redis payload"
+                "unsigned"
+                if version in (_PLAIN_BYTE, _PLAIN_TAGGED_BYTE)
+                else "not a signed moka_py.redis payload"
             )
-        if len(payload) < _SIGNED_HEAD:
+        if len(payload) < at + _MAC_SIZE:
             raise Refused("truncated")
         keys = self._by_kid.get(payload[1 : 1 + _KID_SIZE])
         if keys is None:
             raise Refused("signed with an unknown key")
-        head = payload[: 1 + _KID_SIZE + _DEADLINE.size]
-        data = payload[_SIGNED_HEAD:]
-        mac = payload[len(head) : _SIGNED_HEAD]
+        head = payload[:at]
+        mac = payload[at : at + _MAC_SIZE]
+        data = payload[at + _MAC_SIZE :]
         if not keys.payload.verify(mac, head, _LEN.pack(len(redis_key)), redis_key, data):
             raise Refused("bad signature")
         (deadline,) = _DEADLINE.unpack_from(payload, 1 + _KID_SIZE)
-        return data, deadline
+        return data, deadline, tags
 
     # ------------------------------------------------------------ messages
 

@@ -31,7 +31,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._moka_py import Moka, _Tier
 from . import _core
 from ._connect import Kind, feed_settings, release_feed
-from ._envelope import Envelope, Refused
+from ._envelope import (
+    MAX_TAG_BYTES,
+    MAX_TAGS,
+    TAG_TOKEN_BYTES,
+    Envelope,
+    Refused,
+    TagTokens,
+)
 from ._feed import Feed
 
 __all__ = ["Tier", "Unavailable"]
@@ -348,6 +355,17 @@ class Tier:
             self.counts.add("invalidations")
             self._wake_all()
             return
+        if kind == _core.TAGS:
+            try:
+                names = [t.decode("utf-8") for t in keys if len(t) <= MAX_TAG_BYTES]
+            except UnicodeDecodeError:
+                names = []
+            if len(names) != len(keys):
+                self.refused("message", Refused("naming a tag no cache writes"))
+                return
+            self.tags_invalidated(names)
+            self.counts.add("invalidations")
+            return
         for enc in keys:
             if kind in (_core.INVALIDATE, _core.FILLED):
                 try:
@@ -359,6 +377,15 @@ class Tier:
                 self.counts.add("invalidations")
             if kind in (_core.FILLED, _core.RELEASED):
                 self.wake(enc)
+
+    def tags_invalidated(self, tags: Iterable[str]) -> None:
+        """Makes the local copies written with one of ``tags`` absent, with
+        the values kept for ``stale_if_error``, and refuses the fills in
+        flight (``_Tier.invalidate_tags``)."""
+        tags = list(tags)
+        self.rust.invalidate_tags(tags)
+        if self.stale is not None:
+            self.stale.invalidate_tags(*tags)
 
     def refused(self, what: str, err: Refused) -> None:
         self.counts.add("rejected")
@@ -466,9 +493,88 @@ class Tier:
         of it and ``local_ttl``."""
         return self.local_ttl if ttl is None else self.local_bound(ttl_s)
 
-    def pack(self, enc: bytes, data: bytes, ttl: float | None) -> bytes:
-        """The payload to store for ``enc``'s serialized value ``data``."""
-        return self.envelope.pack(self.names.value(enc), self._bytes(data), _core.deadline_ms(ttl))
+    def pack(self, enc: bytes, data: bytes, ttl: float | None, tags: TagTokens = ()) -> bytes:
+        """The payload to store for ``enc``'s serialized value ``data``, with
+        its tags' tokens (``stamped``)."""
+        return self.envelope.pack(
+            self.names.value(enc), self._bytes(data), _core.deadline_ms(ttl), tags
+        )
+
+    # ------------------------------------------------------------ tags
+
+    def check_tags(self, tags: object, limit: int | None = MAX_TAGS) -> tuple[str, ...]:
+        """A write's ``tags=`` (or an invalidation's, ``limit=None``), checked
+        (``_core.check_tags``)."""
+        names = _core.check_tags(tags, limit)
+        if names and self.names.tags_refused:
+            raise ValueError(
+                f"namespace {self.names.namespace!r} holds a '{{}}', which would put its "
+                "tags in different cluster slots: use another namespace for tags"
+            )
+        return names
+
+    def stamp_args(self, tags: tuple[str, ...], ttl: float | None) -> list[Any]:
+        """``TAG_SCRIPT``'s arguments for a write of ``tags`` whose value lives
+        ``ttl`` seconds: the number of keys, the keys, the expiry, then a
+        new token per tag (kept where the tag has none)."""
+        keys = [self.names.tag(t.encode()) for t in tags]
+        px = px_arg(None if ttl is None else ttl + TAG_MARGIN)
+        return [len(keys), *keys, px, *(os.urandom(TAG_TOKEN_BYTES) for _ in tags)]
+
+    @staticmethod
+    def stamped(tags: tuple[str, ...], reply: Any) -> TagTokens:
+        """The (tag, token) pairs of ``TAG_SCRIPT``'s reply."""
+        tokens = list(reply) if isinstance(reply, (list, tuple)) else []
+        if len(tokens) != len(tags) or any(
+            type(t) is not bytes or len(t) != TAG_TOKEN_BYTES for t in tokens
+        ):
+            raise RedisError("unexpected reply to the tag script")
+        return tuple((t.encode(), tok) for t, tok in zip(tags, tokens, strict=True))
+
+    def tags_of_calls(
+        self, tags: object
+    ) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, ...]]:
+        """A decorator's ``tags=``: the tags of a call, from its arguments.
+        Tags given as an iterable are checked now; a function's, per call."""
+        if tags is None:
+            return lambda args, kwargs: ()
+        if callable(tags):
+            fn = tags
+            return lambda args, kwargs: self.check_tags(fn(*args, **kwargs))
+        fixed = self.check_tags(tags)
+        return lambda args, kwargs: fixed
+
+    @staticmethod
+    def names_of(pairs: TagTokens) -> tuple[str, ...] | None:
+        """The tag names of a payload's (tag, token) pairs (None: untagged)."""
+        return tuple(t.decode("utf-8", "replace") for t, _ in pairs) or None
+
+    def retag_keys(self, tags: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
+        """``invalidate_tags``: the key of each tag and its new token."""
+        return [(self.names.tag(t.encode()), os.urandom(TAG_TOKEN_BYTES)) for t in tags]
+
+    def tag_keys(self, payloads: Iterable[Any]) -> list[bytes]:
+        """The keys of the tags the tagged ones of ``payloads`` name ([] when
+        none is tagged): what a read fetches to check them."""
+        keys: dict[bytes, None] = {}
+        tags_of = self.envelope.tags_of
+        for p in payloads:
+            for tag, _ in tags_of(p):
+                keys[self.names.tag(tag)] = None
+        return list(keys)
+
+    def current(self, payloads: list[Any], keys: list[bytes], tokens: list[Any]) -> list[Any]:
+        """``payloads`` with each tagged one whose tags do not all hold in
+        ``tokens`` (what Redis holds for ``keys`` now) replaced by
+        ``_core.STALE``: a tag of it was invalidated since it was written."""
+        now = dict(zip(keys, tokens, strict=True))
+        out = list(payloads)
+        tags_of = self.envelope.tags_of
+        for i, p in enumerate(payloads):
+            pairs = tags_of(p)
+            if pairs and any(now.get(self.names.tag(t)) != tok for t, tok in pairs):
+                out[i] = _core.STALE
+        return out
 
     @staticmethod
     def _bytes(data: Any) -> bytes:
@@ -487,41 +593,56 @@ class Tier:
     def decode(
         self, serializer: _core.Serializer, enc: bytes, payload: bytes
     ) -> tuple[bool, Any, float | None]:
-        """``(ok, value, seconds left)`` of a payload read from Redis: checked
-        first, deserialized after. A payload refused (or that the serializer
-        cannot read) is counted and logged (rate-limited), never raised."""
+        """``(ok, value, seconds left)`` of a payload read from Redis (its tags
+        checked by the shell, ``current``): verified first, deserialized
+        after. A payload refused (or that the serializer cannot read) is
+        counted and logged (rate-limited), never raised."""
         opened = self._open(enc, payload)
         if opened is None:
             return False, None, None
-        data, left = opened
+        data, left, _ = opened
         ok, value = self.loads(serializer, data)
         return (True, value, left) if ok else (False, None, None)
 
-    def _open(self, enc: bytes, payload: bytes) -> tuple[bytes, float | None] | None:
-        """The serialized value of a payload read from Redis and its seconds
-        left, or None when it is refused (counted) or has expired."""
+    def _open(
+        self, enc: bytes, payload: bytes
+    ) -> tuple[bytes, float | None, tuple[str, ...]] | None:
+        """The serialized value of a payload read from Redis, its seconds
+        left and its tags, or None when it is refused (counted), stale or
+        has expired."""
         opened = self.reopen(enc, payload)
         if opened is None:
             return None
-        return opened[0], _core.seconds_left(opened[1])
+        data, deadline, pairs = opened
+        tags: tuple[str, ...] = ()
+        if pairs:
+            try:
+                tags = tuple(t.decode("utf-8") for t, _ in pairs)
+            except UnicodeDecodeError:
+                self.refused("payload", Refused("naming a tag no cache writes"))
+                return None
+        return data, _core.seconds_left(deadline), tags
 
-    def reopen(self, enc: bytes, payload: bytes) -> tuple[bytes, int] | None:
-        """The serialized value of a payload read from Redis and its deadline
-        (wall-clock ms, 0: none), or None when it is refused (counted) or has
-        expired: what a compare-and-swap re-signs with the same deadline."""
+    def reopen(self, enc: bytes, payload: bytes) -> tuple[bytes, int, TagTokens] | None:
+        """The serialized value of a payload read from Redis, its deadline
+        (wall-clock ms, 0: none) and its (tag, token) pairs, or None when it
+        is refused (counted), stale (``_core.STALE``) or has expired: what a
+        compare-and-swap re-signs with the same deadline and tags."""
+        if payload is _core.STALE:
+            return None
         try:
-            data, deadline = self.envelope.open(self.names.value(enc), payload)
+            data, deadline, pairs = self.envelope.open(self.names.value(enc), payload)
         except Refused as err:
             self.refused("payload", err)
             return None
         left = _core.seconds_left(deadline)
         if left is not None and left <= 0:
             return None
-        return data, deadline
+        return data, deadline, pairs
 
-    def repack(self, enc: bytes, data: bytes, deadline: int) -> bytes:
-        """A payload for ``enc`` with an explicit deadline (``reopen``'s)."""
-        return self.envelope.pack(self.names.value(enc), self._bytes(data), deadline)
+    def repack(self, enc: bytes, data: bytes, deadline: int, tags: TagTokens = ()) -> bytes:
+        """A payload for ``enc`` with an explicit deadline and tags (``reopen``'s)."""
+        return self.envelope.pack(self.names.value(enc), self._bytes(data), deadline, tags)
 
     def loads(self, serializer: _core.Serializer, data: bytes) -> tuple[bool, Any]:
         """``serializer.loads(data)`` of verified bytes; ``(False, None)``
@@ -567,12 +688,16 @@ class Tier:
         """A payload read from Redis for ``k``: ``(True, value)``, counted as a
         remote hit and kept locally unless ``k`` was invalidated since
         ``token``, or ``(False, None)`` when it is refused or expired."""
-        ok, value, left = self.decode(serializer, enc, payload)
+        opened = self._open(enc, payload)
+        if opened is None:
+            return False, None
+        data, left, tags = opened
+        ok, value = self.loads(serializer, data)
         if not ok:
             return False, None
         self.counts.add("remote_hits")
-        self.rust.fill(k, value, self.local_bound(left), token)
-        self.remember(k, value, left, token)
+        self.rust.fill(k, value, self.local_bound(left), token, tags or None)
+        self.remember(k, value, left, token, tags)
         return True, value
 
     def fail_safe(self, k: Any) -> tuple[bool, Any]:
@@ -609,28 +734,34 @@ class Tier:
             )
         return seconds
 
-    def remember(self, k: Any, value: Any, left: float | None, token: int) -> None:
+    def remember(
+        self, k: Any, value: Any, left: float | None, token: int, tags: tuple[str, ...] = ()
+    ) -> None:
         """Keeps ``value``, read or loaded for ``k`` with ``left`` seconds to
         live (None: no deadline), for ``stale_if_error`` seconds past that
         deadline. ``token`` is the key's sequence token once the value is in
         place (``rust.token`` before a ``fill``; one more after a ``put``,
         which bumps it): any later invalidation of the key (or of a key of
         its stripe, or of the whole tier) moves the token, and the kept value
-        is then never served."""
+        is then never served; nor after an invalidation of one of ``tags``."""
         stale = self.stale
         if stale is None or self.stale_if_error is None:
             return
         if left is None:
-            stale.set(k, (value, math.inf, token))
+            stale.set(k, (value, math.inf, token), tags=tags or None)
         elif left > 0:
             deadline = time.monotonic() + left
-            stale.set(k, (value, deadline, token), ttl=left + self.stale_if_error)
+            stale.set(
+                k, (value, deadline, token), ttl=left + self.stale_if_error, tags=tags or None
+            )
 
-    def remember_put(self, k: Any, value: Any, left: float | None, token: int) -> None:
+    def remember_put(
+        self, k: Any, value: Any, left: float | None, token: int, tags: tuple[str, ...] = ()
+    ) -> None:
         """``remember`` after ``rust.put(k, value, bound, token)``: a put
         bumps the key's stripe once (the low half of the token, see
         ``src/py/tier.rs``), so the token with the value in place is one more."""
-        self.remember(k, value, left, token + 1)
+        self.remember(k, value, left, token + 1, tags)
 
     def stale_value(self, k: Any, window: float | None) -> tuple[bool, Any]:
         """``(True, value)``: the value kept for ``k`` whose deadline passed at
@@ -643,7 +774,9 @@ class Tier:
         if found is _MISSING:
             return False, None
         value, deadline, token = found
-        if time.monotonic() > deadline + window or self.rust.token(k) != token:
+        # (The tag sequence of the tokens is left out: the kept value's own
+        # tags are checked by `stale` itself.)
+        if time.monotonic() > deadline + window or (self.rust.token(k) ^ token) & ~_TAG_BITS:
             return False, None
         self.counts.add("stale_served")
         return True, value
@@ -680,6 +813,14 @@ class Tier:
         self.local.reset_stats()
 
 
+# The tag sequence's bits of a `_Tier` token (`src/py/tier.rs`, `Seqs`).
+_TAG_BITS = 0xFFFF_FFFF << 64
+
+# A tag's key in Redis outlives the values written with it by this much (it
+# is stamped when a write or a load begins, before the value is stored).
+TAG_MARGIN = 60.0
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -693,6 +834,30 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
+"""
+
+# A write of tagged values begins here: the token each tag has (a new one,
+# ARGV[1 + i], where it has none or not one of ours), its key kept at least
+# ARGV[1] ms more ('' : for ever). KEYS: the tags' keys, all in one slot.
+TAG_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do
+  local t = redis.call('get', KEYS[i])
+  if not t or #t ~= 16 then
+    t = ARGV[i + 1]
+    if ARGV[1] == '' then
+      redis.call('set', KEYS[i], t)
+    else
+      redis.call('set', KEYS[i], t, 'PX', ARGV[1])
+    end
+  elseif ARGV[1] == '' then
+    redis.call('persist', KEYS[i])
+  else
+    redis.call('pexpire', KEYS[i], ARGV[1], 'GT')
+  end
+  out[i] = t
+end
+return out
 """
 
 RELEASE_SCRIPT = """
@@ -777,6 +942,7 @@ __all__ += [
     "RELEASE_SCRIPT",
     "RENEW_SCRIPT",
     "SWAP_SCRIPT",
+    "TAG_SCRIPT",
     "RedisError",
     "contended",
     "ms",

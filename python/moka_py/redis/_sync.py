@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
-from ._envelope import Envelope
+from ._envelope import Envelope, TagTokens
 from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -23,6 +23,7 @@ from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
+    TAG_SCRIPT,
     Tier,
     as_redis_error,
     contended,
@@ -239,6 +240,55 @@ class TieredCache(Generic[K, V]):
             pipe.publish(self._names.channel, message)
         return list(self._call(pipe.execute))[: -len(messages)]
 
+    # ------------------------------------------------------------ tags
+
+    def _checked(self, payloads: list[Any]) -> list[Any]:
+        """Payloads read from Redis, each tagged one whose tags were
+        invalidated since it was written replaced by ``_core.STALE``: one
+        more read (the tags' tokens, one slot) when any of them is tagged.
+        Every read of a value goes through here."""
+        tier = self._tier
+        keys = tier.tag_keys(payloads)
+        if not keys:
+            return payloads
+        return tier.current(payloads, keys, list(self._call(self._own.mget, keys)))
+
+    def _get(self, name: bytes) -> Any:
+        """GET of a value's key, its tags checked (``_checked``)."""
+        payload = self._call(self._own.get, name)
+        return payload if payload is None else self._checked([payload])[0]
+
+    def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
+        """The token of each of ``tags`` as a write or a load begins (made
+        where a tag has none), for its payload: ``TAG_SCRIPT``."""
+        tier = self._tier
+        return tier.stamped(
+            tags, self._call(self._own.eval, TAG_SCRIPT, *tier.stamp_args(tags, ttl_s))
+        )
+
+    def invalidate_tags(self, *tags: str) -> None:
+        """Makes every value written with one of ``tags`` before this call
+        absent, in Redis and in every process's local tier, loads in flight
+        included: one new token per tag in Redis and one message, whatever
+        the number of values. Raises ``redis.RedisError`` when Redis cannot
+        be written (the local tier drops its copies all the same)."""
+        tier = self._tier
+        names = tier.check_tags(tags, None)
+        if not names:
+            return
+        self._ensure()
+        retag = tier.retag_keys(names)
+        msgs = tier.messages(_core.TAGS, [t.encode() for t in names])
+
+        def commands(pipe: Any) -> None:
+            for key, token in retag:
+                pipe.set(key, token, xx=True, keepttl=True)
+
+        try:
+            self._write(commands, msgs)
+        finally:
+            tier.tags_invalidated(names)
+
     # ------------------------------------------------------------ reads
 
     def get(self, key: K, default: Any = None) -> V | Any:
@@ -267,7 +317,7 @@ class TieredCache(Generic[K, V]):
         tier = self._tier
         token = tier.rust.token(k)
         try:
-            payload = self._call(self._own.get, self._names.value(enc))
+            payload = self._get(self._names.value(enc))
         except RedisError:
             return tier.fail_safe(k)
         return tier.accept(self._serializer, enc, k, payload, token)
@@ -288,6 +338,7 @@ class TieredCache(Generic[K, V]):
                     payloads = self._call(self._own.mget_nonatomic, names)
                 else:
                     payloads = self._call(self._own.mget, names)
+                payloads = self._checked(list(payloads))
             except RedisError:
                 payloads = None
             for i, (key, enc, k) in enumerate(batch):
@@ -304,34 +355,43 @@ class TieredCache(Generic[K, V]):
     def _ttl_of(self, ttl: float | None) -> float | None:
         return self._ttl if ttl is None else _core.check_seconds(ttl, "ttl")
 
-    def set(self, key: K, value: V, ttl: float | None = None) -> None:
+    def set(
+        self, key: K, value: V, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> None:
         """Stores ``value`` in Redis and locally; every other process drops its
-        copy. Raises ``redis.RedisError`` (and keeps no local copy) when Redis
-        cannot be written."""
+        copy. ``tags``: see :meth:`invalidate_tags`. Raises ``redis.RedisError``
+        (and keeps no local copy) when Redis cannot be written."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
+        tier = self._tier
+        names = () if tags is None else tier.check_tags(tags)
         data = self._serializer.dumps(value)
         self._ensure()
-        tier = self._tier
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
         msgs = tier.messages(_core.INVALIDATE, (enc,))
-        payload = tier.pack(enc, data, ttl_s)
         try:
+            payload = tier.pack(enc, data, ttl_s, self._stamp(names, ttl_s) if names else ())
             self._write(lambda p: p.set(name, payload, px=ms(ttl_s)), msgs)
         except RedisError:
             tier.rust.invalidate(k)
             raise
-        tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+        tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token, names or None)
 
     def set_many(
-        self, items: Mapping[K, V] | Iterable[tuple[K, V]], ttl: float | None = None
+        self,
+        items: Mapping[K, V] | Iterable[tuple[K, V]],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> None:
-        """``set`` of every pair, in one round trip and one message. Every
-        value is serialized first: one that cannot be leaves nothing stored."""
+        """``set`` of every pair, in one round trip and one message (two with
+        ``tags``, which every value gets). Every value is serialized first:
+        one that cannot be leaves nothing stored."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         ttl_s = self._ttl_of(ttl)
+        names = () if tags is None else self._tier.check_tags(tags)
         prepared = []
         for key, value in pairs:
             enc = _core.encode_key(key)
@@ -344,11 +404,15 @@ class TieredCache(Generic[K, V]):
         px = ms(ttl_s)
         msgs = tier.messages(_core.INVALIDATE, [enc for enc, _, _, _ in prepared])
 
+        stamped: TagTokens = ()
+
         def commands(pipe: Any) -> None:
             for enc, _, _, data in prepared:
-                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s), px=px)
+                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s, stamped), px=px)
 
         try:
+            if names:
+                stamped = self._stamp(names, ttl_s)
             self._write(commands, msgs)
         except RedisError:
             for _, k, _, _ in prepared:
@@ -356,7 +420,7 @@ class TieredCache(Generic[K, V]):
             raise
         bound = tier.write_bound(ttl, ttl_s)
         for (_, k, value, _), token in zip(prepared, tokens, strict=True):
-            tier.rust.put(k, value, bound, token)
+            tier.rust.put(k, value, bound, token, names or None)
 
     def remove(self, key: K, default: Any = None) -> V | Any:
         """Removes ``key`` everywhere; the value that was stored, or ``default``."""
@@ -378,6 +442,15 @@ class TieredCache(Generic[K, V]):
             (old,) = self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
+        if old is not None:
+            # A value one of whose tags was invalidated was not held (and
+            # one whose tags cannot be checked is not vouched for).
+            try:
+                old = self._checked([old])[0]
+            except RedisError:
+                old = None
+            if old is _core.STALE:
+                old = None
         return enc, old
 
     def _contains(self, key: Any) -> bool:
@@ -392,7 +465,7 @@ class TieredCache(Generic[K, V]):
         if tier.rust.trusted and k in tier.local:
             return True
         try:
-            payload = self._call(self._own.get, self._names.value(enc))
+            payload = self._get(self._names.value(enc))
         except RedisError:
             return k in tier.local
         return payload is not None and tier.holds(enc, payload)
@@ -409,28 +482,37 @@ class TieredCache(Generic[K, V]):
             self._publish(messages)
         return done
 
-    def add(self, key: K, value: V, ttl: float | None = None) -> bool:
+    def add(
+        self, key: K, value: V, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> bool:
         """Stores ``value`` only if Redis holds no value for ``key`` (one
-        atomic ``SET NX`` across every process); whether it stored. Every
-        other process drops its copy when it does. Raises ``redis.RedisError``
-        when Redis cannot be asked."""
+        atomic ``SET NX`` across every process, or a swap of a value one of
+        whose tags was invalidated); whether it stored. Every other process
+        drops its copy when it does. Raises ``redis.RedisError`` when Redis
+        cannot be asked."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
+        tier = self._tier
+        names = () if tags is None else tier.check_tags(tags)
         data = self._serializer.dumps(value)
         self._ensure()
-        tier = self._tier
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
-        payload = tier.pack(enc, data, ttl_s)
         msgs = tier.messages(_core.INVALIDATE, (enc,))
         try:
+            payload = tier.pack(enc, data, ttl_s, self._stamp(names, ttl_s) if names else ())
             stored = self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
+            if not stored:
+                held = self._call(self._own.get, name)
+                if held is not None and self._checked([held])[0] is _core.STALE:
+                    args = [held, payload, px_arg(ttl_s)]
+                    stored = self._script(SWAP_SCRIPT, name, args, msgs)
         except RedisError:
             tier.rust.invalidate(k)
             raise
         if stored:
-            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token, names or None)
         return stored
 
     def update(self, key: K, fn: Callable[[V], V]) -> V:
@@ -451,12 +533,13 @@ class TieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = self._call(self._own.get, name)
-            opened = None if payload is None else tier.reopen(enc, payload)
+            checked = payload if payload is None else self._checked([payload])[0]
+            opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
                 raise KeyError(key)
             value = fn(cast("V", old))
-            new = tier.repack(enc, self._serializer.dumps(value), opened[1])
+            new = tier.repack(enc, self._serializer.dumps(value), opened[1], opened[2])
             msgs = tier.messages(_core.INVALIDATE, (enc,))
             try:
                 swapped = self._script(SWAP_SCRIPT, name, [payload, new, b"keep"], msgs)
@@ -465,7 +548,7 @@ class TieredCache(Generic[K, V]):
                 raise
             if swapped:
                 left = _core.seconds_left(opened[1])
-                tier.rust.put(k, value, tier.local_bound(left), token)
+                tier.rust.put(k, value, tier.local_bound(left), token, tier.names_of(opened[2]))
                 return value
             if attempt + 1 < MAX_SWAPS:
                 time.sleep(swap_backoff(attempt))
@@ -484,10 +567,16 @@ class TieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = self._call(self._own.get, name)
-            opened = None if payload is None else tier.reopen(enc, payload)
+            checked = payload if payload is None else self._checked([payload])[0]
+            opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False
-            new = tier.pack(enc, opened[0], ttl_s)
+            pairs = opened[2]
+            if pairs:
+                # The tags' keys must outlive the new expiry too.
+                if self._stamp(tier.names_of(pairs) or (), ttl_s) != pairs:
+                    return False  # a tag invalidated meanwhile
+            new = tier.pack(enc, opened[0], ttl_s, pairs)
             msgs = tier.messages(_core.INVALIDATE, (enc,))
             try:
                 swapped = self._script(SWAP_SCRIPT, name, [payload, new, px_arg(ttl_s)], msgs)
@@ -541,22 +630,25 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], V],
         ttl: float | None = None,
         stale_if_error: float | None = None,
+        tags: Iterable[str] | None = None,
     ) -> V:
         """The value of ``key``; on a miss, ``initializer()`` runs once per key
-        across every thread of every process, and its result is stored.
+        across every thread of every process, and its result is stored (with
+        ``tags``: see :meth:`invalidate_tags`).
         ``stale_if_error`` (None: the cache's; 0: off; at most the cache's):
         if the load fails, the last value known here that expired at most
         that long ago is returned instead (see the README)."""
-        # (A hit pays one comparison for the option; a value given is checked
+        # (A hit pays one comparison per option; a value given is checked
         # on every call, hit or miss. Not keyword-only: CPython fills a
         # keyword-only default from a dict on every call, ~10 ns of a hit.)
         if stale_if_error is not None:
             self._tier.window(stale_if_error)
+        names = () if tags is None else self._tier.check_tags(tags)
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
         window = self._tier.window(stale_if_error)
-        return self._load(key, initializer, ttl, None, window)  # type: ignore[no-any-return]
+        return self._load(key, initializer, ttl, None, window, names)  # type: ignore[no-any-return]
 
     def _load(
         self,
@@ -565,9 +657,11 @@ class TieredCache(Generic[K, V]):
         ttl: float | None,
         keep: Callable[[Any], object] | None = None,
         window: float | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
-        """``get_with``'s miss; a value for which ``keep`` is false is
-        returned (to this process's callers) but not stored. A load that
+        """``get_with``'s miss (the value stored with ``tags``); a value for
+        which ``keep`` is false is returned (to this process's callers) but
+        not stored. A load that
         raises an ``Exception`` returns instead the value kept for the key if
         it expired at most ``window`` seconds ago (the callers waiting for
         this load get it too)."""
@@ -610,9 +704,9 @@ class TieredCache(Generic[K, V]):
                     flight = current
         try:
             if takeover:
-                flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                flight.value = self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
             else:
-                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
+                flight.value = self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep, tags)
             return flight.value
         except Exception as err:
             ok, stale = self._tier.stale_value(k, window)
@@ -639,6 +733,7 @@ class TieredCache(Generic[K, V]):
         ttl_s: float | None,
         waited: bool,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -650,7 +745,7 @@ class TieredCache(Generic[K, V]):
             while True:
                 token = tier.rust.token(k)
                 try:
-                    payload = self._call(self._own.get, name)
+                    payload = self._get(name)
                     if payload is not None:
                         ok, value = tier.take(self._serializer, enc, k, payload, token)
                         if ok:
@@ -659,15 +754,18 @@ class TieredCache(Generic[K, V]):
                     lock_ms = ms(self._lock_timeout)
                     claimed = self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms)
                 except RedisError:
-                    return self._load_alone(k, initializer, ttl, ttl_s, token, keep)
+                    return self._load_alone(k, initializer, ttl, ttl_s, token, keep, tags)
                 if claimed:
-                    return self._lead(enc, k, initializer, ttl, ttl_s, claim, payload is None, keep)
+                    absent = payload is None
+                    return self._lead(
+                        enc, k, initializer, ttl, ttl_s, claim, absent, keep, tags=tags
+                    )
                 left = give_up - time.monotonic()
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     tier.wait_outlasted(False, self._wait_timeout)
-                    return self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                    return self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
                 if not waited:
                     tier.counts.add("waits")
                     waited = True
@@ -693,14 +791,15 @@ class TieredCache(Generic[K, V]):
         ttl_s: float | None,
         token: int,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         """Redis is unreachable: load in this process, keep the value locally
         (for at most the entry's bounds), store nothing in Redis."""
         value = self._compute(initializer)
         if keep is None or keep(value):
             bound = self._tier.write_bound(ttl, ttl_s)
-            self._tier.rust.fill(k, value, bound, token)
-            self._tier.remember(k, value, ttl_s, token)
+            self._tier.rust.fill(k, value, bound, token, tags or None)
+            self._tier.remember(k, value, ttl_s, token, tags)
         return value
 
     def _load_unclaimed(
@@ -711,28 +810,35 @@ class TieredCache(Generic[K, V]):
         ttl: float | None,
         ttl_s: float | None,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         """``wait_timeout`` passed while another load held the key: load here,
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
+        try:
+            stamped: TagTokens | None = self._stamp(tags, ttl_s) if tags else ()
+        except RedisError:
+            stamped = None
         value = self._compute(initializer)
         if keep is not None and not keep(value):
             return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
-        payload = tier.pack(enc, data, ttl_s)
         bound = tier.write_bound(ttl, ttl_s)
         try:
+            if stamped is None:
+                raise RedisError("the tags could not be stamped")
+            payload = tier.pack(enc, data, ttl_s, stamped)
             self._write(
                 lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
             )
         except RedisError:
-            tier.rust.fill(k, value, bound, token)
-            tier.remember(k, value, ttl_s, token)
+            tier.rust.fill(k, value, bound, token, tags or None)
+            tier.remember(k, value, ttl_s, token, tags)
             return value
-        tier.rust.put(k, value, bound, token)
-        tier.remember_put(k, value, ttl_s, token)
+        tier.rust.put(k, value, bound, token, tags or None)
+        tier.remember_put(k, value, ttl_s, token, tags)
         return value
 
     def _lead(
@@ -747,8 +853,10 @@ class TieredCache(Generic[K, V]):
         keep: Callable[[Any], object] | None,
         force: bool = False,
         drop: bool = False,
+        tags: tuple[str, ...] = (),
     ) -> Any:
-        """This process holds the claim: load, store, release, tell the
+        """This process holds the claim: load, store (with ``tags``, their
+        tokens taken before the load begins), release, tell the
         waiters. ``force`` (a refresh or a reload): load whatever Redis
         holds, store over it, and raise if it cannot be stored; ``drop`` (a
         refresh): a result ``keep`` rejects unlinks the stored one."""
@@ -763,13 +871,21 @@ class TieredCache(Generic[K, V]):
             # Another process may have stored the value and released its claim
             # between this process's GET and its claim: read once more.
             try:
-                again = None if force else self._call(self._own.get, name)
+                again = None if force else self._get(name)
             except RedisError:
                 again = None
             if again is not None:
                 ok, value = tier.take(self._serializer, enc, k, again, token)
                 if ok:
                     return value
+            # The tags' tokens before the load: an invalidation of one of
+            # them while it runs dates the value it stores.
+            try:
+                stamped: TagTokens | None = self._stamp(tags, ttl_s) if tags else ()
+            except RedisError:
+                if force:
+                    raise
+                stamped = None
             value = self._compute(initializer)
             if keep is not None and not keep(value):
                 if drop:
@@ -780,6 +896,8 @@ class TieredCache(Generic[K, V]):
                     stored = True
                 return value
             data = self._serializer.dumps(value)
+            if stamped is None:
+                return value  # (Redis failed the stamp: not stored, as below)
             try:
                 # NX: a `set` of this key made meanwhile wins over the load.
                 # A value that could not be read (absent is False) is replaced.
@@ -787,7 +905,7 @@ class TieredCache(Generic[K, V]):
                     self._call(
                         self._own.set,
                         name,
-                        tier.pack(enc, data, ttl_s),
+                        tier.pack(enc, data, ttl_s, stamped),
                         px=ms(ttl_s),
                         nx=absent and not force,
                     )
@@ -799,8 +917,8 @@ class TieredCache(Generic[K, V]):
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
-                tier.rust.put(k, value, bound, token)
-                tier.remember_put(k, value, ttl_s, token)
+                tier.rust.put(k, value, bound, token, tags or None)
+                tier.remember_put(k, value, ttl_s, token, tags)
             return value
         finally:
             self._renewer.drop(lock_key)
@@ -821,6 +939,7 @@ class TieredCache(Generic[K, V]):
         ttl: float | None,
         keep: Callable[[Any], object] | None,
         wait: bool,
+        tags: tuple[str, ...] = (),
     ) -> tuple[bool, Any]:
         """A load of ``key`` whatever is stored (``refresh``), holding the
         key's claim like any load, so that callers meanwhile wait for it:
@@ -843,14 +962,14 @@ class TieredCache(Generic[K, V]):
                 lock_ms = ms(self._lock_timeout)
                 if self._call(self._own.set, lock_key, claim, nx=True, px=lock_ms):
                     value = self._lead(
-                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait, tags
                     )
                     return True, value
                 left = give_up - time.monotonic()
                 if not wait:
                     return False, None
                 if left <= 0:
-                    return True, self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                    return True, self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
                 tier.counts.add("waits")
                 woken.wait(min(POLL_SECONDS, left))
                 woken.clear()
@@ -869,6 +988,7 @@ class TieredCache(Generic[K, V]):
         cache_if: Callable[[Any], object] | None = None,
         refresh_after: float | None = None,
         stale_if_error: float | None = None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
     ) -> Callable[[Callable[P, R]], TieredFunction[P, R]]:
         """Caches a sync function's results in this cache: one call per
         arguments across every process (``get_with``). The key is ``name``
@@ -882,7 +1002,9 @@ class TieredCache(Generic[K, V]):
         ``refresh_after``: seconds after which a call that finds
         the result returns it and reloads it in the background (one reload
         across the fleet: a process that finds another's load in flight
-        leaves it to that one).
+        leaves it to that one). ``tags``: the tags of every result, or a
+        function of the arguments that returns them (see
+        :meth:`invalidate_tags`).
 
         The function gets ``f.refresh(*args, **kwargs)`` (loads whatever is
         stored, holding the key's claim so that callers elsewhere wait for it,
@@ -898,6 +1020,7 @@ class TieredCache(Generic[K, V]):
         window = self._tier.window(stale_if_error)
         if cache_if is not None and not callable(cache_if):
             raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
+        tags_of = self._tier.tags_of_calls(tags)
 
         def decorate(fn: Callable[P, R]) -> TieredFunction[P, R]:
             if inspect.iscoroutinefunction(fn):
@@ -921,15 +1044,25 @@ class TieredCache(Generic[K, V]):
                 k = key_of(args, kwargs)
                 stored = rust.lookup(k, _MISS)
                 if stored is _MISS:
-                    stored = self._load(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep, window)
+                    stored = self._load(
+                        k,
+                        lambda: d.pack(fn(*args, **kwargs)),
+                        ttl,
+                        keep,
+                        window,
+                        tags_of(args, kwargs),
+                    )
                 value, due = d.unpack(stored)
                 if due:
-                    self._reload_later(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep)
+                    self._reload_later(
+                        k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep, tags_of(args, kwargs)
+                    )
                 return value
 
             def refresh(*args: Any, **kwargs: Any) -> Any:
                 k = key_of(args, kwargs)
-                _, stored = self._reload(k, lambda: d.pack(fn(*args, **kwargs)), ttl, keep, True)
+                load = lambda: d.pack(fn(*args, **kwargs))  # noqa: E731
+                _, stored = self._reload(k, load, ttl, keep, True, tags_of(args, kwargs))
                 return d.unpack(stored)[0]
 
             def cache_invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -955,6 +1088,7 @@ class TieredCache(Generic[K, V]):
         initializer: Callable[[], Any],
         ttl: float | None,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         """A hit on a result due for a reload (``refresh_after``): reloads it
         on the cache's reload thread, unless this process reloads it already
@@ -966,7 +1100,7 @@ class TieredCache(Generic[K, V]):
 
         def run() -> None:
             try:
-                self._reload(key, initializer, ttl, keep, False)
+                self._reload(key, initializer, ttl, keep, False, tags)
             except RedisError:
                 pass  # counted; the stored result stays
             except Exception as err:

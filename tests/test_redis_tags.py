@@ -1,0 +1,275 @@
+"""Tags on the tiered caches against a real redis-server (and the 3-master
+cluster): ``set``/``get_with``/``@cache.cached`` with ``tags=``, and
+``invalidate_tags`` reaching Redis and every local tier, loads in flight
+included; and the attacks on the tags (a raw client as the attacker)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis_fixtures import tiered_pair
+from redis_servers import RedisCluster3, RedisServer
+from support import SIGNING_KEY, wait_for
+
+from moka_py.redis import TieredCache
+
+pytestmark = pytest.mark.thread_unsafe
+
+NS = "tagged"
+
+
+@pytest.fixture
+def client(redis_db: RedisServer) -> redis.Redis:
+    return redis_db.client()
+
+
+@pytest.fixture
+def pair(client: redis.Redis) -> Iterator[tuple[TieredCache[Any, Any], TieredCache[Any, Any]]]:
+    yield from tiered_pair(client, NS)
+
+
+def fresh(client: Any) -> TieredCache[Any, Any]:
+    """A cache with an empty local tier: what it reads comes from Redis."""
+    cache: TieredCache[Any, Any] = TieredCache(
+        client, namespace=NS, signing_key=SIGNING_KEY, stats=True
+    )
+    assert cache.wait_ready(5)
+    return cache
+
+
+def test_a_tag_invalidated_anywhere_is_gone_everywhere(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, b = pair
+    a.set("k1", 1, tags=["user:1"])
+    a.set("k2", 2, tags=["user:1", "org:7"])
+    a.set_many({"k3": 3, "k4": 4}, tags=["org:7"])
+    a.set("k5", 5)
+    wait_for(lambda: b.stats().invalidations >= 4, timeout=5)
+    assert b.get_many(["k1", "k2", "k3", "k4", "k5"]) == {
+        "k1": 1,
+        "k2": 2,
+        "k3": 3,
+        "k4": 4,
+        "k5": 5,
+    }
+    assert "k1" in b.local and "k2" in b.local
+    a.invalidate_tags("user:1")
+    # Redis holds no value of the tag from the moment the call returns.
+    c = fresh(client)
+    try:
+        assert c.get("k1") is None and c.get("k2") is None
+        assert c.get_many(["k1", "k2", "k3"]) == {"k3": 3}
+        assert c.get("k5") == 5
+    finally:
+        c.close()
+    assert a.get("k1") is None and a.get("k2") is None and a.get("k3") == 3
+    wait_for(lambda: "k1" not in b.local and "k2" not in b.local, timeout=5)
+    assert b.get("k1") is None and b.get("k2") is None
+    assert b.get("k3") == 3 and b.get("k4") == 4 and b.get("k5") == 5
+    # A value written after the invalidation is live.
+    a.set("k1", 10, tags=["user:1"])
+    wait_for(lambda: b.get("k1") == 10, timeout=5)
+    a.invalidate_tags("org:7", "nobody's")
+    wait_for(lambda: b.get("k3") is None and b.get("k4") is None, timeout=5)
+    assert b.get("k1") == 10 and b.get("k5") == 5
+    assert a.stats().rejected == 0 and b.stats().rejected == 0
+
+
+def test_one_message_per_invalidation_and_no_scan(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, b = pair
+    a.set_many({i: i for i in range(2000)}, tags=["bulk"])
+    listener = client.pubsub()
+    listener.subscribe(f"{NS}:inv")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    scans = client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+    a.invalidate_tags("bulk")
+    count = 0
+    while listener.get_message(timeout=0.3) is not None:
+        count += 1
+    listener.close()
+    assert count == 1
+    assert client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0) == scans
+    assert b.get_many(range(2000)) == {}
+
+
+def test_get_with_and_the_decorator_take_tags(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, b = pair
+    calls: list[int] = []
+
+    @a.cached(name="profile", tags=lambda user: [f"user:{user}"])
+    def profile(user: int) -> dict[str, int]:
+        calls.append(user)
+        return {"user": user, "n": len(calls)}
+
+    @b.cached(name="profile", tags=lambda user: [f"user:{user}"])
+    def profile_b(user: int) -> dict[str, int]:
+        calls.append(user)
+        return {"user": user, "n": len(calls)}
+
+    assert profile(1) == {"user": 1, "n": 1}
+    assert profile(2) == {"user": 2, "n": 2}
+    assert profile_b(1) == {"user": 1, "n": 1}  # from Redis
+    assert b.get_with("plain", lambda: "v", tags=["user:1"]) == "v"
+    b.invalidate_tags("user:1")
+    assert profile_b(1) == {"user": 1, "n": 3}
+    wait_for(lambda: profile(1) == {"user": 1, "n": 3}, timeout=5)
+    assert profile(2) == {"user": 2, "n": 2}
+    assert a.get("plain") is None
+    assert calls == [1, 2, 1]
+    with pytest.raises(TypeError, match="iterable of str"):
+        a.cached(tags="user:1")
+
+
+def test_a_load_in_flight_stores_a_value_already_dated(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    """invalidate_tags while another cache loads an entry with that tag: the
+    load returns its value to its callers, but no reader anywhere takes it
+    afterwards (Redis's token moved before the load stored it)."""
+    a, b = pair
+    started, release = threading.Event(), threading.Event()
+    out: list[Any] = []
+
+    def loader() -> str:
+        started.set()
+        assert release.wait(10)
+        return "old"
+
+    t = threading.Thread(target=lambda: out.append(b.get_with("k", loader, tags=["t"])))
+    t.start()
+    assert started.wait(10)
+    before = b.stats().invalidations
+    a.invalidate_tags("t")
+    wait_for(lambda: b.stats().invalidations > before, timeout=5)
+    release.set()
+    t.join(10)
+    assert out == ["old"]
+    assert b.get("k") is None and a.get("k") is None
+    c = fresh(client)
+    try:
+        assert c.get("k") is None
+    finally:
+        c.close()
+    # The next load stores a live value over the dated one.
+    assert a.get_with("k", lambda: "new", tags=["t"]) == "new"
+    wait_for(lambda: b.get("k") == "new", timeout=5)
+
+
+def test_the_atomic_writes_see_tags(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, b = pair
+    a.set("k", 1, tags=["t"])
+    assert a.update("k", lambda v: v + 1) == 2
+    assert b.get("k") == 2
+    assert a.touch("k", 60)
+    assert not a.add("k", 3)
+    a.invalidate_tags("t")
+    # A dated value is absent to every write that reads first.
+    with pytest.raises(KeyError):
+        a.update("k", lambda v: v + 1)
+    assert not a.touch("k")
+    assert a.remove("k", "gone") == "gone"
+    a.set("k", 1, tags=["t"])
+    a.invalidate_tags("t")
+    assert a.add("k", 5, tags=["t"])
+    wait_for(lambda: b.get("k") == 5, timeout=5)
+
+
+def test_bad_tags_are_refused_before_anything_is_written(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    a, _ = pair
+    with pytest.raises(TypeError, match="a list of one tag"):
+        a.set("k", 1, tags="user:1")
+    with pytest.raises(TypeError, match="each tag must be a str"):
+        a.set("k", 1, tags=[1])
+    with pytest.raises(ValueError, match="at most 32 tags"):
+        a.set("k", 1, tags=[str(i) for i in range(33)])
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        a.set("k", 1, tags=["x" * 256])
+    with pytest.raises(TypeError):
+        a.invalidate_tags(1)  # type: ignore[arg-type]
+    assert a.get("k") is None and not client.keys(f"{NS}:*")
+    a.set("k", 1, tags=("t", "t"))  # repeated: one tag
+    a.invalidate_tags(*[str(i) for i in range(100)])  # any number at once
+
+
+# ------------------------------------------------------------ attacks
+
+
+def test_forged_tag_messages_and_tampered_tags_are_refused(
+    pair: tuple[TieredCache[Any, Any], ...], client: redis.Redis
+) -> None:
+    """A raw client as the attacker: an unsigned "t" message, a payload whose
+    tags were stripped, a header over the bounds and a tag token replaced by
+    junk are refused (counted, never raised), and the feed keeps running."""
+    a, b = pair
+    a.set("k", "v", tags=["t"])
+    # (Once a's invalidation has arrived, b's read keeps its copy.)
+    wait_for(lambda: b.stats().invalidations == 1, timeout=5)
+    assert b.get("k") == "v"
+    name = f"{NS}:v:".encode() + b"sk"
+    payload = client.get(name)
+    assert payload is not None and payload[0] == 4
+    rejected = b.stats().rejected
+    client.publish(f"{NS}:inv", b"\x03t" + bytes(8) + b"\x00\x00\x00\x01t")
+    wait_for(lambda: b.stats().rejected > rejected, timeout=5)
+    assert "k" in b.local  # the forged invalidation dropped nothing
+    # The tags stripped (version 2, the block cut out): the MAC does not hold.
+    block = 1 + 1 + 1 + 16
+    client.set(name, b"\x02" + payload[1:13] + payload[13 + block :])
+    c = fresh(client)
+    try:
+        assert c.get("k") is None and c.stats().rejected == 1
+        client.set(name, b"\x04" + payload[1:13] + b"\xff" + bytes(100_000))
+        assert c.get("k") is None and c.stats().rejected == 2
+        client.set(name, payload)
+        assert c.get("k") == "v"
+        c.local.clear()
+        # The tag's token replaced by anything else: the value is dated.
+        client.set(f"{NS}:t:{{{NS}:t}}:t".encode(), b"junk")
+        assert c.get("k") is None
+        # A new write stamps the tag again.
+        a.set("k", "w", tags=["t"])
+        assert c.get("k") == "w"
+    finally:
+        c.close()
+    assert b.feed_up
+    a.invalidate_tags("t")
+    wait_for(lambda: b.get("k") is None, timeout=5)
+
+
+# ------------------------------------------------------------ cluster
+
+
+def test_tags_on_a_cluster(redis_cluster: RedisCluster3) -> None:
+    client = redis_cluster.client()
+    a: TieredCache[Any, Any] = TieredCache(client, namespace="ctags", signing_key=SIGNING_KEY)
+    b: TieredCache[Any, Any] = TieredCache(client, namespace="ctags", signing_key=SIGNING_KEY)
+    try:
+        assert a.wait_ready(5) and b.wait_ready(5)
+        a.set_many({f"k{i}": i for i in range(50)}, tags=["all"])
+        a.set("odd", 1, tags=["all", "odd"])
+        assert len(b.get_many([f"k{i}" for i in range(50)])) == 50
+        assert b.get("odd") == 1
+        b.invalidate_tags("odd")
+        assert a.get("odd") is None
+        assert a.get("k3") == 3
+        a.invalidate_tags("all")
+        wait_for(lambda: b.get_many([f"k{i}" for i in range(50)]) == {}, timeout=5)
+        assert b.get_with("odd", lambda: 2, tags=["odd"]) == 2
+        wait_for(lambda: a.get("odd") == 2, timeout=5)
+    finally:
+        a.close()
+        b.close()
+        client.close()
