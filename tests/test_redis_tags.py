@@ -5,6 +5,7 @@ included; and the attacks on the tags (a raw client as the attacker)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from redis_fixtures import tiered_pair
 from redis_servers import RedisCluster3, RedisServer
 from support import SIGNING_KEY, wait_for
 
-from moka_py.redis import TieredCache
+from moka_py.redis import AsyncTieredCache, TieredCache
 
 pytestmark = pytest.mark.thread_unsafe
 
@@ -263,7 +264,7 @@ def test_tags_on_a_cluster(redis_cluster: RedisCluster3) -> None:
         assert len(b.get_many([f"k{i}" for i in range(50)])) == 50
         assert b.get("odd") == 1
         b.invalidate_tags("odd")
-        assert a.get("odd") is None
+        wait_for(lambda: a.get("odd") is None, timeout=5)
         assert a.get("k3") == 3
         a.invalidate_tags("all")
         wait_for(lambda: b.get_many([f"k{i}" for i in range(50)]) == {}, timeout=5)
@@ -273,3 +274,67 @@ def test_tags_on_a_cluster(redis_cluster: RedisCluster3) -> None:
         a.close()
         b.close()
         client.close()
+
+
+# ------------------------------------------------------------ asyncio
+
+
+def test_async_tags_and_a_load_in_flight(redis_db: RedisServer) -> None:
+    """AsyncTieredCache: the same tags, the same Redis tokens as the sync
+    cache (one fleet), and a load in flight when its tag is invalidated."""
+
+    async def main() -> None:
+        client = redis_db.async_client()
+        sync = fresh(redis_db.client())
+        async with AsyncTieredCache(
+            client, namespace=NS, signing_key=SIGNING_KEY, stats=True
+        ) as cache:
+            assert await cache.wait_ready(5)
+            await cache.set("k1", 1, tags=["user:1"])
+            await cache.set_many({"k2": 2, "k3": 3}, tags=["org"])
+            assert sync.get("k1") == 1 and sync.get("k2") == 2
+            sync.invalidate_tags("user:1")
+            for _ in range(500):
+                if await cache.get("k1") is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert await cache.get("k1") is None and await cache.get("k2") == 2
+            await cache.invalidate_tags("org")
+            wait_for(lambda: sync.get("k2") is None and sync.get("k3") is None, timeout=5)
+            assert await cache.get_many(["k2", "k3"]) == {}
+
+            started, release = asyncio.Event(), asyncio.Event()
+
+            async def loader() -> str:
+                started.set()
+                await asyncio.wait_for(release.wait(), 10)
+                return "old"
+
+            task = asyncio.ensure_future(cache.get_with("k", loader, tags=["t"]))
+            await asyncio.wait_for(started.wait(), 10)
+            before = cache.stats().invalidations
+            sync.invalidate_tags("t")
+            for _ in range(500):
+                if cache.stats().invalidations > before:
+                    break
+                await asyncio.sleep(0.01)
+            release.set()
+            assert await asyncio.wait_for(task, 10) == "old"
+            assert await cache.get("k") is None and sync.get("k") is None
+
+            calls: list[int] = []
+
+            @cache.cached(name="f", tags=lambda x: [f"x:{x}"])
+            async def f(x: int) -> int:
+                calls.append(x)
+                return x * 10
+
+            assert await f(1) == 10 and await f(1) == 10 and await f(2) == 20
+            await cache.invalidate_tags("x:1")
+            assert await f(1) == 10 and await f(2) == 20
+            assert calls == [1, 2, 1]
+            assert cache.stats().rejected == 0
+        sync.close()
+        await client.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
-from ._envelope import Envelope
+from ._envelope import Envelope, TagTokens
 from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -35,6 +35,7 @@ from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
+    TAG_SCRIPT,
     Tier,
     as_redis_error,
     contended,
@@ -318,6 +319,48 @@ class AsyncTieredCache(Generic[K, V]):
             pipe.publish(self._names.channel, message)
         return list(await self._call(pipe.execute()))[: -len(messages)]
 
+    # ------------------------------------------------------------ tags
+
+    async def _checked(self, payloads: list[Any]) -> list[Any]:
+        """As :meth:`TieredCache._checked`: every read of a value goes
+        through here."""
+        tier = self._tier
+        keys = tier.tag_keys(payloads)
+        if not keys:
+            return payloads
+        tokens = await self._call(self._own.mget(keys))
+        return tier.current(payloads, keys, list(tokens))
+
+    async def _get(self, name: bytes) -> Any:
+        """GET of a value's key, its tags checked (``_checked``)."""
+        payload = await self._call(self._own.get(name))
+        return payload if payload is None else (await self._checked([payload]))[0]
+
+    async def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
+        """As :meth:`TieredCache._stamp`."""
+        tier = self._tier
+        reply = await self._call(self._own.eval(TAG_SCRIPT, *tier.stamp_args(tags, ttl_s)))
+        return tier.stamped(tags, reply)
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        """As :meth:`TieredCache.invalidate_tags`."""
+        tier = self._tier
+        names = tier.check_tags(tags, None)
+        if not names:
+            return
+        self._ensure()
+        retag = tier.retag_keys(names)
+        msgs = tier.messages(_core.TAGS, [t.encode() for t in names])
+
+        def commands(pipe: Any) -> None:
+            for key, token in retag:
+                pipe.set(key, token, xx=True, keepttl=True)
+
+        try:
+            await self._write(commands, msgs)
+        finally:
+            tier.tags_invalidated(names)
+
     # ------------------------------------------------------------ reads
 
     async def get(self, key: K, default: Any = None) -> V | Any:
@@ -341,7 +384,7 @@ class AsyncTieredCache(Generic[K, V]):
         tier = self._tier
         token = tier.rust.token(k)
         try:
-            payload = await self._call(self._own.get(self._names.value(enc)))
+            payload = await self._get(self._names.value(enc))
         except RedisError:
             return tier.fail_safe(k)
         return tier.accept(self._serializer, enc, k, payload, token)
@@ -361,6 +404,7 @@ class AsyncTieredCache(Generic[K, V]):
                     payloads = await self._call(self._own.mget_nonatomic(names))
                 else:
                     payloads = await self._call(self._own.mget(names))
+                payloads = await self._checked(list(payloads))
             except RedisError:
                 payloads = None
             for i, (key, enc, k) in enumerate(batch):
@@ -377,29 +421,38 @@ class AsyncTieredCache(Generic[K, V]):
     def _ttl_of(self, ttl: float | None) -> float | None:
         return self._ttl if ttl is None else _core.check_seconds(ttl, "ttl")
 
-    async def set(self, key: K, value: V, ttl: float | None = None) -> None:
+    async def set(
+        self, key: K, value: V, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> None:
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
+        tier = self._tier
+        names = () if tags is None else tier.check_tags(tags)
         data = self._serializer.dumps(value)
         self._ensure()
-        tier = self._tier
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
         msgs = tier.messages(_core.INVALIDATE, (enc,))
-        payload = tier.pack(enc, data, ttl_s)
         try:
+            stamped = await self._stamp(names, ttl_s) if names else ()
+            payload = tier.pack(enc, data, ttl_s, stamped)
             await self._write(lambda p: p.set(name, payload, px=ms(ttl_s)), msgs)
         except (RedisError, asyncio.CancelledError):
             tier.rust.invalidate(k)
             raise
-        tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+        tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token, names or None)
 
     async def set_many(
-        self, items: Mapping[K, V] | Iterable[tuple[K, V]], ttl: float | None = None
+        self,
+        items: Mapping[K, V] | Iterable[tuple[K, V]],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> None:
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         ttl_s = self._ttl_of(ttl)
+        names = () if tags is None else self._tier.check_tags(tags)
         prepared = []
         for key, value in pairs:
             enc = _core.encode_key(key)
@@ -412,11 +465,15 @@ class AsyncTieredCache(Generic[K, V]):
         px = ms(ttl_s)
         msgs = tier.messages(_core.INVALIDATE, [enc for enc, _, _, _ in prepared])
 
+        stamped: TagTokens = ()
+
         def commands(pipe: Any) -> None:
             for enc, _, _, data in prepared:
-                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s), px=px)
+                pipe.set(self._names.value(enc), tier.pack(enc, data, ttl_s, stamped), px=px)
 
         try:
+            if names:
+                stamped = await self._stamp(names, ttl_s)
             await self._write(commands, msgs)
         except (RedisError, asyncio.CancelledError):
             for _, k, _, _ in prepared:
@@ -424,7 +481,7 @@ class AsyncTieredCache(Generic[K, V]):
             raise
         bound = tier.write_bound(ttl, ttl_s)
         for (_, k, value, _), token in zip(prepared, tokens, strict=True):
-            tier.rust.put(k, value, bound, token)
+            tier.rust.put(k, value, bound, token, names or None)
 
     async def remove(self, key: K, default: Any = None) -> V | Any:
         enc, old = await self._getdel(key)
@@ -444,6 +501,14 @@ class AsyncTieredCache(Generic[K, V]):
             (old,) = await self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
+        if old is not None:
+            # (As TieredCache._getdel: a dated value was not held.)
+            try:
+                old = (await self._checked([old]))[0]
+            except RedisError:
+                old = None
+            if old is _core.STALE:
+                old = None
         return enc, old
 
     async def _contains(self, key: Any) -> bool:
@@ -455,7 +520,7 @@ class AsyncTieredCache(Generic[K, V]):
         if tier.rust.trusted and k in tier.local:
             return True
         try:
-            payload = await self._call(self._own.get(self._names.value(enc)))
+            payload = await self._get(self._names.value(enc))
         except RedisError:
             return k in tier.local
         return payload is not None and tier.holds(enc, payload)
@@ -473,25 +538,34 @@ class AsyncTieredCache(Generic[K, V]):
             await self._publish(messages)
         return done
 
-    async def add(self, key: K, value: V, ttl: float | None = None) -> bool:
+    async def add(
+        self, key: K, value: V, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> bool:
         """As :meth:`TieredCache.add`."""
         enc = _core.encode_key(key)
         ttl_s = self._ttl_of(ttl)
+        tier = self._tier
+        names = () if tags is None else tier.check_tags(tags)
         data = self._serializer.dumps(value)
         self._ensure()
-        tier = self._tier
         k = _core.plain_key(key)
         token = tier.rust.token(k)
         name = self._names.value(enc)
-        payload = tier.pack(enc, data, ttl_s)
         msgs = tier.messages(_core.INVALIDATE, (enc,))
         try:
+            stamped = await self._stamp(names, ttl_s) if names else ()
+            payload = tier.pack(enc, data, ttl_s, stamped)
             stored = await self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
+            if not stored:
+                held = await self._call(self._own.get(name))
+                if held is not None and (await self._checked([held]))[0] is _core.STALE:
+                    args = [held, payload, px_arg(ttl_s)]
+                    stored = await self._script(SWAP_SCRIPT, name, args, msgs)
         except RedisError:
             tier.rust.invalidate(k)
             raise
         if stored:
-            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token)
+            tier.rust.put(k, value, tier.write_bound(ttl, ttl_s), token, names or None)
         return stored
 
     async def update(self, key: K, fn: Callable[[V], V]) -> V:
@@ -504,12 +578,13 @@ class AsyncTieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = await self._call(self._own.get(name))
-            opened = None if payload is None else tier.reopen(enc, payload)
+            checked = payload if payload is None else (await self._checked([payload]))[0]
+            opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
                 raise KeyError(key)
             value = fn(cast("V", old))
-            new = tier.repack(enc, self._serializer.dumps(value), opened[1])
+            new = tier.repack(enc, self._serializer.dumps(value), opened[1], opened[2])
             msgs = tier.messages(_core.INVALIDATE, (enc,))
             try:
                 swapped = await self._script(SWAP_SCRIPT, name, [payload, new, b"keep"], msgs)
@@ -518,7 +593,7 @@ class AsyncTieredCache(Generic[K, V]):
                 raise
             if swapped:
                 left = _core.seconds_left(opened[1])
-                tier.rust.put(k, value, tier.local_bound(left), token)
+                tier.rust.put(k, value, tier.local_bound(left), token, tier.names_of(opened[2]))
                 return value
             if attempt + 1 < MAX_SWAPS:
                 await asyncio.sleep(swap_backoff(attempt))
@@ -534,10 +609,14 @@ class AsyncTieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = await self._call(self._own.get(name))
-            opened = None if payload is None else tier.reopen(enc, payload)
+            checked = payload if payload is None else (await self._checked([payload]))[0]
+            opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False
-            new = tier.pack(enc, opened[0], ttl_s)
+            pairs = opened[2]
+            if pairs and await self._stamp(tier.names_of(pairs) or (), ttl_s) != pairs:
+                return False  # a tag invalidated meanwhile (As TieredCache.touch.)
+            new = tier.pack(enc, opened[0], ttl_s, pairs)
             msgs = tier.messages(_core.INVALIDATE, (enc,))
             try:
                 swapped = await self._script(SWAP_SCRIPT, name, [payload, new, px_arg(ttl_s)], msgs)
@@ -588,20 +667,23 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[V]],
         ttl: float | None = None,
         stale_if_error: float | None = None,
+        tags: Iterable[str] | None = None,
     ) -> V:
         """The value of ``key``; on a miss, ``await initializer()`` runs once
-        per key across every task of every process. ``stale_if_error``: as
-        ``TieredCache.get_with``'s."""
-        # (A hit pays one comparison for the option; a value given is checked
+        per key across every task of every process. ``stale_if_error`` and
+        ``tags``: as ``TieredCache.get_with``'s."""
+        # (A hit pays one comparison per option; a value given is checked
         # on every call, hit or miss. Not keyword-only: CPython fills a
         # keyword-only default from a dict on every call, ~10 ns of a hit.)
         if stale_if_error is not None:
             self._tier.window(stale_if_error)
+        names = () if tags is None else self._tier.check_tags(tags)
         found = self._tier.rust.lookup(key, _MISS)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
         window = self._tier.window(stale_if_error)
-        return await self._load(key, initializer, ttl, None, window)  # type: ignore[no-any-return]
+        value = await self._load(key, initializer, ttl, None, window, names)
+        return value  # type: ignore[no-any-return]
 
     async def _load(
         self,
@@ -610,9 +692,10 @@ class AsyncTieredCache(Generic[K, V]):
         ttl: float | None,
         keep: Callable[[Any], object] | None = None,
         window: float | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
-        """``get_with``'s miss; a value for which ``keep`` is false is
-        returned (to this process's callers) but not stored; a load that
+        """``get_with``'s miss (stored with ``tags``); a value for which
+        ``keep`` is false is returned (to this process's callers) but not stored; a load that
         raises returns the value kept for the key instead when it expired
         at most ``window`` seconds ago (``TieredCache._load``)."""
         enc = _core.encode_key(key)
@@ -648,9 +731,9 @@ class AsyncTieredCache(Generic[K, V]):
         self._flights[slot] = flight
         try:
             if takeover:
-                value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
             else:
-                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep)
+                value = await self._load_fleet(enc, k, initializer, ttl, ttl_s, waited, keep, tags)
         except BaseException as err:
             ok, value = (
                 self._tier.stale_value(k, window) if isinstance(err, Exception) else (False, None)
@@ -683,6 +766,7 @@ class AsyncTieredCache(Generic[K, V]):
         ttl_s: float | None,
         waited: bool,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         tier = self._tier
         name = self._names.value(enc)
@@ -694,7 +778,7 @@ class AsyncTieredCache(Generic[K, V]):
             while True:
                 token = tier.rust.token(k)
                 try:
-                    payload = await self._call(self._own.get(name))
+                    payload = await self._get(name)
                     if payload is not None:
                         ok, value = tier.take(self._serializer, enc, k, payload, token)
                         if ok:
@@ -707,19 +791,20 @@ class AsyncTieredCache(Generic[K, V]):
                     value = await self._compute(initializer)
                     if keep is None or keep(value):
                         bound = tier.write_bound(ttl, ttl_s)
-                        tier.rust.fill(k, value, bound, token)
-                        tier.remember(k, value, ttl_s, token)
+                        tier.rust.fill(k, value, bound, token, tags or None)
+                        tier.remember(k, value, ttl_s, token, tags)
                     return value
                 if claimed:
+                    absent = payload is None
                     return await self._lead(
-                        enc, k, initializer, ttl, ttl_s, claim, payload is None, keep
+                        enc, k, initializer, ttl, ttl_s, claim, absent, keep, tags=tags
                     )
                 left = give_up - time.monotonic()
                 if left <= 0:
                     # Another process's load (or a claim nobody renews away)
                     # outlasted wait_timeout: load on our own.
                     tier.wait_outlasted(False, self._wait_timeout)
-                    return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                    return await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
                 if not waited:
                     tier.counts.add("waits")
                     waited = True
@@ -750,28 +835,35 @@ class AsyncTieredCache(Generic[K, V]):
         ttl: float | None,
         ttl_s: float | None,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         """``wait_timeout`` passed while another load held the key: load here,
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
+        try:
+            stamped: TagTokens | None = await self._stamp(tags, ttl_s) if tags else ()
+        except RedisError:
+            stamped = None
         value = await self._compute(initializer)
         if keep is not None and not keep(value):
             return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
-        payload = tier.pack(enc, data, ttl_s)
         bound = tier.write_bound(ttl, ttl_s)
         try:
+            if stamped is None:
+                raise RedisError("the tags could not be stamped")
+            payload = tier.pack(enc, data, ttl_s, stamped)
             await self._write(
                 lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
             )
         except RedisError:
-            tier.rust.fill(k, value, bound, token)
-            tier.remember(k, value, ttl_s, token)
+            tier.rust.fill(k, value, bound, token, tags or None)
+            tier.remember(k, value, ttl_s, token, tags)
             return value
-        tier.rust.put(k, value, bound, token)
-        tier.remember_put(k, value, ttl_s, token)
+        tier.rust.put(k, value, bound, token, tags or None)
+        tier.remember_put(k, value, ttl_s, token, tags)
         return value
 
     async def _renew(self, lock_key: bytes, claim: bytes) -> None:
@@ -797,6 +889,7 @@ class AsyncTieredCache(Generic[K, V]):
         keep: Callable[[Any], object] | None,
         force: bool = False,
         drop: bool = False,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         """``TieredCache._lead``."""
         tier = self._tier
@@ -810,13 +903,19 @@ class AsyncTieredCache(Generic[K, V]):
             # Another process may have stored the value and released its claim
             # between this process's GET and its claim: read once more.
             try:
-                again = None if force else await self._call(self._own.get(name))
+                again = None if force else await self._get(name)
             except RedisError:
                 again = None
             if again is not None:
                 ok, value = tier.take(self._serializer, enc, k, again, token)
                 if ok:
                     return value
+            try:
+                stamped: TagTokens | None = await self._stamp(tags, ttl_s) if tags else ()
+            except RedisError:
+                if force:
+                    raise
+                stamped = None
             value = await self._compute(initializer)
             if keep is not None and not keep(value):
                 if drop:
@@ -827,13 +926,12 @@ class AsyncTieredCache(Generic[K, V]):
                     stored = True
                 return value
             data = self._serializer.dumps(value)
+            if stamped is None:
+                return value  # (Redis failed the stamp: not stored)
             nx = absent and not force
+            payload = tier.pack(enc, data, ttl_s, stamped)
             try:
-                stored = bool(
-                    await self._call(
-                        self._own.set(name, tier.pack(enc, data, ttl_s), px=ms(ttl_s), nx=nx)
-                    )
-                )
+                stored = bool(await self._call(self._own.set(name, payload, px=ms(ttl_s), nx=nx)))
             except RedisError:
                 if force:
                     tier.rust.invalidate(k)
@@ -841,8 +939,8 @@ class AsyncTieredCache(Generic[K, V]):
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
-                tier.rust.put(k, value, bound, token)
-                tier.remember_put(k, value, ttl_s, token)
+                tier.rust.put(k, value, bound, token, tags or None)
+                tier.remember_put(k, value, ttl_s, token, tags)
             return value
         finally:
             renewer.cancel()
@@ -864,6 +962,7 @@ class AsyncTieredCache(Generic[K, V]):
         ttl: float | None,
         keep: Callable[[Any], object] | None,
         wait: bool,
+        tags: tuple[str, ...] = (),
     ) -> tuple[bool, Any]:
         """``TieredCache._reload``."""
         enc = _core.encode_key(key)
@@ -881,14 +980,14 @@ class AsyncTieredCache(Generic[K, V]):
                 lock_ms = ms(self._lock_timeout)
                 if await self._call(self._own.set(lock_key, claim, nx=True, px=lock_ms)):
                     value = await self._lead(
-                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait
+                        enc, k, initializer, ttl, ttl_s, claim, False, keep, True, wait, tags
                     )
                     return True, value
                 left = give_up - time.monotonic()
                 if not wait:
                     return False, None
                 if left <= 0:
-                    value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep)
+                    value = await self._load_unclaimed(enc, k, initializer, ttl, ttl_s, keep, tags)
                     return True, value
                 tier.counts.add("waits")
                 try:
@@ -911,6 +1010,7 @@ class AsyncTieredCache(Generic[K, V]):
         cache_if: Callable[[Any], object] | None = None,
         refresh_after: float | None = None,
         stale_if_error: float | None = None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], AsyncTieredFunction[P, R]]:
         """Caches an ``async def`` function's results in this cache (one call
         per arguments across every process; the options and the function's
@@ -922,6 +1022,7 @@ class AsyncTieredCache(Generic[K, V]):
         window = self._tier.window(stale_if_error)
         if cache_if is not None and not callable(cache_if):
             raise TypeError(f"cache_if must be callable or None, not {type(cache_if).__name__}")
+        tags_of = self._tier.tags_of_calls(tags)
 
         def decorate(fn: Callable[P, Awaitable[R]]) -> AsyncTieredFunction[P, R]:
             if not inspect.iscoroutinefunction(fn):
@@ -954,15 +1055,17 @@ class AsyncTieredCache(Generic[K, V]):
                 k = await key_of(args, kwargs)
                 stored = rust.lookup(k, _MISS)
                 if stored is _MISS:
-                    stored = await self._load(k, loader(args, kwargs), ttl, keep, window)
+                    tags = tags_of(args, kwargs)
+                    stored = await self._load(k, loader(args, kwargs), ttl, keep, window, tags)
                 value, due = d.unpack(stored)
                 if due:
-                    self._reload_later(k, loader(args, kwargs), ttl, keep)
+                    self._reload_later(k, loader(args, kwargs), ttl, keep, tags_of(args, kwargs))
                 return value
 
             async def refresh(*args: Any, **kwargs: Any) -> Any:
                 k = await key_of(args, kwargs)
-                _, stored = await self._reload(k, loader(args, kwargs), ttl, keep, True)
+                tags = tags_of(args, kwargs)
+                _, stored = await self._reload(k, loader(args, kwargs), ttl, keep, True, tags)
                 return d.unpack(stored)[0]
 
             async def cache_invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -988,6 +1091,7 @@ class AsyncTieredCache(Generic[K, V]):
         initializer: Callable[[], Awaitable[Any]],
         ttl: float | None,
         keep: Callable[[Any], object] | None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         """``TieredCache._reload_later``: the reload is a task on the running
         loop (one per key and loop; the cache keeps it until it ends)."""
@@ -998,7 +1102,7 @@ class AsyncTieredCache(Generic[K, V]):
 
         async def run() -> None:
             try:
-                await self._reload(key, initializer, ttl, keep, False)
+                await self._reload(key, initializer, ttl, keep, False, tags)
             except RedisError:
                 pass  # counted; the stored result stays
             except Exception as err:
