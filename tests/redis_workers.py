@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+import redis.cluster
 from support import SIGNING_KEY
 
 from moka_py.redis import TieredCache
@@ -209,3 +210,49 @@ def cleared_function(port: int, go: Any, out: Any) -> None:
         while whoami(1) != "child" and time.monotonic() < deadline:
             time.sleep(0.01)
         out.put(whoami(1))
+
+
+def _any_client(nodes: list[tuple[str, int]]) -> Any:
+    """A client of a single server (one node) or of the cluster (several)."""
+    if len(nodes) == 1:
+        return redis.Redis(host=nodes[0][0], port=nodes[0][1], socket_timeout=None)
+    return redis.cluster.RedisCluster(
+        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes]
+    )
+
+
+def tag_reader(
+    nodes: list[tuple[str, int]], keys: int, tags: int, ready: Any, stop: Any, settle: Any, out: Any
+) -> None:
+    """Loads keys with get_with(tags=[the key's tag]) until `stop`: the loader
+    reads the tag's generation (a plain Redis counter, raised by the writer
+    before each invalidation) and takes a moment, so that invalidations land
+    while loads are in flight. Once `settle` is set, reports the generation
+    each key is served with."""
+    client = _any_client(nodes)
+    cache: TieredCache[Any, Any] = TieredCache(client, namespace="tagrace", signing_key=SIGNING_KEY)
+    try:
+        if not cache.wait_ready(10):
+            raise RuntimeError("the feed did not come up")
+        rng = random.Random(os.getpid())
+
+        def load(k: int) -> tuple[int, int]:
+            gen = int(client.get(f"gen:{k % tags}") or 0)
+            time.sleep(rng.random() * 0.003)
+            return k, gen
+
+        def read(k: int) -> tuple[int, int]:
+            return cache.get_with(k, lambda: load(k), tags=[f"t{k % tags}"])  # type: ignore[no-any-return]
+
+        ready.set()
+        reads = 0
+        while not stop.is_set():
+            read(rng.randrange(keys))
+            reads += 1
+        settle.wait(30)
+        # (The last invalidations' messages are a few milliseconds away.)
+        time.sleep(0.5)
+        out.put((reads, {k: read(k)[1] for k in range(keys)}))
+    finally:
+        cache.close()
+        client.close()

@@ -6,12 +6,16 @@ included; and the attacks on the tags (a raw client as the attacker)."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+import redis_workers
 from redis_fixtures import tiered_pair
 from redis_servers import RedisCluster3, RedisServer
 from support import SIGNING_KEY, wait_for
@@ -21,6 +25,7 @@ from moka_py.redis import AsyncTieredCache, TieredCache
 pytestmark = pytest.mark.thread_unsafe
 
 NS = "tagged"
+SPAWN = multiprocessing.get_context("spawn")
 
 
 @pytest.fixture
@@ -338,3 +343,60 @@ def test_async_tags_and_a_load_in_flight(redis_db: RedisServer) -> None:
         await client.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# ------------------------------------------------------------ real processes
+
+
+def _tag_race(nodes: list[tuple[str, int]], client: Any) -> None:
+    """Reader processes load keys with tags while this process raises a
+    tag's generation and invalidates the tag, hundreds of times: once it is
+    done, every reader serves every key at its tag's last generation (a
+    load in flight during an invalidation stored a value no one takes)."""
+    keys, tags, rounds, readers = 12, 3, 200, 2
+    ready = [SPAWN.Event() for _ in range(readers)]
+    stop, settle = SPAWN.Event(), SPAWN.Event()
+    out = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(
+            target=redis_workers.tag_reader,
+            args=(nodes, keys, tags, ready[i], stop, settle, out),
+            daemon=True,
+        )
+        for i in range(readers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for r in ready:
+            assert r.wait(90)
+        rng = random.Random(3)
+        with TieredCache(client, namespace="tagrace", signing_key=SIGNING_KEY) as writer:
+            assert writer.wait_ready(5)
+            for _ in range(rounds):
+                tag = rng.randrange(tags)
+                client.incr(f"gen:{tag}")
+                writer.invalidate_tags(f"t{tag}")
+                time.sleep(rng.random() * 0.004)
+        stop.set()
+        settle.set()
+        reports = [out.get(timeout=90) for _ in range(readers)]
+    finally:
+        stop.set()
+        settle.set()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    final = {k: int(client.get(f"gen:{k % tags}")) for k in range(keys)}
+    for reads, seen in reports:
+        assert reads > 50  # the readers loaded while the tags were invalidated
+        assert seen == final
+
+
+def test_a_tag_race_across_processes(redis_db: RedisServer) -> None:
+    _tag_race([(redis_db.host, redis_db.port)], redis_db.client())
+
+
+def test_a_tag_race_across_processes_on_a_cluster(redis_cluster: RedisCluster3) -> None:
+    _tag_race(redis_cluster.nodes, redis_cluster.client())
