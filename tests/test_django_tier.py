@@ -266,6 +266,40 @@ def test_get_or_set_loads_once_across_workers(url: str) -> None:
     assert calls == [1]
 
 
+def test_tags_through_the_backend(url: str) -> None:
+    """Tags beyond Django's API: written by one worker, invalidated by
+    another, gone in every worker; the key versions of Django apart."""
+    a = backend(url, worker=1)
+    b = backend(url, worker=2)
+    a.set("profile", {"name": "ada"}, tags=["user:1"])
+    a.set("profile", {"name": "v2"}, version=2, tags=["user:1", "v2"])
+    a.set_many({"feed": [1], "inbox": [2]}, tags=["user:1"])
+    assert a.add("settings", {"dark": True}, tags=["user:2"])
+    assert b.get_or_set("menu", lambda: ["home"], tags=["site"]) == ["home"]
+    assert b.get("profile") == {"name": "ada"} and b.get("feed") == [1]
+    b.invalidate_tags("user:1")
+    for c in (a, b):
+        wait_for(lambda c=c: c.get("profile") is None, timeout=5)
+        assert c.get("profile", version=2) is None and c.get_many(["feed", "inbox"]) == {}
+        assert c.get("settings") == {"dark": True} and c.get("menu") == ["home"]
+    assert not a.has_key("feed")
+    assert a.add("feed", [3])  # a dated entry is absent to add too
+    with pytest.raises(TypeError, match="a list of one tag"):
+        a.set("k", 1, tags="user:1")
+
+    async def main() -> None:
+        await a.aset("k", 1, tags=["t"])
+        await a.aset_many({"j": 2}, tags=["t"])
+        assert await a.aadd("i", 3, tags=["t"])
+        assert await a.aget_or_set("h", lambda: 4, tags=["t"]) == 4
+        await b.ainvalidate_tags("t")
+        # b's own copies are gone when the call returns (a's: see below).
+        assert [await b.aget(key) for key in "kjih"] == [None] * 4
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    wait_for(lambda: [a.get(k) for k in "kjih"] == [None] * 4, timeout=5)
+
+
 def test_the_async_api(url: str) -> None:
     a = backend(url, worker=1, OPTIONS={"STATS": True})
     b = backend(url, worker=2)

@@ -299,6 +299,11 @@ class TieredMokaCache(BaseCache):
     ``SENTINEL_SERVICE``, ``SENTINEL_KWARGS``. Any other option raises
     ``ImproperlyConfigured``; ``MAX_ENTRIES``/``CULL_FREQUENCY`` are not
     options: Redis's ``maxmemory`` policy bounds what Redis keeps.
+
+    Tags, beyond Django's API: ``set``/``add``/``get_or_set``/``set_many``
+    (and their async forms) take ``tags=[...]``, and
+    ``invalidate_tags(*tags)``/``ainvalidate_tags`` make every entry written
+    with one of them absent in every worker (``TieredCache.invalidate_tags``).
     """
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
@@ -335,7 +340,13 @@ class TieredMokaCache(BaseCache):
         return default if data is _MISS else self._loads(data)
 
     def set(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> None:
         k = self.make_and_validate_key(key, version=version)
         data = self._dumps(value)
@@ -343,10 +354,16 @@ class TieredMokaCache(BaseCache):
         if expires_now:
             self._cache.remove(k)
         else:
-            self._cache.set(k, data, ttl)
+            self._cache.set(k, data, ttl, tags=tags)
 
     def add(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> bool:
         k = self.make_and_validate_key(key, version=version)
         data = self._dumps(value)
@@ -354,7 +371,12 @@ class TieredMokaCache(BaseCache):
         if expires_now:
             # Stores nothing; True if the key was absent (Django's RedisCache).
             return not self._cache._contains(k)
-        return self._cache.add(k, data, ttl)
+        return self._cache.add(k, data, ttl, tags=tags)
+
+    def invalidate_tags(self, *tags: str) -> None:
+        """Makes every entry written with one of ``tags`` absent, in Redis and
+        in every worker's local tier (one message, whatever their number)."""
+        self._cache.invalidate_tags(*tags)
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         k = self.make_and_validate_key(key, version=version)
@@ -391,7 +413,13 @@ class TieredMokaCache(BaseCache):
         return new_value
 
     def get_or_set(
-        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> Any:
         k = self.make_and_validate_key(key, version=version)
         data = self._cache.get(k, _MISS)
@@ -402,12 +430,17 @@ class TieredMokaCache(BaseCache):
             return default() if callable(default) else default
         # One call of `default` across every process (the tier's get_with).
         data = self._cache.get_with(
-            k, lambda: self._dumps(default() if callable(default) else default), ttl
+            k, lambda: self._dumps(default() if callable(default) else default), ttl, None, tags
         )
         return self._loads(data)
 
     def set_many(
-        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        data: dict[Any, Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> list[Any]:
         items = {
             self.make_and_validate_key(k, version=version): self._dumps(v) for k, v in data.items()
@@ -417,7 +450,7 @@ class TieredMokaCache(BaseCache):
             for k in items:
                 self._cache.remove(k)
         else:
-            self._cache.set_many(items, ttl)
+            self._cache.set_many(items, ttl, tags=tags)
         return []
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
@@ -446,23 +479,45 @@ class TieredMokaCache(BaseCache):
         return default if data is _MISS else self._loads(data)
 
     async def aget_or_set(
-        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> Any:
         k = self.make_and_validate_key(key, version=version)
         data = self._local(k, _MISS)
         if data is not _MISS:
             return self._loads(data)
-        return await _in_thread(self.get_or_set)(key, default, timeout, version)
+        return await _in_thread(self.get_or_set)(key, default, timeout, version, tags=tags)
 
     async def aadd(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> bool:
-        return await _in_thread(self.add)(key, value, timeout, version)  # type: ignore[no-any-return]
+        added = await _in_thread(self.add)(key, value, timeout, version, tags=tags)
+        return added  # type: ignore[no-any-return]
 
     async def aset(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> None:
-        await _in_thread(self.set)(key, value, timeout, version)
+        await _in_thread(self.set)(key, value, timeout, version, tags=tags)
+
+    async def ainvalidate_tags(self, *tags: str) -> None:
+        await _in_thread(self.invalidate_tags)(*tags)
 
     async def atouch(
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -485,9 +540,15 @@ class TieredMokaCache(BaseCache):
         return await _in_thread(self.incr)(key, -delta, version)
 
     async def aset_many(
-        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        data: dict[Any, Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        *,
+        tags: Iterable[str] | None = None,
     ) -> list[Any]:
-        return await _in_thread(self.set_many)(data, timeout, version)  # type: ignore[no-any-return]
+        done = await _in_thread(self.set_many)(data, timeout, version, tags=tags)
+        return done  # type: ignore[no-any-return]
 
     async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         await _in_thread(self.delete_many)(list(keys), version)
