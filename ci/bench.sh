@@ -70,3 +70,10 @@ fi
 log "benchmark (progress on stderr)"
 PYTHONHASHSEED=0 "$bench/bin/python" -m ci.bench --peer-python "$peer/bin/python" \
     --ft-python "$ft/bin/python" "${ft_peer_args[@]}" --ft-status "$status" "$@"
+if [[ " $* " == *" --quick "* ]]; then
+    # The tags benchmark (python -m ci.bench.tags; README, Performance, Tags), small.
+    log "tags benchmark, smoke run"
+    tags_args=(--entries 2000 --rounds 1)
+    [ "$tier" = yes ] || tags_args+=(--no-tier)
+    "$bench/bin/python" -m ci.bench.tags "${tags_args[@]}"
+fi
