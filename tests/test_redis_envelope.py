@@ -226,7 +226,8 @@ def test_a_tagged_payload_opens_with_its_tags_and_every_byte_is_covered() -> Non
     payload = env.pack(NAME, b"value", 12345, TAGS)
     assert payload[0] == 4
     assert env.open(NAME, payload) == (b"value", 12345, TAGS)
-    assert env.tags_of(payload) == TAGS
+    assert env.tags_of(NAME, payload) == TAGS
+    assert env.tags_of(b"users:v:sother", payload) == ()  # verified first
     for i in range(len(payload)):
         forged = bytearray(payload)
         forged[i] ^= 0x01
@@ -270,9 +271,9 @@ def test_a_tags_block_is_parsed_within_bounds() -> None:
         env.open(NAME, head + bytes([32]) + bytes([255]) + bytes(100))
     with pytest.raises(Refused, match="truncated"):
         env.open(NAME, head)
-    assert env.tags_of(head + bytes([255])) == ()
-    assert env.tags_of(b"\x02" + bytes(60)) == ()
-    assert env.tags_of(None) == ()
+    assert env.tags_of(NAME, head + bytes([255])) == ()
+    assert env.tags_of(NAME, b"\x02" + bytes(60)) == ()
+    assert env.tags_of(NAME, None) == ()
 
 
 @given(st.binary(max_size=300))
@@ -283,4 +284,4 @@ def test_any_bytes_after_a_tagged_version_are_refused_or_opened(junk: bytes) -> 
                 env.open(NAME, bytes([version]) + junk)
             except Refused:
                 pass
-            env.tags_of(bytes([version]) + junk)
+            env.tags_of(NAME, bytes([version]) + junk)

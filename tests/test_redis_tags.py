@@ -20,7 +20,7 @@ from redis_fixtures import tiered_pair
 from redis_servers import RedisCluster3, RedisServer
 from support import SIGNING_KEY, wait_for
 
-from moka_py.redis import AsyncTieredCache, TieredCache
+from moka_py.redis import JSON, AsyncTieredCache, TieredCache
 
 pytestmark = pytest.mark.thread_unsafe
 
@@ -210,6 +210,25 @@ def test_bad_tags_are_refused_before_anything_is_written(
     a.invalidate_tags(*[str(i) for i in range(100)])  # any number at once
 
 
+def test_tags_without_a_signing_key(client: redis.Redis) -> None:
+    """An unsigned cache (JSON) writes the unsigned tagged payload (version
+    5) and invalidates alike; what it refuses is the signed one."""
+    a: TieredCache[Any, Any] = TieredCache(client, namespace="plain", serializer=JSON)
+    b: TieredCache[Any, Any] = TieredCache(client, namespace="plain", serializer=JSON)
+    try:
+        assert a.wait_ready(5) and b.wait_ready(5)
+        a.set("k", [1], tags=["t"])
+        assert client.get(b"plain:v:sk")[0] == 5  # type: ignore[index]
+        assert b.get("k") == [1]
+        a.invalidate_tags("t")
+        wait_for(lambda: b.get("k") is None, timeout=5)
+        assert a.get_with("k", lambda: [2], tags=["t"]) == [2]
+        wait_for(lambda: b.get("k") == [2], timeout=5)
+    finally:
+        a.close()
+        b.close()
+
+
 # ------------------------------------------------------------ attacks
 
 
@@ -239,6 +258,12 @@ def test_forged_tag_messages_and_tampered_tags_are_refused(
         assert c.get("k") is None and c.stats().rejected == 1
         client.set(name, b"\x04" + payload[1:13] + b"\xff" + bytes(100_000))
         assert c.get("k") is None and c.stats().rejected == 2
+        # Well-formed tags under a forged MAC: refused before any tag is read.
+        block32 = bytes([32]) + (bytes([255]) + b"x" * 255 + b"t" * 16) * 32
+        mgets = client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        client.set(name, b"\x04" + payload[1:13] + block32 + bytes(32) + b"data")
+        assert c.get("k") is None and c.stats().rejected == 3
+        assert client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0) == mgets
         client.set(name, payload)
         assert c.get("k") == "v"
         c.local.clear()

@@ -321,20 +321,20 @@ class AsyncTieredCache(Generic[K, V]):
 
     # ------------------------------------------------------------ tags
 
-    async def _checked(self, payloads: list[Any]) -> list[Any]:
+    async def _checked(self, names: list[bytes], payloads: list[Any]) -> list[Any]:
         """As :meth:`TieredCache._checked`: every read of a value goes
         through here."""
         tier = self._tier
-        keys = tier.tag_keys(payloads)
+        keys, pairs = tier.tag_keys(names, payloads)
         if not keys:
             return payloads
         tokens = await self._call(self._own.mget(keys))
-        return tier.current(payloads, keys, list(tokens))
+        return tier.current(payloads, pairs, keys, list(tokens))
 
     async def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
         payload = await self._call(self._own.get(name))
-        return payload if payload is None else (await self._checked([payload]))[0]
+        return payload if payload is None else (await self._checked([name], [payload]))[0]
 
     async def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """As :meth:`TieredCache._stamp`."""
@@ -404,7 +404,7 @@ class AsyncTieredCache(Generic[K, V]):
                     payloads = await self._call(self._own.mget_nonatomic(names))
                 else:
                     payloads = await self._call(self._own.mget(names))
-                payloads = await self._checked(list(payloads))
+                payloads = await self._checked(names, list(payloads))
             except RedisError:
                 payloads = None
             for i, (key, enc, k) in enumerate(batch):
@@ -504,7 +504,7 @@ class AsyncTieredCache(Generic[K, V]):
         if old is not None:
             # (As TieredCache._getdel: a dated value was not held.)
             try:
-                old = (await self._checked([old]))[0]
+                old = (await self._checked([name], [old]))[0]
             except RedisError:
                 old = None
             if old is _core.STALE:
@@ -558,7 +558,7 @@ class AsyncTieredCache(Generic[K, V]):
             stored = await self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
             if not stored:
                 held = await self._call(self._own.get(name))
-                if held is not None and (await self._checked([held]))[0] is _core.STALE:
+                if held is not None and (await self._checked([name], [held]))[0] is _core.STALE:
                     args = [held, payload, px_arg(ttl_s)]
                     stored = await self._script(SWAP_SCRIPT, name, args, msgs)
         except RedisError:
@@ -578,7 +578,7 @@ class AsyncTieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = await self._call(self._own.get(name))
-            checked = payload if payload is None else (await self._checked([payload]))[0]
+            checked = payload if payload is None else (await self._checked([name], [payload]))[0]
             opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
@@ -609,7 +609,7 @@ class AsyncTieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = await self._call(self._own.get(name))
-            checked = payload if payload is None else (await self._checked([payload]))[0]
+            checked = payload if payload is None else (await self._checked([name], [payload]))[0]
             opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False

@@ -247,15 +247,15 @@ class Envelope:
         mac = signer.payload.sign(head, _LEN.pack(len(redis_key)), redis_key, data)
         return head + mac + data
 
-    def tags_of(self, payload: object) -> TagTokens:
-        """The (tag, token) pairs a payload read from Redis names, before its
-        MAC is checked (``open`` checks it, tags included): () for an untagged
-        payload or one that ``open`` will refuse."""
+    def tags_of(self, redis_key: bytes, payload: object) -> TagTokens:
+        """The (tag, token) pairs of a payload read from ``redis_key``, its
+        MAC checked first (nothing unverified is acted on): () for an
+        untagged payload, and for one that ``open`` refuses (it is refused,
+        and counted, when it is read)."""
         if type(payload) is not bytes or not payload or payload[0] not in TAGGED:
             return ()
-        at = 1 + _DEADLINE.size if payload[0] == PLAIN_TAGGED else 1 + _KID_SIZE + _DEADLINE.size
         try:
-            return parse_tags(payload, at)[0]
+            return self.open(redis_key, payload)[2]
         except Refused:
             return ()
 

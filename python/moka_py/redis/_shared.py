@@ -553,26 +553,31 @@ class Tier:
         """``invalidate_tags``: the key of each tag and its new token."""
         return [(self.names.tag(t.encode()), os.urandom(TAG_TOKEN_BYTES)) for t in tags]
 
-    def tag_keys(self, payloads: Iterable[Any]) -> list[bytes]:
-        """The keys of the tags the tagged ones of ``payloads`` name ([] when
-        none is tagged): what a read fetches to check them."""
-        keys: dict[bytes, None] = {}
+    def tag_keys(
+        self, names: list[bytes], payloads: list[Any]
+    ) -> tuple[list[bytes], list[TagTokens]]:
+        """The keys of the tags that the tagged ones of ``payloads`` (read
+        from ``names``) name, verified first ([] when none is tagged): what
+        a read fetches to check them; and each payload's (tag, token) pairs."""
         tags_of = self.envelope.tags_of
-        for p in payloads:
-            for tag, _ in tags_of(p):
-                keys[self.names.tag(tag)] = None
-        return list(keys)
+        pairs = [tags_of(n, p) for n, p in zip(names, payloads, strict=True)]
+        keys = dict.fromkeys(self.names.tag(t) for ps in pairs for t, _ in ps)
+        return list(keys), pairs
 
-    def current(self, payloads: list[Any], keys: list[bytes], tokens: list[Any]) -> list[Any]:
-        """``payloads`` with each tagged one whose tags do not all hold in
-        ``tokens`` (what Redis holds for ``keys`` now) replaced by
+    def current(
+        self,
+        payloads: list[Any],
+        pairs: list[TagTokens],
+        keys: list[bytes],
+        tokens: list[Any],
+    ) -> list[Any]:
+        """``payloads`` with each tagged one whose tags (``pairs``) do not all
+        hold in ``tokens`` (what Redis holds for ``keys`` now) replaced by
         ``_core.STALE``: a tag of it was invalidated since it was written."""
         now = dict(zip(keys, tokens, strict=True))
         out = list(payloads)
-        tags_of = self.envelope.tags_of
-        for i, p in enumerate(payloads):
-            pairs = tags_of(p)
-            if pairs and any(now.get(self.names.tag(t)) != tok for t, tok in pairs):
+        for i, ps in enumerate(pairs):
+            if ps and any(now.get(self.names.tag(t)) != tok for t, tok in ps):
                 out[i] = _core.STALE
         return out
 

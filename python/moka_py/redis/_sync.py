@@ -242,21 +242,21 @@ class TieredCache(Generic[K, V]):
 
     # ------------------------------------------------------------ tags
 
-    def _checked(self, payloads: list[Any]) -> list[Any]:
+    def _checked(self, names: list[bytes], payloads: list[Any]) -> list[Any]:
         """Payloads read from Redis, each tagged one whose tags were
         invalidated since it was written replaced by ``_core.STALE``: one
         more read (the tags' tokens, one slot) when any of them is tagged.
         Every read of a value goes through here."""
         tier = self._tier
-        keys = tier.tag_keys(payloads)
+        keys, pairs = tier.tag_keys(names, payloads)
         if not keys:
             return payloads
-        return tier.current(payloads, keys, list(self._call(self._own.mget, keys)))
+        return tier.current(payloads, pairs, keys, list(self._call(self._own.mget, keys)))
 
     def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
         payload = self._call(self._own.get, name)
-        return payload if payload is None else self._checked([payload])[0]
+        return payload if payload is None else self._checked([name], [payload])[0]
 
     def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """The token of each of ``tags`` as a write or a load begins (made
@@ -338,7 +338,7 @@ class TieredCache(Generic[K, V]):
                     payloads = self._call(self._own.mget_nonatomic, names)
                 else:
                     payloads = self._call(self._own.mget, names)
-                payloads = self._checked(list(payloads))
+                payloads = self._checked(names, list(payloads))
             except RedisError:
                 payloads = None
             for i, (key, enc, k) in enumerate(batch):
@@ -446,7 +446,7 @@ class TieredCache(Generic[K, V]):
             # A value one of whose tags was invalidated was not held (and
             # one whose tags cannot be checked is not vouched for).
             try:
-                old = self._checked([old])[0]
+                old = self._checked([name], [old])[0]
             except RedisError:
                 old = None
             if old is _core.STALE:
@@ -505,7 +505,7 @@ class TieredCache(Generic[K, V]):
             stored = self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
             if not stored:
                 held = self._call(self._own.get, name)
-                if held is not None and self._checked([held])[0] is _core.STALE:
+                if held is not None and self._checked([name], [held])[0] is _core.STALE:
                     args = [held, payload, px_arg(ttl_s)]
                     stored = self._script(SWAP_SCRIPT, name, args, msgs)
         except RedisError:
@@ -533,7 +533,7 @@ class TieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = self._call(self._own.get, name)
-            checked = payload if payload is None else self._checked([payload])[0]
+            checked = payload if payload is None else self._checked([name], [payload])[0]
             opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
@@ -567,7 +567,7 @@ class TieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = self._call(self._own.get, name)
-            checked = payload if payload is None else self._checked([payload])[0]
+            checked = payload if payload is None else self._checked([name], [payload])[0]
             opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False
