@@ -185,6 +185,20 @@ def use_tier(client: redis.Redis) -> None:
         held: bool = twice.cache_contains(2)
         twice.cache_clear()
         assert fresh == 8 and dropped and not held
+        c.set("t", [4], tags=["tag"])
+        c.set_many({"u": [5]}, tags=("tag",))
+        added: bool = c.add("v", [6], tags=["tag"])
+        tagged: list[int] = c.get_with("w", lambda: [7], tags=["tag"])
+
+        def tags_of(x: int) -> list[str]:
+            return [f"x:{x}"]
+
+        @c.cached(name="typed.tagged", tags=tags_of)
+        def tagged_fn(x: int) -> int:
+            return x
+
+        c.invalidate_tags("tag", "x:1")
+        assert added and tagged == [7] and tagged_fn(1) == 1 and c.get("t") is None
         c.clear()
         assert maybe == [1] and loaded == [2] and many == {"a": [1], "b": [2]}
         assert removed == [1] and local.get("c") is None and doubled == 4
@@ -203,6 +217,12 @@ async def use_async_tier(client: redis.asyncio.Redis) -> None:
 
         loaded: int = await c.get_with("b", load)
         assert got == 1 and loaded == 2
+        await c.set("t", 3, tags=["tag"])
+        await c.set_many({"u": 4}, tags=["tag"])
+        assert await c.add("v", 5, tags=["tag"])
+        assert await c.get_with("w", load, tags=["tag"]) == 2
+        await c.invalidate_tags("tag")
+        assert await c.get("t") is None
 
         @c.cached(ttl=10.0, name="typed.inc", cache_if=lambda r: r > 0, refresh_after=5.0)
         async def inc(x: int) -> int:
