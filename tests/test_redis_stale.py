@@ -303,3 +303,38 @@ def test_async_redis_down_and_loader_failing(own_redis_server: RedisServer) -> N
             assert c.stats().stale_served >= 3 and c.stats().redis_errors > 0
 
     run(main)
+
+
+def test_a_value_of_an_invalidated_tag_is_never_served_stale(redis_db: RedisServer) -> None:
+    """A load in flight when its tag is invalidated: its value is not kept
+    for stale_if_error either; a value kept before the invalidation is
+    dropped by it; an untagged value stays servable."""
+    with tiered(redis_db, stale_if_error=60, ttl=30) as c:
+        started, release = threading.Event(), threading.Event()
+        out: list[Any] = []
+
+        def slow() -> str:
+            started.set()
+            assert release.wait(10)
+            return "dated"
+
+        t = threading.Thread(target=lambda: out.append(c.get_with("k", slow, tags=["a"])))
+        t.start()
+        assert started.wait(10)
+        c.invalidate_tags("a")
+        release.set()
+        t.join(10)
+        assert out == ["dated"]
+        with pytest.raises(LoaderDown):
+            c.get_with("k", failing, tags=["a"])
+        # Kept, then its tag invalidated: not served either.
+        assert c.get_with("j", lambda: "live", tags=["b"]) == "live"
+        c.invalidate_tags("b")
+        with pytest.raises(LoaderDown):
+            c.get_with("j", failing, tags=["b"])
+        # An untagged value stays servable after any tag's invalidation.
+        assert c.get_with("u", lambda: "untagged", ttl=TTL) == "untagged"
+        expired(c, "u")
+        c.invalidate_tags("b")
+        assert c.get_with("u", failing) == "untagged"
+        assert c.stats().stale_served == 1

@@ -50,9 +50,9 @@ const STRIPES: usize = 256;
 /// The sequence numbers. A token packs, from the high bits down, the
 /// epoch (32 bits), the tag sequence (32 bits) and the stripe's number (64
 /// bits): tokens are only compared for equality, and 2^32 bumps never fall
-/// between a token and its fill. `TAG_BITS` are the tag sequence's bits:
-/// `stale_if_error`'s check leaves them out (the kept values carry their
-/// tags, which are checked themselves).
+/// between a token and its fill. `stale_if_error`'s check (`_TAG_BITS` in
+/// `redis/_shared.py`) leaves the tag sequence out: the kept values carry
+/// their tags, which are checked themselves.
 struct Seqs {
     epoch: u32,
     tags: u32,

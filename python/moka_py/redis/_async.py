@@ -35,6 +35,7 @@ from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
+    TAG_MARGIN,
     TAG_SCRIPT,
     Tier,
     as_redis_error,
@@ -342,6 +343,17 @@ class AsyncTieredCache(Generic[K, V]):
         reply = await self._call(self._own.eval(TAG_SCRIPT, *tier.stamp_args(tags, ttl_s)))
         return tier.stamped(tags, reply)
 
+    async def _extend(self, tags: tuple[str, ...], ttl_s: float | None, since: float) -> None:
+        """After a load that began at ``since`` stored its value: when it took
+        over half of ``TAG_MARGIN``, its tags' keys (stamped as it began) are
+        extended to outlive the value (``TAG_SCRIPT``; a failure is left: the
+        value then reads as absent once they expire, never as live)."""
+        if tags and time.monotonic() - since > TAG_MARGIN / 2:
+            try:
+                await self._stamp(tags, ttl_s)
+            except RedisError:
+                pass
+
     async def invalidate_tags(self, *tags: str) -> None:
         """As :meth:`TieredCache.invalidate_tags`."""
         tier = self._tier
@@ -561,7 +573,7 @@ class AsyncTieredCache(Generic[K, V]):
                 if held is not None and (await self._checked([name], [held]))[0] is _core.STALE:
                     args = [held, payload, px_arg(ttl_s)]
                     stored = await self._script(SWAP_SCRIPT, name, args, msgs)
-        except RedisError:
+        except (RedisError, asyncio.CancelledError):
             tier.rust.invalidate(k)
             raise
         if stored:
@@ -791,8 +803,7 @@ class AsyncTieredCache(Generic[K, V]):
                     value = await self._compute(initializer)
                     if keep is None or keep(value):
                         bound = tier.write_bound(ttl, ttl_s)
-                        tier.rust.fill(k, value, bound, token, tags or None)
-                        tier.remember(k, value, ttl_s, token, tags)
+                        tier.keep(k, value, bound, ttl_s, token, tags)
                     return value
                 if claimed:
                     absent = payload is None
@@ -841,6 +852,7 @@ class AsyncTieredCache(Generic[K, V]):
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
+        begun = time.monotonic()
         try:
             stamped: TagTokens | None = await self._stamp(tags, ttl_s) if tags else ()
         except RedisError:
@@ -859,11 +871,10 @@ class AsyncTieredCache(Generic[K, V]):
                 lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
             )
         except RedisError:
-            tier.rust.fill(k, value, bound, token, tags or None)
-            tier.remember(k, value, ttl_s, token, tags)
+            tier.keep(k, value, bound, ttl_s, token, tags)
             return value
-        tier.rust.put(k, value, bound, token, tags or None)
-        tier.remember_put(k, value, ttl_s, token, tags)
+        tier.keep(k, value, bound, ttl_s, token, tags, put=True)
+        await self._extend(tags, ttl_s, begun)
         return value
 
     async def _renew(self, lock_key: bytes, claim: bytes) -> None:
@@ -939,8 +950,8 @@ class AsyncTieredCache(Generic[K, V]):
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
-                tier.rust.put(k, value, bound, token, tags or None)
-                tier.remember_put(k, value, ttl_s, token, tags)
+                tier.keep(k, value, bound, ttl_s, token, tags, put=True)
+                await self._extend(tags, ttl_s, started)
             return value
         finally:
             renewer.cancel()

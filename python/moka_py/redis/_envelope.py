@@ -39,7 +39,7 @@ Message, version 3, unsigned: ``0x03 | body``. The body is a kind byte, the
 sender's 8-byte origin, then each key as a 4-byte length and its encoding.
 
 The version fixes the algorithm: a payload never names its own. A cache with a
-signing key accepts version 2 only; a cache without one, version 3 only (so
+signing key accepts versions 2 and 4 only; a cache without one, 3 and 5 only (so
 values written before version 2, and values of a fleet configured otherwise,
 are refused alike). The payload and message keys are derived from each signing
 key per namespace (HMAC-SHA256 of the key over a label and the namespace); the

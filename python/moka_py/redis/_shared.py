@@ -701,8 +701,7 @@ class Tier:
         if not ok:
             return False, None
         self.counts.add("remote_hits")
-        self.rust.fill(k, value, self.local_bound(left), token, tags or None)
-        self.remember(k, value, left, token, tags)
+        self.keep(k, value, self.local_bound(left), left, token, tags)
         return True, value
 
     def fail_safe(self, k: Any) -> tuple[bool, Any]:
@@ -739,8 +738,33 @@ class Tier:
             )
         return seconds
 
+    def keep(
+        self,
+        k: Any,
+        value: Any,
+        bound: float | None,
+        left: float | None,
+        token: int,
+        tags: tuple[str, ...] = (),
+        put: bool = False,
+    ) -> None:
+        """Keeps a value read or loaded for ``k`` locally (``rust.fill``, or
+        ``rust.put`` for a value this process stored), for at most ``bound``
+        seconds, unless ``k`` or one of ``tags`` was invalidated since
+        ``token``; and, only when it was kept, for ``stale_if_error``
+        (``remember``), with the tags' epochs of the ``stale`` Moka taken
+        before the local write: an invalidation of a tag that the local write
+        passed before is then an invalidation of the kept value too."""
+        stale = self.stale
+        stamp = stale._stamp(tags) if stale is not None and tags else None
+        write = self.rust.put if put else self.rust.fill
+        if write(k, value, bound, token, tags or None) and stale is not None:
+            # A put bumps the key's stripe once (the low half of the token,
+            # see `src/py/tier.rs`): the token with the value in place.
+            self.remember(k, value, left, token + 1 if put else token, stamp)
+
     def remember(
-        self, k: Any, value: Any, left: float | None, token: int, tags: tuple[str, ...] = ()
+        self, k: Any, value: Any, left: float | None, token: int, tags: Any = None
     ) -> None:
         """Keeps ``value``, read or loaded for ``k`` with ``left`` seconds to
         live (None: no deadline), for ``stale_if_error`` seconds past that
@@ -748,7 +772,8 @@ class Tier:
         place (``rust.token`` before a ``fill``; one more after a ``put``,
         which bumps it): any later invalidation of the key (or of a key of
         its stripe, or of the whole tier) moves the token, and the kept value
-        is then never served; nor after an invalidation of one of ``tags``."""
+        is then never served; nor after an invalidation of one of ``tags``
+        (names, or a stamp of ``stale``: see ``keep``)."""
         stale = self.stale
         if stale is None or self.stale_if_error is None:
             return
@@ -759,14 +784,6 @@ class Tier:
             stale.set(
                 k, (value, deadline, token), ttl=left + self.stale_if_error, tags=tags or None
             )
-
-    def remember_put(
-        self, k: Any, value: Any, left: float | None, token: int, tags: tuple[str, ...] = ()
-    ) -> None:
-        """``remember`` after ``rust.put(k, value, bound, token)``: a put
-        bumps the key's stripe once (the low half of the token, see
-        ``src/py/tier.rs``), so the token with the value in place is one more."""
-        self.remember(k, value, left, token + 1, tags)
 
     def stale_value(self, k: Any, window: float | None) -> tuple[bool, Any]:
         """``(True, value)``: the value kept for ``k`` whose deadline passed at

@@ -23,6 +23,7 @@ from ._shared import (
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     SWAP_SCRIPT,
+    TAG_MARGIN,
     TAG_SCRIPT,
     Tier,
     as_redis_error,
@@ -265,6 +266,17 @@ class TieredCache(Generic[K, V]):
         return tier.stamped(
             tags, self._call(self._own.eval, TAG_SCRIPT, *tier.stamp_args(tags, ttl_s))
         )
+
+    def _extend(self, tags: tuple[str, ...], ttl_s: float | None, since: float) -> None:
+        """After a load that began at ``since`` stored its value: when it took
+        over half of ``TAG_MARGIN``, its tags' keys (stamped as it began) are
+        extended to outlive the value (``TAG_SCRIPT``; a failure is left: the
+        value then reads as absent once they expire, never as live)."""
+        if tags and time.monotonic() - since > TAG_MARGIN / 2:
+            try:
+                self._stamp(tags, ttl_s)
+            except RedisError:
+                pass
 
     def invalidate_tags(self, *tags: str) -> None:
         """Makes every value written with one of ``tags`` before this call
@@ -798,8 +810,7 @@ class TieredCache(Generic[K, V]):
         value = self._compute(initializer)
         if keep is None or keep(value):
             bound = self._tier.write_bound(ttl, ttl_s)
-            self._tier.rust.fill(k, value, bound, token, tags or None)
-            self._tier.remember(k, value, ttl_s, token, tags)
+            self._tier.keep(k, value, bound, ttl_s, token, tags)
         return value
 
     def _load_unclaimed(
@@ -816,6 +827,7 @@ class TieredCache(Generic[K, V]):
         store the value in Redis (over any) and tell the other processes."""
         tier = self._tier
         token = tier.rust.token(k)
+        begun = time.monotonic()
         try:
             stamped: TagTokens | None = self._stamp(tags, ttl_s) if tags else ()
         except RedisError:
@@ -834,11 +846,10 @@ class TieredCache(Generic[K, V]):
                 lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
             )
         except RedisError:
-            tier.rust.fill(k, value, bound, token, tags or None)
-            tier.remember(k, value, ttl_s, token, tags)
+            tier.keep(k, value, bound, ttl_s, token, tags)
             return value
-        tier.rust.put(k, value, bound, token, tags or None)
-        tier.remember_put(k, value, ttl_s, token, tags)
+        tier.keep(k, value, bound, ttl_s, token, tags, put=True)
+        self._extend(tags, ttl_s, begun)
         return value
 
     def _lead(
@@ -917,8 +928,8 @@ class TieredCache(Generic[K, V]):
                 stored = False
             if stored:
                 bound = tier.write_bound(ttl, ttl_s)
-                tier.rust.put(k, value, bound, token, tags or None)
-                tier.remember_put(k, value, ttl_s, token, tags)
+                tier.keep(k, value, bound, ttl_s, token, tags, put=True)
+                self._extend(tags, ttl_s, started)
             return value
         finally:
             self._renewer.drop(lock_key)
