@@ -549,9 +549,16 @@ class Tier:
         """The tag names of a payload's (tag, token) pairs (None: untagged)."""
         return tuple(t.decode("utf-8", "replace") for t, _ in pairs) or None
 
-    def retag_keys(self, tags: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
-        """``invalidate_tags``: the key of each tag and its new token."""
-        return [(self.names.tag(t.encode()), os.urandom(TAG_TOKEN_BYTES)) for t in tags]
+    def retag(self, tags: tuple[str, ...]) -> tuple[Callable[[Any], None], list[bytes]]:
+        """``invalidate_tags``'s write (the shells' ``_write``): a new token
+        for each tag that has one (``SET XX KEEPTTL``), and its message."""
+        retag = [(self.names.tag(t.encode()), os.urandom(TAG_TOKEN_BYTES)) for t in tags]
+
+        def commands(pipe: Any) -> None:
+            for key, token in retag:
+                pipe.set(key, token, xx=True, keepttl=True)
+
+        return commands, self.messages(_core.TAGS, [t.encode() for t in tags])
 
     def tag_keys(
         self, names: list[bytes], payloads: list[Any]

@@ -289,15 +289,8 @@ class TieredCache(Generic[K, V]):
         if not names:
             return
         self._ensure()
-        retag = tier.retag_keys(names)
-        msgs = tier.messages(_core.TAGS, [t.encode() for t in names])
-
-        def commands(pipe: Any) -> None:
-            for key, token in retag:
-                pipe.set(key, token, xx=True, keepttl=True)
-
         try:
-            self._write(commands, msgs)
+            self._write(*tier.retag(names))
         finally:
             tier.tags_invalidated(names)
 
