@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
-from ._envelope import Envelope, TagTokens
+from ._envelope import TAGGED_PREFIXES, Envelope, TagTokens
 from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -325,6 +325,8 @@ class AsyncTieredCache(Generic[K, V]):
     async def _checked(self, names: list[bytes], payloads: list[Any]) -> list[Any]:
         """As :meth:`TieredCache._checked`: every read of a value goes
         through here."""
+        if not any(type(p) is bytes and p[:1] in TAGGED_PREFIXES for p in payloads):
+            return payloads
         tier = self._tier
         keys, pairs = tier.tag_keys(names, payloads)
         if not keys:
@@ -335,7 +337,9 @@ class AsyncTieredCache(Generic[K, V]):
     async def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
         payload = await self._call(self._own.get(name))
-        return payload if payload is None else (await self._checked([name], [payload]))[0]
+        if type(payload) is not bytes or payload[:1] not in TAGGED_PREFIXES:
+            return payload  # (untagged: nothing to check)
+        return (await self._checked([name], [payload]))[0]
 
     async def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """As :meth:`TieredCache._stamp`."""

@@ -61,6 +61,7 @@ __all__ = [
     "MAX_MESSAGE_KEYS",
     "MAX_TAGS",
     "MAX_TAG_BYTES",
+    "TAGGED_PREFIXES",
     "TAG_TOKEN_BYTES",
     "Envelope",
     "Refused",
@@ -70,8 +71,9 @@ __all__ = [
 SIGNED, PLAIN, SIGNED_TAGGED, PLAIN_TAGGED = 2, 3, 4, 5
 _SIGNED_BYTE, _PLAIN_BYTE = bytes([SIGNED]), bytes([PLAIN])
 _SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE = bytes([SIGNED_TAGGED]), bytes([PLAIN_TAGGED])
-# The first byte of a tagged payload, of either kind.
+# The first byte of a tagged payload, of either kind (and as one-byte prefixes).
 TAGGED = frozenset((SIGNED_TAGGED, PLAIN_TAGGED))
+TAGGED_PREFIXES = frozenset((_SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE))
 _MAC_SIZE = 32
 _KID_SIZE = 4
 _DEADLINE = struct.Struct(">Q")

@@ -708,7 +708,10 @@ class Tier:
         if not ok:
             return False, None
         self.counts.add("remote_hits")
-        self.keep(k, value, self.local_bound(left), left, token, tags)
+        if self.stale is None:
+            self.rust.fill(k, value, self.local_bound(left), token, tags or None)
+        else:
+            self.keep(k, value, self.local_bound(left), left, token, tags)
         return True, value
 
     def fail_safe(self, k: Any) -> tuple[bool, Any]:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
-from ._envelope import Envelope, TagTokens
+from ._envelope import TAGGED_PREFIXES, Envelope, TagTokens
 from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -248,6 +248,8 @@ class TieredCache(Generic[K, V]):
         invalidated since it was written replaced by ``_core.STALE``: one
         more read (the tags' tokens, one slot) when any of them is tagged.
         Every read of a value goes through here."""
+        if not any(type(p) is bytes and p[:1] in TAGGED_PREFIXES for p in payloads):
+            return payloads
         tier = self._tier
         keys, pairs = tier.tag_keys(names, payloads)
         if not keys:
@@ -257,7 +259,9 @@ class TieredCache(Generic[K, V]):
     def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
         payload = self._call(self._own.get, name)
-        return payload if payload is None else self._checked([name], [payload])[0]
+        if type(payload) is not bytes or payload[:1] not in TAGGED_PREFIXES:
+            return payload  # (untagged: nothing to check)
+        return self._checked([name], [payload])[0]
 
     def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """The token of each of ``tags`` as a write or a load begins (made
