@@ -4,9 +4,9 @@
 # in bookworm-security) with its standard library for amd64 and for arm64, of the identical
 # version, and the source of that standard library (rust-web-src), from which cargo's
 # -Zbuild-std compiles it for the targets that Debian ships no std for (musl, macOS,
-# Windows: ci/wheels-musl.sh), all unpacked with `dpkg -x` through the private APT
-# configuration of ci/debs.sh (not installed: rustc-web would put a second rustc into
-# /usr/bin). Into
+# Windows: ci/wheels-musl.sh, ci/wheels-macos-windows.sh), all unpacked with `dpkg -x`
+# through the private APT configuration of ci/debs.sh (not installed: rustc-web would put
+# a second rustc into /usr/bin). Into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/moka-py/rust-web/
 # reused when present, whatever version it holds; the version is the newest that the index
 # names when the cache is made. Prints the path of a `rustc` wrapper (for RUSTC=; cargo is
