@@ -78,6 +78,28 @@ SRC
     as_root apt-get update -qq >&2
 }
 
+# trixie_source PKG: downloads the upstream tarball of Debian trixie's source package PKG
+# into the current directory and prints its name: the newest version that the mirror holds
+# (it lacks some that the index names: python3.13, openssl), tried newest first.
+trixie_source() {
+    local v versions
+    need_trixie_src
+    versions=$(apt-cache showsrc "$1" 2>/dev/null | sed -n 's/^Version: //p' | sort -rVu)
+    if [ -z "$versions" ]; then
+        as_root apt-get update -qq >&2
+        versions=$(apt-cache showsrc "$1" 2>/dev/null | sed -n 's/^Version: //p' | sort -rVu)
+    fi
+    for v in $versions; do
+        # apt runs as _apt where it can; a root-owned directory makes it warn only.
+        if apt-get source -qq --download-only --tar-only "$1=$v" >/dev/null 2>&1; then
+            ls "${1}_"*.orig.tar.* | head -n1
+            return 0
+        fi
+    done
+    echo "no source package of $1 (${versions//$'\n'/, }) could be downloaded" >&2
+    return 1
+}
+
 # need_venv PYTHON: PYTHON can create a venv with pip (the bootstrap venv of uv, below).
 # Debian's own python3 needs the python3-venv package for that (its venv module lacks
 # ensurepip); other interpreters (pyenv, a source build) carry both and are left alone.
@@ -263,6 +285,44 @@ ft_pyo3_config() {
     mkdir -p "$(dirname "$2")"
     [ -f "$2" ] && [ "$(cat "$2")" = "$text" ] && return 0
     echo "$text" >"$2"
+}
+
+# need_rust_web WHAT: exports RUSTC, Debian's rustc-web (ci/rust-web.sh), for the wheels
+# of other platforms than this one. Where it cannot be had here, says that WHAT is skipped
+# and ends the script: with 0, or 1 under CI (CI=true).
+need_rust_web() {
+    local rc=0
+    RUSTC=$(bash "$ROOT/ci/rust-web.sh") || rc=$?
+    if [ "$rc" -eq 3 ]; then
+        log "no rustc-web here (ci/rust-web.sh): $1 skipped"
+        [ "${CI:-}" = true ] && { echo "CI=true: $1 must be built" >&2; exit 1; }
+        exit 0
+    fi
+    [ "$rc" -eq 0 ] || exit "$rc"
+    export RUSTC
+}
+
+# build_cross_wheel DIR TARGET VERSION [MATURIN-ARGS...]: builds the release wheel of CPython
+# VERSION ("3.12", "3.13t") for the Rust target TARGET into DIR and sets WHEEL to its path.
+# Cross-compiling, maturin takes the interpreter by name (python3.X) and reads the target's
+# configuration from the sysconfig data it bundles; it has none for a free-threaded 3.13t,
+# which a PyO3 configuration file (ft_pyo3_config, kept in CARGO_TARGET_DIR) describes
+# instead. The dev venv comes first on PATH: `--zig` runs its python3, which has ziglang.
+build_cross_wheel() {
+    local dir="$1" target="$2" v="$3" out interpreter config=()
+    shift 3
+    interpreter=(-i "python$v")
+    if [ "$v" != "${v%t}" ]; then
+        ft_pyo3_config "${v%t}" "$CARGO_TARGET_DIR/pyo3-$v.txt"
+        interpreter=()
+        config=("PYO3_CONFIG_FILE=$CARGO_TARGET_DIR/pyo3-$v.txt")
+    fi
+    out=$(mktemp -d)
+    env "${config[@]}" PATH="$VENVS/dev/bin:$PATH" "$VENVS/dev/bin/maturin" build --release -q \
+        --target "$target" "${interpreter[@]}" "$@" -o "$out" >&2
+    WHEEL="$dir/$(basename "$(ls "$out"/*.whl)")"
+    mkdir -p "$dir"
+    mv "$out"/*.whl "$dir/" && rmdir "$out"
 }
 
 # dev_venv: the venv of the build and lint tools, synced with its lock (ci/lock/TAG/dev.txt

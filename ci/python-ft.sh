@@ -29,16 +29,11 @@ fi
 apt_install build-essential pkg-config libssl-dev libffi-dev zlib1g-dev libbz2-dev liblzma-dev \
     libsqlite3-dev libreadline-dev uuid-dev xz-utils dpkg-dev
 
-# A deb-src entry for trixie on the machine's own Debian mirror.
-need_trixie_src
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-log "downloading the python3.13 source package"
-apt-get source --download-only python3.13 >&2 || {
-    as_root apt-get update -qq >&2 && apt-get source --download-only python3.13 >&2; }
-orig=$(ls python3.13_*.orig.tar.* | head -n1)
+log "downloading the python3.13 source package (trixie)"
+orig=$(trixie_source python3.13)
 tar xf "$orig"
 src=$(find . -maxdepth 1 -type d -name 'Python-3.13*' | head -n1)
 cd "$src"

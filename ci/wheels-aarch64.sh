@@ -44,42 +44,15 @@ if [ -z "$build" ] && ! ls dist/moka_py-*-cp311-cp311-*_aarch64.whl >/dev/null 2
 fi
 [ -z "$build" ] || rm -f dist/moka_py-*_aarch64.whl
 
-rustc_rc=0
-RUSTC=$(bash "$ROOT/ci/rust-web.sh") || rustc_rc=$?
-if [ "$rustc_rc" -eq 3 ]; then
-    log "no Rust for aarch64 here (ci/rust-web.sh): the aarch64 wheels are skipped"
-    [ "${CI:-}" = true ] && { echo "CI=true: the aarch64 wheels must be built" >&2; exit 1; }
-    exit 0
-fi
-[ "$rustc_rc" -eq 0 ] || exit "$rustc_rc"
-export RUSTC
+need_rust_web "the aarch64 wheels"
 export CARGO_TARGET_DIR="$ROOT/target/aarch64"
 target_versions=$(printf '%s\n' "${TARGETS[@]%t}" | sort -u | paste -sd,)
 
-# Cross-compiling, maturin takes the interpreter by name (python3.X) and reads the target's
-# configuration from the sysconfig data it bundles; it has none for 3.13t ("only supported on
-# 3.14 and later"), which a PyO3 configuration file describes instead.
-cfg=$(mktemp)
-trap 'rm -f "$cfg"' EXIT
 for v in "${TARGETS[@]}"; do
     [ -n "$build" ] || break
     log "maturin build --release --target $TARGET --zig --compatibility manylinux2014 for CPython $v"
-    out=$(mktemp -d)
-    interpreter=(-i "python$v")
-    config=()
-    if [ "$v" != "${v%t}" ]; then
-        printf '%s\n' implementation=CPython "version=${v%t}" shared=true abi3=false \
-            build_flags=Py_GIL_DISABLED suppress_build_script_link_lines=false pointer_width=64 >"$cfg"
-        interpreter=()
-        config=("PYO3_CONFIG_FILE=$cfg")
-    fi
-    env "${config[@]}" PATH="$VENVS/dev/bin:$PATH" "$VENVS/dev/bin/maturin" build --release -q \
-        --target "$TARGET" "${interpreter[@]}" --zig --compatibility manylinux2014 \
-        --auditwheel check -o "$out" >&2
-    wheel=$(ls "$out"/*.whl)
-    mv "$wheel" dist/ && rmdir "$out"
-    wheel="dist/$(basename "$wheel")"
-    audit_wheel "$wheel" "$MANYLINUX"
+    build_cross_wheel dist "$TARGET" "$v" --zig --compatibility manylinux2014 --auditwheel check
+    audit_wheel "$WHEEL" "$MANYLINUX"
 done
 
 # The arm64 CPython 3.11 and qemu-aarch64, unpacked once (reused whatever version they are).
@@ -154,7 +127,7 @@ unregister() {
         as_root umount "$binfmt" || true
     fi
 }
-trap 'unregister; rm -f "$cfg"' EXIT
+trap unregister EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 if [ ! -e "$binfmt/register" ]; then
