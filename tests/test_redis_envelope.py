@@ -285,3 +285,11 @@ def test_any_bytes_after_a_tagged_version_are_refused_or_opened(junk: bytes) -> 
             except Refused:
                 pass
             env.tags_of(NAME, bytes([version]) + junk)
+
+
+def test_a_tag_that_is_not_utf8_is_refused_before_the_mac() -> None:
+    pairs = ((b"\xff\xfe", b"t" * 16),)
+    with pytest.raises(Refused, match="malformed tags"):
+        plain().open(NAME, plain().pack(NAME, b"v", 0, pairs))
+    with pytest.raises(Refused, match="malformed tags"):
+        signed().open(NAME, signed().pack(NAME, b"v", 0, pairs))

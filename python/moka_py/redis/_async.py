@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_async, kind_of
-from ._envelope import TAGGED_PREFIXES, Envelope, TagTokens
+from ._envelope import Envelope, TagTokens, tagged
 from ._function import EPOCH_TTL, AsyncTieredFunction, Decorated, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -325,21 +325,20 @@ class AsyncTieredCache(Generic[K, V]):
     async def _checked(self, names: list[bytes], payloads: list[Any]) -> list[Any]:
         """As :meth:`TieredCache._checked`: every read of a value goes
         through here."""
-        if not any(type(p) is bytes and p[:1] in TAGGED_PREFIXES for p in payloads):
-            return payloads
         tier = self._tier
-        keys, pairs = tier.tag_keys(names, payloads)
+        keys, wanted = tier.tag_keys(names, payloads)
         if not keys:
             return payloads
         tokens = await self._call(self._own.mget(keys))
-        return tier.current(payloads, pairs, keys, list(tokens))
+        return tier.current(payloads, wanted, keys, list(tokens))
+
+    async def _check(self, name: bytes, payload: Any) -> Any:
+        """``_checked`` of one payload read from ``name`` (None: absent)."""
+        return (await self._checked([name], [payload]))[0] if tagged(payload) else payload
 
     async def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
-        payload = await self._call(self._own.get(name))
-        if type(payload) is not bytes or payload[:1] not in TAGGED_PREFIXES:
-            return payload  # (untagged: nothing to check)
-        return (await self._checked([name], [payload]))[0]
+        return await self._check(name, await self._call(self._own.get(name)))
 
     async def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """As :meth:`TieredCache._stamp`."""
@@ -510,14 +509,13 @@ class AsyncTieredCache(Generic[K, V]):
             (old,) = await self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
-        if old is not None:
-            # (As TieredCache._getdel: a dated value was not held.)
-            try:
-                old = (await self._checked([name], [old]))[0]
-            except RedisError:
-                old = None
-            if old is _core.STALE:
-                old = None
+        # (As TieredCache._getdel: a dated value was not held.)
+        try:
+            old = await self._check(name, old)
+        except RedisError:
+            old = None
+        if old is _core.STALE:
+            old = None
         return enc, old
 
     async def _contains(self, key: Any) -> bool:
@@ -567,7 +565,7 @@ class AsyncTieredCache(Generic[K, V]):
             stored = await self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
             if not stored:
                 held = await self._call(self._own.get(name))
-                if held is not None and (await self._checked([name], [held]))[0] is _core.STALE:
+                if await self._check(name, held) is _core.STALE:
                     args = [held, payload, px_arg(ttl_s)]
                     stored = await self._script(SWAP_SCRIPT, name, args, msgs)
         except (RedisError, asyncio.CancelledError):
@@ -587,7 +585,7 @@ class AsyncTieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = await self._call(self._own.get(name))
-            checked = payload if payload is None else (await self._checked([name], [payload]))[0]
+            checked = await self._check(name, payload)
             opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
@@ -602,7 +600,9 @@ class AsyncTieredCache(Generic[K, V]):
                 raise
             if swapped:
                 left = _core.seconds_left(opened[1])
-                tier.rust.put(k, value, tier.local_bound(left), token, tier.names_of(opened[2]))
+                tier.rust.put(
+                    k, value, tier.local_bound(left), token, tier.names_of(opened[2]) or None
+                )
                 return value
             if attempt + 1 < MAX_SWAPS:
                 await asyncio.sleep(swap_backoff(attempt))
@@ -618,12 +618,12 @@ class AsyncTieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = await self._call(self._own.get(name))
-            checked = payload if payload is None else (await self._checked([name], [payload]))[0]
+            checked = await self._check(name, payload)
             opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False
             pairs = opened[2]
-            if pairs and await self._stamp(tier.names_of(pairs) or (), ttl_s) != pairs:
+            if pairs and await self._stamp(tier.names_of(pairs), ttl_s) != pairs:
                 return False  # a tag invalidated meanwhile (As TieredCache.touch.)
             new = tier.pack(enc, opened[0], ttl_s, pairs)
             msgs = tier.messages(_core.INVALIDATE, (enc,))
@@ -859,19 +859,20 @@ class AsyncTieredCache(Generic[K, V]):
             return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
-        bound = tier.write_bound(ttl, ttl_s)
-        try:
-            if stamped is None:
-                raise RedisError("the tags could not be stamped")
+        stored = False
+        if stamped is not None:  # (else Redis failed the stamp: kept here only)
             payload = tier.pack(enc, data, ttl_s, stamped)
-            await self._write(
-                lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
-            )
-        except RedisError:
-            tier.keep(k, value, bound, ttl_s, token, tags)
-            return value
-        tier.keep(k, value, bound, ttl_s, token, tags, put=True)
-        await self._extend(tags, ttl_s, begun)
+            try:
+                await self._write(
+                    lambda p: p.set(name, payload, px=ms(ttl_s)),
+                    tier.messages(_core.FILLED, (enc,)),
+                )
+                stored = True
+            except RedisError:
+                pass
+        tier.keep(k, value, tier.write_bound(ttl, ttl_s), ttl_s, token, tags, put=stored)
+        if stored:
+            await self._extend(tags, ttl_s, begun)
         return value
 
     async def _renew(self, lock_key: bytes, claim: bytes) -> None:

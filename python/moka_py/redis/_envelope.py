@@ -52,6 +52,7 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Iterable, Sequence
+from typing import TypeGuard
 
 from .._moka_py import _Mac
 
@@ -61,19 +62,17 @@ __all__ = [
     "MAX_MESSAGE_KEYS",
     "MAX_TAGS",
     "MAX_TAG_BYTES",
-    "TAGGED_PREFIXES",
     "TAG_TOKEN_BYTES",
     "Envelope",
     "Refused",
     "check_signing_key",
+    "tagged",
 ]
 
 SIGNED, PLAIN, SIGNED_TAGGED, PLAIN_TAGGED = 2, 3, 4, 5
 _SIGNED_BYTE, _PLAIN_BYTE = bytes([SIGNED]), bytes([PLAIN])
 _SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE = bytes([SIGNED_TAGGED]), bytes([PLAIN_TAGGED])
-# The first byte of a tagged payload, of either kind (and as one-byte prefixes).
-TAGGED = frozenset((SIGNED_TAGGED, PLAIN_TAGGED))
-TAGGED_PREFIXES = frozenset((_SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE))
+_TAGGED = frozenset((_SIGNED_TAGGED_BYTE, _PLAIN_TAGGED_BYTE))
 _MAC_SIZE = 32
 _KID_SIZE = 4
 _DEADLINE = struct.Struct(">Q")
@@ -161,6 +160,12 @@ def check_signing_key(signing_key: object) -> list[bytes]:
     return keys
 
 
+def tagged(payload: object) -> TypeGuard[bytes]:
+    """Whether a value read from Redis names itself a tagged payload (its
+    first byte only: nothing is verified)."""
+    return type(payload) is bytes and payload[:1] in _TAGGED
+
+
 def pack_tags(pairs: TagTokens) -> bytes:
     """The tags block of a tagged payload (the pairs are checked by the
     caller: at most MAX_TAGS, each tag at most MAX_TAG_BYTES)."""
@@ -172,7 +177,8 @@ def pack_tags(pairs: TagTokens) -> bytes:
 
 def parse_tags(payload: bytes, at: int) -> tuple[TagTokens, int]:
     """The tags block of a tagged payload from offset ``at``: the pairs and
-    the offset after it. :class:`Refused` when it is out of bounds."""
+    the offset after it. :class:`Refused` when it is out of bounds or names
+    a tag that is not UTF-8 (no cache writes one)."""
     end = len(payload)
     if at >= end:
         raise Refused("truncated")
@@ -188,7 +194,12 @@ def parse_tags(payload: bytes, at: int) -> tuple[TagTokens, int]:
         stop = at + 1 + n + TAG_TOKEN_BYTES
         if stop > end:
             raise Refused("truncated")
-        pairs.append((payload[at + 1 : at + 1 + n], payload[at + 1 + n : stop]))
+        tag = payload[at + 1 : at + 1 + n]
+        try:
+            tag.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused("malformed tags") from None
+        pairs.append((tag, payload[at + 1 + n : stop]))
         at = stop
     return tuple(pairs), at
 
@@ -254,7 +265,7 @@ class Envelope:
         MAC checked first (nothing unverified is acted on): () for an
         untagged payload, and for one that ``open`` refuses (it is refused,
         and counted, when it is read)."""
-        if type(payload) is not bytes or not payload or payload[0] not in TAGGED:
+        if not tagged(payload):
             return ()
         try:
             return self.open(redis_key, payload)[2]

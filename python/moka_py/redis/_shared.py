@@ -38,6 +38,7 @@ from ._envelope import (
     Envelope,
     Refused,
     TagTokens,
+    tagged,
 )
 from ._feed import Feed
 
@@ -545,9 +546,10 @@ class Tier:
         return lambda args, kwargs: fixed
 
     @staticmethod
-    def names_of(pairs: TagTokens) -> tuple[str, ...] | None:
-        """The tag names of a payload's (tag, token) pairs (None: untagged)."""
-        return tuple(t.decode("utf-8", "replace") for t, _ in pairs) or None
+    def names_of(pairs: TagTokens) -> tuple[str, ...]:
+        """The tag names of an opened payload's (tag, token) pairs (UTF-8:
+        ``parse_tags`` refuses anything else)."""
+        return tuple(t.decode("utf-8") for t, _ in pairs)
 
     def retag(self, tags: tuple[str, ...]) -> tuple[Callable[[Any], None], list[bytes]]:
         """``invalidate_tags``'s write (the shells' ``_write``): a new token
@@ -562,29 +564,35 @@ class Tier:
 
     def tag_keys(
         self, names: list[bytes], payloads: list[Any]
-    ) -> tuple[list[bytes], list[TagTokens]]:
+    ) -> tuple[list[bytes], list[list[tuple[bytes, bytes]]]]:
         """The keys of the tags that the tagged ones of ``payloads`` (read
-        from ``names``) name, verified first ([] when none is tagged): what
-        a read fetches to check them; and each payload's (tag, token) pairs."""
+        from ``names``) name, verified first ([] when none is tagged: the
+        first bytes tell, before anything else): what a read fetches to check
+        them; and each payload's (tag key, token) pairs."""
+        if not any(tagged(p) for p in payloads):
+            return [], []
         tags_of = self.envelope.tags_of
-        pairs = [tags_of(n, p) for n, p in zip(names, payloads, strict=True)]
-        keys = dict.fromkeys(self.names.tag(t) for ps in pairs for t, _ in ps)
-        return list(keys), pairs
+        wanted = [
+            [(self.names.tag(t), tok) for t, tok in tags_of(n, p)]
+            for n, p in zip(names, payloads, strict=True)
+        ]
+        return list(dict.fromkeys(key for ws in wanted for key, _ in ws)), wanted
 
+    @staticmethod
     def current(
-        self,
         payloads: list[Any],
-        pairs: list[TagTokens],
+        wanted: list[list[tuple[bytes, bytes]]],
         keys: list[bytes],
         tokens: list[Any],
     ) -> list[Any]:
-        """``payloads`` with each tagged one whose tags (``pairs``) do not all
-        hold in ``tokens`` (what Redis holds for ``keys`` now) replaced by
-        ``_core.STALE``: a tag of it was invalidated since it was written."""
+        """``payloads`` with each tagged one whose tags (``wanted``, from
+        ``tag_keys``) do not all hold in ``tokens`` (what Redis holds for
+        ``keys`` now) replaced by ``_core.STALE``: a tag of it was
+        invalidated since it was written."""
         now = dict(zip(keys, tokens, strict=True))
         out = list(payloads)
-        for i, ps in enumerate(pairs):
-            if ps and any(now.get(self.names.tag(t)) != tok for t, tok in ps):
+        for i, ws in enumerate(wanted):
+            if ws and any(now.get(key) != tok for key, tok in ws):
                 out[i] = _core.STALE
         return out
 
@@ -626,14 +634,7 @@ class Tier:
         if opened is None:
             return None
         data, deadline, pairs = opened
-        tags: tuple[str, ...] = ()
-        if pairs:
-            try:
-                tags = tuple(t.decode("utf-8") for t, _ in pairs)
-            except UnicodeDecodeError:
-                self.refused("payload", Refused("naming a tag no cache writes"))
-                return None
-        return data, _core.seconds_left(deadline), tags
+        return data, _core.seconds_left(deadline), self.names_of(pairs)
 
     def reopen(self, enc: bytes, payload: bytes) -> tuple[bytes, int, TagTokens] | None:
         """The serialized value of a payload read from Redis, its deadline

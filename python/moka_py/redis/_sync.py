@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .._moka_py import Moka, _write_unraisable
 from . import _core
 from ._connect import Kind, bounded_sync, kind_of
-from ._envelope import TAGGED_PREFIXES, Envelope, TagTokens
+from ._envelope import Envelope, TagTokens, tagged
 from ._function import EPOCH_TTL, Decorated, TieredFunction, equip, new_epoch
 from ._shared import (
     ADD_SCRIPT,
@@ -248,20 +248,19 @@ class TieredCache(Generic[K, V]):
         invalidated since it was written replaced by ``_core.STALE``: one
         more read (the tags' tokens, one slot) when any of them is tagged.
         Every read of a value goes through here."""
-        if not any(type(p) is bytes and p[:1] in TAGGED_PREFIXES for p in payloads):
-            return payloads
         tier = self._tier
-        keys, pairs = tier.tag_keys(names, payloads)
+        keys, wanted = tier.tag_keys(names, payloads)
         if not keys:
             return payloads
-        return tier.current(payloads, pairs, keys, list(self._call(self._own.mget, keys)))
+        return tier.current(payloads, wanted, keys, list(self._call(self._own.mget, keys)))
+
+    def _check(self, name: bytes, payload: Any) -> Any:
+        """``_checked`` of one payload read from ``name`` (None: absent)."""
+        return self._checked([name], [payload])[0] if tagged(payload) else payload
 
     def _get(self, name: bytes) -> Any:
         """GET of a value's key, its tags checked (``_checked``)."""
-        payload = self._call(self._own.get, name)
-        if type(payload) is not bytes or payload[:1] not in TAGGED_PREFIXES:
-            return payload  # (untagged: nothing to check)
-        return self._checked([name], [payload])[0]
+        return self._check(name, self._call(self._own.get, name))
 
     def _stamp(self, tags: tuple[str, ...], ttl_s: float | None) -> TagTokens:
         """The token of each of ``tags`` as a write or a load begins (made
@@ -451,15 +450,14 @@ class TieredCache(Generic[K, V]):
             (old,) = self._write(lambda p: p.getdel(name), msgs)
         finally:
             tier.rust.invalidate(k)
-        if old is not None:
-            # A value one of whose tags was invalidated was not held (and
-            # one whose tags cannot be checked is not vouched for).
-            try:
-                old = self._checked([name], [old])[0]
-            except RedisError:
-                old = None
-            if old is _core.STALE:
-                old = None
+        # A value one of whose tags was invalidated was not held (and one
+        # whose tags cannot be checked is not vouched for).
+        try:
+            old = self._check(name, old)
+        except RedisError:
+            old = None
+        if old is _core.STALE:
+            old = None
         return enc, old
 
     def _contains(self, key: Any) -> bool:
@@ -514,7 +512,7 @@ class TieredCache(Generic[K, V]):
             stored = self._script(ADD_SCRIPT, name, [payload, px_arg(ttl_s)], msgs)
             if not stored:
                 held = self._call(self._own.get, name)
-                if held is not None and self._checked([name], [held])[0] is _core.STALE:
+                if self._check(name, held) is _core.STALE:
                     args = [held, payload, px_arg(ttl_s)]
                     stored = self._script(SWAP_SCRIPT, name, args, msgs)
         except RedisError:
@@ -542,7 +540,7 @@ class TieredCache(Generic[K, V]):
         for attempt in range(MAX_SWAPS):
             token = tier.rust.token(k)
             payload = self._call(self._own.get, name)
-            checked = payload if payload is None else self._checked([name], [payload])[0]
+            checked = self._check(name, payload)
             opened = None if checked is None else tier.reopen(enc, checked)
             ok, old = (False, None) if opened is None else tier.loads(self._serializer, opened[0])
             if not ok or opened is None:
@@ -557,7 +555,9 @@ class TieredCache(Generic[K, V]):
                 raise
             if swapped:
                 left = _core.seconds_left(opened[1])
-                tier.rust.put(k, value, tier.local_bound(left), token, tier.names_of(opened[2]))
+                tier.rust.put(
+                    k, value, tier.local_bound(left), token, tier.names_of(opened[2]) or None
+                )
                 return value
             if attempt + 1 < MAX_SWAPS:
                 time.sleep(swap_backoff(attempt))
@@ -576,14 +576,14 @@ class TieredCache(Generic[K, V]):
         name = self._names.value(enc)
         for attempt in range(MAX_SWAPS):
             payload = self._call(self._own.get, name)
-            checked = payload if payload is None else self._checked([name], [payload])[0]
+            checked = self._check(name, payload)
             opened = None if checked is None else tier.reopen(enc, checked)
             if opened is None:
                 return False
             pairs = opened[2]
             if pairs:
                 # The tags' keys must outlive the new expiry too.
-                if self._stamp(tier.names_of(pairs) or (), ttl_s) != pairs:
+                if self._stamp(tier.names_of(pairs), ttl_s) != pairs:
                     return False  # a tag invalidated meanwhile
             new = tier.pack(enc, opened[0], ttl_s, pairs)
             msgs = tier.messages(_core.INVALIDATE, (enc,))
@@ -834,19 +834,20 @@ class TieredCache(Generic[K, V]):
             return value
         data = self._serializer.dumps(value)
         name = self._names.value(enc)
-        bound = tier.write_bound(ttl, ttl_s)
-        try:
-            if stamped is None:
-                raise RedisError("the tags could not be stamped")
+        stored = False
+        if stamped is not None:  # (else Redis failed the stamp: kept here only)
             payload = tier.pack(enc, data, ttl_s, stamped)
-            self._write(
-                lambda p: p.set(name, payload, px=ms(ttl_s)), tier.messages(_core.FILLED, (enc,))
-            )
-        except RedisError:
-            tier.keep(k, value, bound, ttl_s, token, tags)
-            return value
-        tier.keep(k, value, bound, ttl_s, token, tags, put=True)
-        self._extend(tags, ttl_s, begun)
+            try:
+                self._write(
+                    lambda p: p.set(name, payload, px=ms(ttl_s)),
+                    tier.messages(_core.FILLED, (enc,)),
+                )
+                stored = True
+            except RedisError:
+                pass
+        tier.keep(k, value, tier.write_bound(ttl, ttl_s), ttl_s, token, tags, put=stored)
+        if stored:
+            self._extend(tags, ttl_s, begun)
         return value
 
     def _lead(
