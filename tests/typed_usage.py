@@ -75,7 +75,8 @@ def use_moka_features() -> None:
     rates: tuple[float, ...] = (s.hit_rate, s.miss_rate, s.load_time)
     c.reset_stats()
     total: CacheStats = c.stats(cumulative=True)
-    registration: Registration = instrument(c, "c")
+    # One name per cache: the registry is global, and 3.13t runs this test in 4 threads at once.
+    registration: Registration = instrument(c, f"typed-{id(c)}")
     registration.unregister()
     collector = MokaCollector()
     collector.add("c", c)
