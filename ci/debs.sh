@@ -131,3 +131,27 @@ debs_unpack() {
         rm -f "$deb"
     done
 }
+
+# debs_sid_root PREFIX EXECUTABLE "LIB..." PKG=VERSION...: a private root for a binary of
+# Debian sid on this machine: the packages PKG=VERSION, with sid's current versions of the
+# C library and of the libraries LIB (package names), unpacked into PREFIX/root (anything
+# there before is removed); then EXECUTABLE (a path under PREFIX/root) gets sid's loader and
+# that root's library directory as its DT_RPATH (--force-rpath, not RUNPATH: the extension
+# modules it loads later find their libraries through it too), set by bookworm's patchelf,
+# unpacked into PREFIX/tools. The exact versions go to PREFIX/versions.txt. Returns 3 when
+# the index lacks a package, 1 on another failure.
+debs_sid_root() {
+    local prefix="$1" exe="$2" lib_names="$3" libs patchelf lib
+    shift 3
+    # shellcheck disable=SC2086 # $lib_names: one package a word
+    libs=$(debs_pin sid libc6 $lib_names) || return 3
+    patchelf=$(debs_pin 'bookworm(-security|-updates)?' patchelf) || return 3
+    rm -rf "$prefix"
+    # shellcheck disable=SC2086 # $libs: one PKG=VERSION a word
+    debs_unpack "$prefix/root" "$@" $libs || return 1
+    debs_unpack "$prefix/tools" "$patchelf" || return 1
+    lib="$prefix/root/usr/lib/x86_64-linux-gnu"
+    "$prefix/tools/usr/bin/patchelf" --set-interpreter "$lib/ld-linux-x86-64.so.2" \
+        --force-rpath --set-rpath "$lib" "$exe"
+    printf '%s\n' "$@" $libs "$patchelf" >"$prefix/versions.txt"
+}

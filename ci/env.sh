@@ -8,6 +8,9 @@ PY_GIL="${PY_GIL:-$(command -v python3)}"
 # Every CPython that the suite runs on and that a wheel is built for, oldest first; the
 # classifiers of pyproject.toml name exactly these (ci/wheels.sh checks it).
 TARGETS=(3.10 3.11 3.12 3.13 3.13t 3.14)
+# The interpreters the suite runs on: TARGETS, and PyPy 3.11 (Debian sid's, fetched once by
+# ci/python-pypy.sh), which gets no wheel here.
+TEST_TARGETS=("${TARGETS[@]}" pypy3.11)
 VENVS="${MOKA_VENVS:-$ROOT/.venvs}"
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -158,10 +161,12 @@ lock_file() {
     echo "$f"
 }
 
-# python_tag PYTHON: "3.11", or "3.13t" for a free-threaded build: the TAG of its locks.
+# python_tag PYTHON: "3.11", "3.13t" for a free-threaded build, "pypy3.11" for PyPy: the
+# TAG of its locks.
 python_tag() {
-    "$1" -c 'import sys, sysconfig
-print("%d.%d%s" % (*sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))'
+    "$1" -c 'import platform, sys, sysconfig
+pypy = "pypy" if platform.python_implementation() == "PyPy" else ""
+print("%s%d.%d%s" % (pypy, *sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))'
 }
 
 # need_uv: sets UV to uv, the installer and venv maker of every other venv: the exact
@@ -332,34 +337,49 @@ dev_venv() {
     sync_venv "$(new_venv dev "$PY_GIL")" dev
 }
 
-# python_is PYTHON VERSION: PYTHON runs and is CPython VERSION ("3.12", "3.13t"); prints its
-# sys.executable (a pyenv shim prints the interpreter behind it).
+# python_is PYTHON VERSION: PYTHON runs and is CPython VERSION ("3.12", "3.13t"), or PyPy
+# of that Python version ("pypy3.11"); prints its sys.executable (a pyenv shim prints the
+# interpreter behind it).
 python_is() {
     "$1" -c '
 import platform, sys, sysconfig
 t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
-assert platform.python_implementation() == "CPython"
-assert "%d.%d%s" % (*sys.version_info[:2], t) == sys.argv[1]
+pypy = "pypy" if platform.python_implementation() == "PyPy" else ""
+assert pypy or platform.python_implementation() == "CPython"
+assert "%s%d.%d%s" % (pypy, *sys.version_info[:2], t) == sys.argv[1]
 print(sys.executable)' "$2" 2>/dev/null
 }
 
-# find_python VERSION: prints the path of CPython VERSION, one of TARGETS. Looks, in this
+# find_python VERSION: prints the path of CPython VERSION, one of TEST_TARGETS. Looks, in this
 # order, at the variable PY310, PY311, PY312, PY313, PY313T or PY314, then:
 #   3.10, 3.11, 3.12: python3.X and python3 on PATH, then every pyenv version 3.X.N
 #                     (`pyenv prefix 3.X.N`), newest first;
 #   3.13, 3.13t:      ci/python-ft.sh (built from source once, then cached);
 #   3.14:             as 3.10, then ci/python-314.sh (Debian sid's binary, fetched once,
+#                     then cached);
+#   pypy3.11:         (variable PYPY311) ci/python-pypy.sh (Debian sid's, fetched once,
 #                     then cached).
 # Returns 1, having said on stderr what it looked at, when there is none, and 2 when
-# ci/python-ft.sh or ci/python-314.sh fails otherwise than by finding nothing to use.
+# ci/python-ft.sh, ci/python-314.sh or ci/python-pypy.sh fails otherwise than by finding
+# nothing to use.
 find_python() {
     local v="$1" var py pv
     var="PY${v//./}"
     var="${var^^}"
+    [ "$v" = pypy3.11 ] && var=PYPY311
     if [ -n "${!var:-}" ]; then
         python_is "${!var}" "$v" && return 0
         echo "$var=${!var} is not CPython $v" >&2
         return 1
+    fi
+    if [ "$v" = pypy3.11 ]; then
+        local rc=0
+        py=$(bash "$ROOT/ci/python-pypy.sh") || rc=$?
+        case "$rc" in
+            0) echo "$py"; return 0 ;;
+            3) echo "PyPy 3.11: not found ($var unset, none in Debian sid)" >&2; return 1 ;;
+            *) echo "ci/python-pypy.sh could not fetch PyPy 3.11" >&2; return 2 ;;
+        esac
     fi
     case "$v" in
         3.13 | 3.13t)
@@ -394,21 +414,22 @@ find_python() {
     return 1
 }
 
-# select_targets [ARG]: sets SELECTED to the TARGETS that ARG names: "all" (or nothing), or
-# a comma-separated list of versions; gil, gil313 and ft (the names of before) stand for
-# 3.11, 3.13 and 3.13t. Returns 1 on an unknown name.
+# select_targets [ARG]: sets SELECTED to the TEST_TARGETS that ARG names: "all" (or
+# nothing), or a comma-separated list of versions; gil, gil313, ft and pypy (the names of
+# before, and a short one) stand for 3.11, 3.13, 3.13t and pypy3.11. Returns 1 on an
+# unknown name.
 select_targets() {
     local a t ok
     SELECTED=()
     if [ "${1:-all}" = all ]; then
-        SELECTED=("${TARGETS[@]}")
+        SELECTED=("${TEST_TARGETS[@]}")
         return 0
     fi
     IFS=, read -ra names <<<"$1"
     for a in "${names[@]}"; do
-        case "$a" in gil) a=3.11 ;; gil313) a=3.13 ;; ft) a=3.13t ;; esac
+        case "$a" in gil) a=3.11 ;; gil313) a=3.13 ;; ft) a=3.13t ;; pypy) a=pypy3.11 ;; esac
         ok=
-        for t in "${TARGETS[@]}"; do [ "$t" = "$a" ] && ok=1; done
+        for t in "${TEST_TARGETS[@]}"; do [ "$t" = "$a" ] && ok=1; done
         [ -n "$ok" ] || return 1
         SELECTED+=("$a")
     done

@@ -11,6 +11,7 @@
 #
 #   ci/lock/uv.txt              uv itself (ci/requirements-uv.txt), installed by pip
 #   ci/lock/TAG/test.txt        the test requirements          3.10 3.11 3.12 3.13 3.13t 3.14
+#                                                              pypy3.11
 #   ci/lock/TAG/dev.txt         the build and lint tools, with the test requirements
 #                                                              3.10 3.11 3.12 3.13 (PY_GIL)
 #   ci/lock/TAG/bench.txt       the benchmark's peers          the same, and 3.13t
@@ -70,6 +71,10 @@ for tag in "${TARGETS[@]}"; do
     done
 done
 compile oldest 3.11 --python-version 3.11
+
+# PyPy 3.11: its interpreter (ci/python-pypy.sh fetches it once), the suite only.
+target_python pypy3.11 || { echo "ci/lock.sh needs PyPy 3.11" >&2; exit 1; }
+compile test pypy3.11 --python "$TARGET_PY"
 
 # 3.13t: its interpreter, and wheels only.
 target_python 3.13t || { echo "ci/lock.sh needs CPython 3.13t" >&2; exit 1; }

@@ -43,20 +43,10 @@ for p in python3.14 python3.14-minimal python3.14-venv libpython3.14 libpython3.
     libpython3.14-stdlib libpython3.14-testsuite; do
     pythons+=("$p=$version")
 done
-libs=$(debs_pin sid libc6 libgcc-s1 libstdc++6 libssl3t64 libexpat1 zlib1g libffi8 libbz2-1.0 \
-    liblzma5 libzstd1 libsqlite3-0 libncursesw6 libtinfo6 libreadline8t64 libgdbm6t64 \
-    libdb5.3t64 libuuid1 libcrypt1 libmpdec4) || exit 3
-patchelf=$(debs_pin 'bookworm(-security|-updates)?' patchelf) || exit 3
-rm -rf "$prefix"
-# shellcheck disable=SC2086 # $libs: one PKG=VERSION a word
-debs_unpack "$prefix/root" "${pythons[@]}" $libs || exit 1
-# bookworm's patchelf, for this machine, unpacked beside the root (used once, below).
-debs_unpack "$prefix/tools" "$patchelf" || exit 1
-lib="$prefix/root/usr/lib/x86_64-linux-gnu"
-# DT_RPATH (--force-rpath), not RUNPATH: the stdlib's extension modules, loaded later,
-# find sid's libssl and the others through the executable's path as well.
-"$prefix/tools/usr/bin/patchelf" --set-interpreter "$lib/ld-linux-x86-64.so.2" --force-rpath \
-    --set-rpath "$lib" "$python"
-echo "python3.14=$version $libs $patchelf" | tr ' ' '\n' >"$prefix/versions.txt"
+rc=0
+debs_sid_root "$prefix" "$python" "libgcc-s1 libstdc++6 libssl3t64 libexpat1 zlib1g libffi8 \
+    libbz2-1.0 liblzma5 libzstd1 libsqlite3-0 libncursesw6 libtinfo6 libreadline8t64 \
+    libgdbm6t64 libdb5.3t64 libuuid1 libcrypt1 libmpdec4" "${pythons[@]}" || rc=$?
+[ "$rc" -eq 0 ] || exit "$rc"
 "$python" -c "$check; print(sys.version)" >&2 || { rm -rf "$prefix"; exit 1; }
 echo "$python"

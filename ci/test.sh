@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds moka_py and runs the whole test suite on every CPython of TARGETS (ci/env.sh):
-# 3.10, 3.11, 3.12, the ordinary 3.13 and free-threaded 3.13t (both built once by
-# ci/python-ft.sh), and 3.14 (Debian sid's, fetched once by ci/python-314.sh). find_python
-# (ci/env.sh) says where each is looked for.
-#   bash ci/test.sh                      all six
-#   bash ci/test.sh 3.12                 one of them (gil, gil313, ft: 3.11, 3.13, 3.13t)
+# Builds moka_py and runs the whole test suite on every interpreter of TEST_TARGETS
+# (ci/env.sh): CPython 3.10, 3.11, 3.12, the ordinary 3.13 and free-threaded 3.13t (both
+# built once by ci/python-ft.sh), 3.14 (Debian sid's, fetched once by ci/python-314.sh), and
+# PyPy 3.11 (Debian sid's, fetched once by ci/python-pypy.sh). find_python (ci/env.sh) says
+# where each is looked for.
+#   bash ci/test.sh                      all seven
+#   bash ci/test.sh 3.12                 one of them (gil, gil313, ft, pypy: 3.11, 3.13, 3.13t,
+#                                        pypy3.11)
 #   bash ci/test.sh 3.10,3.13t           several
 # Extra arguments after the first go to pytest. An interpreter that is not found is
 # reported by name and skipped; under CI (CI=true) that fails the run.
@@ -48,7 +50,7 @@ elif [ "$which" = rust ]; then
     rust=1
     SELECTED=()
 elif ! select_targets "$which"; then
-    echo "usage: $0 [all|rust|$(IFS=,; echo "${TARGETS[*]}")|gil|gil313|ft[,...]] [pytest arguments...]" >&2
+    echo "usage: $0 [all|rust|$(IFS=,; echo "${TEST_TARGETS[*]}")|gil|gil313|ft|pypy[,...]] [pytest arguments...]" >&2
     echo "       $0 --deps oldest|newest [pytest arguments...]" >&2
     exit 2
 fi
@@ -72,7 +74,7 @@ run_suite() {
     local venv="$1"
     shift
     install_wheel "$venv"
-    log "pytest on $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0], "free-threaded" if not getattr(sys, "_is_gil_enabled", lambda: True)() else "GIL")')"
+    log "pytest on $("$venv/bin/python" -c 'import platform, sys; print(platform.python_implementation(), sys.version.split()[0], "free-threaded" if not getattr(sys, "_is_gil_enabled", lambda: True)() else "GIL")')"
     (cd "$ROOT" && "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider "${@:-tests}")
 }
 
@@ -140,7 +142,8 @@ for v in "${SELECTED[@]}"; do
         # The test requirements from wheels only: nothing is compiled from an sdist for 3.13t.
         venv=$(make_venv "py$v" "$TARGET_PY" --only-binary :all:)
     else
-        venv=$(make_venv "py$v" "$TARGET_PY")
+        # py3.11, ..., and pypy3.11 for PyPy.
+        venv=$(make_venv "$( [[ $v == pypy* ]] || echo py)$v" "$TARGET_PY")
     fi
     run_suite "$venv" "$@"
     if [ "$v" = 3.13t ] && [ $# -eq 0 ]; then

@@ -19,14 +19,18 @@ use pyo3::exceptions::PyImportError;
 /// allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(not(PyPy))]
 use pyo3::ffi;
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // SAFETY: both calls only read the runtime's interpreter pointers; we are
-    // attached (module initialisation).
+    // attached (module initialisation). PyPy has no subinterpreters.
+    #[cfg(not(PyPy))]
     let in_main = unsafe { ffi::PyInterpreterState_Get() == ffi::PyInterpreterState_Main() };
+    #[cfg(PyPy)]
+    let in_main = true;
     if !in_main {
         return Err(PyImportError::new_err(
             "moka_py cannot be imported in a subinterpreter: its caches share process-wide \
@@ -36,6 +40,9 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::call::init(m.py())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py::moka::Moka>()?;
+    // PyPy calls a C method through its own layer (cpyext), which these hand-written
+    // entries cannot shorten: PyO3's entries serve every call there.
+    #[cfg(not(PyPy))]
     py::fast::install(m.py())?;
     store::key::check_layouts(m.py())?;
     m.add_class::<py::cached::CachedFunction>()?;
@@ -46,6 +53,7 @@ fn _moka_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::refresh::Claim>()?;
     m.add_class::<py::tier::Tier>()?;
     m.add_class::<py::mac::Mac>()?;
+    #[cfg(not(PyPy))]
     py::ready::add_send_slot(m.py());
     m.add_function(wrap_pyfunction!(py::cached::make_key, m)?)?;
     m.add_function(wrap_pyfunction!(py::refresh::_write_unraisable, m)?)?;

@@ -29,6 +29,44 @@ from typing import Any
 
 import pytest
 
+PYPY = sys.implementation.name == "pypy"
+
+# PyPy never collects a reference cycle that runs through an object of a C
+# extension (its C-API layer calls no tp_traverse: pypy/pypy#3848); README,
+# "Platforms", says so. The tests of such cycles are CPython's.
+cpython_cycles = pytest.mark.skipif(
+    PYPY, reason="PyPy does not collect cycles through C extension objects (pypy/pypy#3848)"
+)
+
+
+# What reference counting does at once, and PyPy (which counts no references)
+# only in its collector: an object freed as its last reference goes, a
+# finalizer run at that moment.
+cpython_refcounting = pytest.mark.skipif(
+    PYPY, reason="PyPy frees objects only in its collector (no reference counting)"
+)
+
+
+# PyPy's collector sizes its heap by a policy of its own (it grows by hundreds of MiB
+# in the warm-up of the RSS tests, then holds): RSS there says nothing of the cache.
+cpython_rss = pytest.mark.skipif(
+    PYPY, reason="PyPy's collector sizes its heap by its own policy: RSS is not the cache's"
+)
+
+
+def collect_on_pypy() -> None:
+    """Where a test checks that the cache let go of an object: on CPython
+    nothing (the object must be freed at once, by reference counting); on
+    PyPy, which counts no references and frees only in its collector, two
+    collections (an object that C code let go of is freed in the pass after
+    the one that finds it unreachable)."""
+    if PYPY:
+        import gc
+
+        gc.collect()
+        gc.collect()
+
+
 # Long enough that only a deadlock reaches it, short enough that a deadlock
 # fails one test well before pytest-timeout's 120 s.
 DEFAULT_THREAD_TIMEOUT = 30.0

@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 import pytest
+from support import cpython_refcounting
 
 from moka_py import cached, cached_method
 
@@ -176,6 +177,7 @@ def test_cached_method_refresh_and_uncached() -> None:
     assert a.src.calls == ["eur", "eur", "eur", "usd", "usd", "usd"]
 
 
+@cpython_refcounting
 def test_a_dropped_function_is_freed_without_the_collector() -> None:
     # refresh and uncached add no reference cycle through a sync function: its
     # cache (and what it holds) goes as soon as the last reference does. (An

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import PyKey, Unraisable, run_isolated, run_threads
+from support import PyKey, Unraisable, cpython_refcounting, run_isolated, run_threads
 
 from moka_py import Moka
 
@@ -576,6 +576,7 @@ def scenario_threads_write_from_finalizers() -> None:
     assert all(written), written
 
 
+@cpython_refcounting
 @pytest.mark.thread_unsafe  # swaps the process-wide sys.unraisablehook
 def test_a_chain_of_finalizers_does_not_recurse() -> None:
     run_isolated(scenario_chain_in_finalizers)

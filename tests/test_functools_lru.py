@@ -35,6 +35,10 @@ DIFFERENCES = {
     "test_kwargs_order": "keyword order does not create distinct entries: "
     "f(a=1, b=2) and f(b=2, a=1) are one call",
 }
+if sys.implementation.name == "pypy":
+    # The test drops a cached function whose cache refers back to it, a cycle
+    # through C extension objects that PyPy never collects (pypy/pypy#3848).
+    DIFFERENCES["test_lru_cache_weakrefable"] = "PyPy: no cycle through moka_py is collected"
 
 
 # Module-level, as in CPython's test module: TestLRU pickles it by name.

@@ -319,7 +319,10 @@ def scenario_deeply_nested_tuple_key() -> None:
     key: tuple[Any, ...] = ()
     for _ in range(100_000):
         key = (key,)
-    assert {key: 1}[key] == 1
+    try:
+        assert {key: 1}[key] == 1
+    except RecursionError:
+        pass  # PyPy: hash() of such a tuple recurses in Python code, and its limit stops it
     c: Moka[Any, int] = Moka(10)
     try:
         c.set(key, 1)

@@ -18,7 +18,14 @@ import weakref
 from typing import Any
 
 import pytest
-from support import PyKey, run_isolated, run_threads
+from support import (
+    PyKey,
+    collect_on_pypy,
+    cpython_cycles,
+    cpython_rss,
+    run_isolated,
+    run_threads,
+)
 
 from moka_py import Moka, cached
 
@@ -99,14 +106,17 @@ def scenario_rss_get_with_python_keys() -> None:
     check_growth(measure(cycle, 100_000, CYCLES // 2), "get_with, Python keys")
 
 
+@cpython_rss
 def test_rss_bounded_int_keys() -> None:
     run_isolated(scenario_rss_int_keys, timeout=100.0)
 
 
+@cpython_rss
 def test_rss_bounded_str_keys_with_listener() -> None:
     run_isolated(scenario_rss_str_keys_with_listener, timeout=100.0)
 
 
+@cpython_rss
 def test_rss_bounded_get_with_python_keys() -> None:
     run_isolated(scenario_rss_get_with_python_keys, timeout=100.0)
 
@@ -143,6 +153,7 @@ def scenario_clear_releases_values_and_listener_arguments() -> None:
         del v
         c.clear()
         c.run_pending_tasks()
+        collect_on_pypy()
         assert len(given) == len(refs), (trial, len(given), len(refs))
         alive = sum(r() is not None for r in refs)
         assert alive == 0, f"trial {trial}: {alive} of {len(refs)} values alive after clear()"
@@ -197,6 +208,7 @@ def test_clear_releases_keys() -> None:
 # --- cycles through the @cached wrapper --------------------------------------------
 
 
+@cpython_cycles
 @pytest.mark.parametrize("wait_concurrent", [False, True])
 def test_cycle_through_cached_result_is_collected(wait_concurrent: bool) -> None:
     """A result that refers to the decorated function: result -> wrapper ->
@@ -221,6 +233,7 @@ def test_cycle_through_cached_result_is_collected(wait_concurrent: bool) -> None
     assert wrapper_ref() is None
 
 
+@cpython_cycles
 @pytest.mark.parametrize("wait_concurrent", [False, True])
 def test_recursive_cached_function_is_collected(wait_concurrent: bool) -> None:
     """A decorated function that calls itself by name, defined in a function:
@@ -309,6 +322,7 @@ def test_cached_wait_concurrent_failures_leave_no_exception_alive() -> None:
     assert len(live) == 0, f"{len(live)} exceptions kept alive"
 
 
+@cpython_cycles
 def test_async_coalescing_leaves_no_task_exception_or_loop_alive() -> None:
     Tracked, live = tracked_exception()
     tasks: list[weakref.ref[asyncio.Task[Any]]] = []

@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 import pytest
-from support import PyKey, run_isolated
+from support import PyKey, collect_on_pypy, cpython_cycles, run_isolated
 
 from moka_py import Moka
 
@@ -74,6 +74,7 @@ def test_clear_releases_values(kind: str) -> None:
         assert all(r() is not None for r in refs)
         c.clear()
         c.run_pending_tasks()
+        collect_on_pypy()
         alive = sum(1 for r in refs if r() is not None)
         assert alive == 0, f"trial {trial}: {alive} of {n} values alive after clear()"
 
@@ -94,6 +95,7 @@ def test_remove_releases_values(how: str) -> None:
             else:
                 c.set(make_key(i), None)
         c.run_pending_tasks()
+        collect_on_pypy()
         alive = sum(1 for r in refs if r() is not None)
         assert alive == 0, f"trial {trial}: {alive} of {n} values alive after {how}"
 
@@ -155,6 +157,7 @@ def test_cache_supports_weakref() -> None:
 NATIVE_KEYS = [kind for kind in KEYS if kind not in ("frozenset", "python-eq")]
 
 
+@cpython_cycles
 @pytest.mark.parametrize("kind", NATIVE_KEYS)
 def test_cycle_through_value_is_collected(kind: str) -> None:
     make_key = KEYS[kind]
@@ -169,6 +172,7 @@ def test_cycle_through_value_is_collected(kind: str) -> None:
     assert value_ref() is None
 
 
+@cpython_cycles
 @pytest.mark.parametrize("kind", ["str", "tuple"])
 def test_cycle_through_value_is_collected_weakref_to_cache(kind: str) -> None:
     make_key = KEYS[kind]
@@ -200,6 +204,7 @@ def test_python_eq_keys_are_not_traversed(kind: str) -> None:
     assert value_ref() is None
 
 
+@cpython_cycles
 def test_cycle_through_listener_is_collected() -> None:
     owner = Owner()
     owner.cache.set("k", Value())
@@ -209,6 +214,7 @@ def test_cycle_through_listener_is_collected() -> None:
     assert owner_ref() is None
 
 
+@cpython_cycles
 def test_cycle_through_listener_is_collected_weakref_to_cache() -> None:
     owner = Owner()
     owner.cache.set("k", Value())
@@ -218,6 +224,7 @@ def test_cycle_through_listener_is_collected_weakref_to_cache() -> None:
     assert cache_ref() is None
 
 
+@cpython_cycles
 def test_cycle_through_weigher_is_collected() -> None:
     class Weighing:
         def __init__(self) -> None:
@@ -234,6 +241,7 @@ def test_cycle_through_weigher_is_collected() -> None:
     assert ref() is None
 
 
+@cpython_cycles
 def test_collector_does_not_call_the_listener() -> None:
     calls: list[Any] = []
 

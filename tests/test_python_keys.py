@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 import pytest
-from support import PyKey, run_isolated, run_threads
+from support import PyKey, collect_on_pypy, run_isolated, run_threads
 
 from moka_py import Moka
 
@@ -579,6 +579,7 @@ def test_clear_frees_every_key_object() -> None:
     c.keys()
     c.clear()
     gc.collect()
+    collect_on_pypy()
     alive = [r() for r in refs if r() is not None]
     assert alive == []
 

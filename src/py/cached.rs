@@ -84,7 +84,9 @@ fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 // CPython's public C API (Include/classobject.h); pyo3-ffi does not declare it.
+// PyPy exports the C API under `PyPy` names.
 extern "C" {
+    #[cfg_attr(PyPy, link_name = "PyPyMethod_New")]
     fn PyMethod_New(func: *mut ffi::PyObject, slf: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 

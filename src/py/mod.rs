@@ -8,6 +8,7 @@
 
 pub(crate) mod bulk;
 pub(crate) mod cached;
+#[cfg(not(PyPy))]
 pub(crate) mod fast;
 pub(crate) mod mac;
 pub(crate) mod moka;

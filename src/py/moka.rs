@@ -30,7 +30,9 @@ pub(crate) struct Moka {
     store: Arc<Store>,
     /// With `refresh_after=`: the reloads' settings and executor (`refresh.rs`).
     refresh: Option<Refresher>,
-    /// See [`Moka::is_plain`]; fixed for the life of the cache.
+    /// See [`Moka::is_plain`]; fixed for the life of the cache. (Read by
+    /// the fast entries, which PyPy does not have.)
+    #[cfg_attr(PyPy, allow(dead_code))]
     plain: bool,
 }
 
@@ -39,6 +41,7 @@ impl Moka {
     /// eviction listener, a weigher, a reload): the shape the fast entries
     /// take (`fast.rs`).
     #[inline]
+    #[cfg_attr(PyPy, allow(dead_code))]
     pub(crate) fn is_plain(&self) -> bool {
         self.plain
     }

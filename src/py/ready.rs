@@ -12,7 +12,9 @@
 use pyo3::exceptions::{PyBaseException, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
-use pyo3::{ffi, PyTraverseError, PyTypeInfo, PyVisit};
+#[cfg(not(PyPy))]
+use pyo3::{ffi, PyTypeInfo};
+use pyo3::{PyTraverseError, PyVisit};
 
 #[pyclass(frozen, module = "moka_py._moka_py", name = "Ready")]
 pub(crate) struct Ready {
@@ -34,8 +36,9 @@ impl Ready {
     }
 }
 
-/// `am_send`: how `await` (on 3.10 and 3.11) and `PyIter_Send` drive an
+/// `am_send` (CPython; PyPy drives `await` through `__await__` and `__next__`): how `await` (on 3.10 and 3.11) and `PyIter_Send` drive an
 /// awaitable without an exception: the result comes back as a return value.
+#[cfg(not(PyPy))]
 unsafe extern "C" fn send(
     iter: *mut ffi::PyObject,
     _value: *mut ffi::PyObject,
@@ -52,6 +55,7 @@ unsafe extern "C" fn send(
 }
 
 /// Gives the `Ready` type its `am_send` slot (PyO3 has no way to declare it).
+#[cfg(not(PyPy))]
 pub(crate) fn add_send_slot(py: Python<'_>) {
     let tp = Ready::type_object(py);
     // SAFETY: a heap type that PyO3 created with an `am_await` slot (so with

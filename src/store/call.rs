@@ -94,11 +94,14 @@ extern "C" {
     /// Whether the runtime is finalizing: public as `Py_IsFinalizing` from
     /// 3.13 (pyo3-ffi declares it there), `_Py_IsFinalizing` before (exported
     /// by 3.10 to 3.12, removed in 3.13).
+    /// PyPy (3.11) exports it as `_PyPy_IsFinalizing`.
     #[cfg(not(Py_3_13))]
-    #[link_name = "_Py_IsFinalizing"]
+    #[cfg_attr(not(PyPy), link_name = "_Py_IsFinalizing")]
+    #[cfg_attr(PyPy, link_name = "_PyPy_IsFinalizing")]
     fn Py_IsFinalizing() -> std::os::raw::c_int;
     /// The identifier of the calling thread, as `threading.get_ident()`
     /// returns it (stable ABI; callable without a thread state).
+    #[cfg_attr(PyPy, link_name = "PyPyThread_get_thread_ident")]
     fn PyThread_get_thread_ident() -> std::os::raw::c_ulong;
 }
 

@@ -48,6 +48,10 @@ pub(crate) enum Repr {
     Identity(*mut ffi::PyObject),
     /// A `uuid.UUID` (exact type), as its 128-bit value in two halves.
     Uuid(u64, u64),
+    /// On PyPy, a NaN, as its bits: PyPy's `is` (with which a `dict` finds a
+    /// NaN) compares floats by their bits.
+    #[cfg(PyPy)]
+    NanBits(u64),
     /// A key compared by Python `==`, as its canonical entry (owned keys).
     Canon(CanonRef),
     /// The same in a borrowed key: the canonical entry's id (lookups).
@@ -95,16 +99,73 @@ const MAX_TUPLE_DEPTH: u32 = 16;
 #[inline]
 unsafe fn compares_as(tp: *mut ffi::PyTypeObject, base: *mut ffi::PyTypeObject) -> bool {
     // SAFETY: reads two slots of live type objects.
+    #[cfg(not(PyPy))]
     unsafe {
         tp == base
             || (same_slot((*tp).tp_richcompare, (*base).tp_richcompare)
                 && same_slot((*tp).tp_hash, (*base).tp_hash))
+    }
+    // SAFETY: as the caller guarantees.
+    #[cfg(PyPy)]
+    unsafe {
+        tp == base || (same_method(tp, base, c"__eq__") && same_method(tp, base, c"__hash__"))
+    }
+}
+
+/// Whether `tp` has `base`'s method `name` (looked up on both types, compared
+/// by identity). PyPy's type objects are made by its C-API layer, whose slots
+/// may hold one generic function for every class that defines the method:
+/// equal slots say nothing there, so the methods themselves are compared.
+///
+/// # Safety
+/// Both must be live type objects; the caller must be attached.
+#[cfg(PyPy)]
+unsafe fn same_method(
+    tp: *mut ffi::PyTypeObject,
+    base: *mut ffi::PyTypeObject,
+    name: &std::ffi::CStr,
+) -> bool {
+    // SAFETY: two live type objects, attached; a failed look-up leaves its
+    // error behind, cleared here.
+    unsafe {
+        let a = ffi::PyObject_GetAttrString(tp.cast(), name.as_ptr());
+        let b = ffi::PyObject_GetAttrString(base.cast(), name.as_ptr());
+        let same = !a.is_null() && a == b;
+        if a.is_null() || b.is_null() {
+            ffi::PyErr_Clear();
+        }
+        ffi::Py_XDECREF(a);
+        ffi::Py_XDECREF(b);
+        same
+    }
+}
+
+/// Whether instances of `tp` compare by identity (`object`'s `==`).
+///
+/// # Safety
+/// `tp` must be a live type object; the caller must be attached.
+#[inline]
+unsafe fn identity_eq(tp: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        #[cfg(not(PyPy))]
+        {
+            same_slot(
+                (*tp).tp_richcompare,
+                (*addr_of_mut!(ffi::PyBaseObject_Type)).tp_richcompare,
+            )
+        }
+        #[cfg(PyPy)]
+        {
+            same_method(tp, addr_of_mut!(ffi::PyBaseObject_Type), c"__eq__")
+        }
     }
 }
 
 /// Whether two type slots hold the same C function. Both addresses are read
 /// from CPython's type objects (not taken in this crate), so equal addresses
 /// mean the same function.
+#[cfg(not(PyPy))]
 #[inline]
 fn same_slot<F: Copy>(a: Option<F>, b: Option<F>) -> bool {
     let addr = |f: Option<F>| {
@@ -154,11 +215,8 @@ impl Repr {
                 if compact_ascii(obj) {
                     // Its characters are its UTF-8 bytes (what
                     // `PyUnicode_AsUTF8AndSize` returns for it), read in place.
-                    #[allow(clippy::cast_sign_loss)]
-                    return Repr::Str(
-                        ffi::PyUnicode_DATA(obj).cast::<u8>().cast_const(),
-                        ffi::PyUnicode_GET_LENGTH(obj) as usize,
-                    );
+                    let (data, len) = ascii_data(obj);
+                    return Repr::Str(data, len);
                 }
                 let mut len: ffi::Py_ssize_t = 0;
                 let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
@@ -211,10 +269,7 @@ impl Repr {
                 #[allow(clippy::cast_sign_loss)]
                 return Repr::Bytes(data.cast::<u8>(), len as usize);
             }
-            if same_slot(
-                (*tp).tp_richcompare,
-                (*addr_of_mut!(ffi::PyBaseObject_Type)).tp_richcompare,
-            ) {
+            if identity_eq(tp) {
                 // `object`'s `==`: identity (an instance of a class without
                 // `__eq__`, a class, a plain `Enum` member, the kwargs mark).
                 return Repr::Identity(obj);
@@ -247,6 +302,8 @@ impl Repr {
             (Repr::None, Repr::None) => true,
             (Repr::Identity(a), Repr::Identity(b)) => a == b,
             (Repr::Uuid(ah, al), Repr::Uuid(bh, bl)) => ah == bh && al == bl,
+            #[cfg(PyPy)]
+            (Repr::NanBits(a), Repr::NanBits(b)) => a == b,
             (Repr::BigInt(a), Repr::BigInt(b)) => a == b,
             (Repr::Tuple(a), Repr::Tuple(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.native_eq(y))
@@ -289,6 +346,12 @@ unsafe fn float_or_big(obj: *mut ffi::PyObject, v: f64) -> Repr {
     // SAFETY: as the caller guarantees.
     unsafe {
         if v.is_nan() {
+            #[cfg(PyPy)]
+            return {
+                let _ = obj;
+                Repr::NanBits(v.to_bits())
+            };
+            #[cfg(not(PyPy))]
             return Repr::Identity(obj);
         }
         let repr = float_repr(v);
@@ -307,6 +370,15 @@ unsafe fn float_or_big(obj: *mut ffi::PyObject, v: f64) -> Repr {
     }
 }
 
+// pyo3-ffi 0.28 declares `PyNumber_ToBase` without PyPy's name for it.
+#[cfg(PyPy)]
+extern "C" {
+    #[link_name = "PyPyNumber_ToBase"]
+    fn PyNumber_ToBase(n: *mut ffi::PyObject, base: c_int) -> *mut ffi::PyObject;
+}
+#[cfg(not(PyPy))]
+use ffi::PyNumber_ToBase;
+
 /// The hexadecimal digits of the int `obj`, or [`Repr::Python`] on failure.
 ///
 /// # Safety
@@ -314,7 +386,7 @@ unsafe fn float_or_big(obj: *mut ffi::PyObject, v: f64) -> Repr {
 unsafe fn big_int(obj: *mut ffi::PyObject) -> Repr {
     // SAFETY: as the caller guarantees; the temporary string is released here.
     unsafe {
-        let text = ffi::PyNumber_ToBase(obj, 16);
+        let text = PyNumber_ToBase(obj, 16);
         if text.is_null() {
             ffi::PyErr_Clear();
             return Repr::Python;
@@ -371,8 +443,8 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
         if ffi::PyTuple_CheckExact(obj) == 0 || depth >= MAX_TUPLE_DEPTH {
             return false;
         }
-        for i in 0..ffi::PyTuple_GET_SIZE(obj) {
-            let item = ffi::PyTuple_GET_ITEM(obj, i);
+        for i in 0..tuple_len(obj) {
+            let item = tuple_item(obj, i);
             if !(plain_scalar(item) || lazy_tuple(item, depth + 1)) {
                 return false;
             }
@@ -386,7 +458,7 @@ unsafe fn lazy_tuple(obj: *mut ffi::PyObject, depth: u32) -> bool {
 ///
 /// # Safety
 /// `obj` must be a live `str` (or subclass) and the caller must be attached.
-#[cfg(not(Py_3_14))]
+#[cfg(all(not(Py_3_14), not(PyPy)))]
 #[inline(always)]
 unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
     // SAFETY: reads the state bits of a live `str`, attached.
@@ -401,7 +473,7 @@ unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
 ///
 /// # Safety
 /// As above.
-#[cfg(Py_3_14)]
+#[cfg(all(Py_3_14, not(PyPy)))]
 #[inline(always)]
 unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
     // SAFETY: `obj` is a live `str`, attached: its kind, data and length are
@@ -416,6 +488,97 @@ unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
             ffi::PyUnicode_GET_LENGTH(obj) as usize,
         )
         .is_ascii()
+    }
+}
+
+/// As above, on PyPy, whose `str` keeps no characters in CPython's layout: an
+/// ASCII string is one whose UTF-8 form (`PyUnicode_AsUTF8AndSize`, kept by
+/// the object for its lifetime) has every byte below 0x80.
+///
+/// # Safety
+/// As above.
+#[cfg(PyPy)]
+#[inline(always)]
+unsafe fn compact_ascii(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: `obj` is a live `str`, attached.
+    unsafe {
+        let mut len: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
+        if data.is_null() {
+            // Lone surrogates: not ASCII (and compared with Python).
+            ffi::PyErr_Clear();
+            return false;
+        }
+        #[allow(clippy::cast_sign_loss)]
+        bytes(data.cast::<u8>(), len as usize).is_ascii()
+    }
+}
+
+/// The characters of a `str` that [`compact_ascii`] accepted, which are its
+/// UTF-8 bytes: where they are and how many.
+///
+/// # Safety
+/// `obj` must be a live `str` that [`compact_ascii`] accepted, and the caller
+/// must be attached; the bytes live as long as `obj`.
+#[inline(always)]
+unsafe fn ascii_data(obj: *mut ffi::PyObject) -> (*const u8, usize) {
+    // SAFETY: as the caller guarantees: on CPython a compact ASCII `str`
+    // holds its length in bytes at its data; on PyPy its UTF-8 form, made by
+    // `compact_ascii`, is kept by the object.
+    #[allow(clippy::cast_sign_loss)]
+    unsafe {
+        #[cfg(not(PyPy))]
+        {
+            (
+                ffi::PyUnicode_DATA(obj).cast::<u8>().cast_const(),
+                ffi::PyUnicode_GET_LENGTH(obj) as usize,
+            )
+        }
+        #[cfg(PyPy)]
+        {
+            let mut len: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(obj, &raw mut len);
+            (data.cast::<u8>(), len as usize)
+        }
+    }
+}
+
+/// The number of items of a tuple: CPython's inline read, a call on PyPy
+/// (which has no such macro).
+///
+/// # Safety
+/// `obj` must be a live tuple and the caller must be attached.
+#[inline(always)]
+pub(crate) unsafe fn tuple_len(obj: *mut ffi::PyObject) -> ffi::Py_ssize_t {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        #[cfg(not(PyPy))]
+        {
+            ffi::PyTuple_GET_SIZE(obj)
+        }
+        #[cfg(PyPy)]
+        {
+            ffi::PyTuple_Size(obj)
+        }
+    }
+}
+
+/// Item `i` of a tuple, borrowed: as [`tuple_len`].
+///
+/// # Safety
+/// `obj` must be a live tuple, `i` below its length, and the caller attached.
+#[inline(always)]
+pub(crate) unsafe fn tuple_item(obj: *mut ffi::PyObject, i: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        #[cfg(not(PyPy))]
+        {
+            ffi::PyTuple_GET_ITEM(obj, i)
+        }
+        #[cfg(PyPy)]
+        {
+            ffi::PyTuple_GetItem(obj, i)
+        }
     }
 }
 
@@ -449,6 +612,7 @@ unsafe fn plain_scalar(obj: *mut ffi::PyObject) -> bool {
 /// # Safety
 /// `obj` must be a live object and the caller must be attached.
 #[inline]
+#[cfg_attr(PyPy, allow(dead_code))] // for `py/fast.rs`
 pub(crate) unsafe fn plain(obj: *mut ffi::PyObject) -> bool {
     // SAFETY: as the caller guarantees.
     unsafe { plain_scalar(obj) || lazy_tuple(obj, 0) }
@@ -475,14 +639,10 @@ unsafe fn eq_obj(stored: &Repr, stored_obj: *mut ffi::PyObject, obj: *mut ffi::P
         match stored {
             Repr::Tuple(items) if tuple => {
                 #[allow(clippy::cast_sign_loss)]
-                let n = ffi::PyTuple_GET_SIZE(obj) as usize;
+                let n = tuple_len(obj) as usize;
                 n == items.len()
                     && items.iter().zip(0..).all(|(item, i)| {
-                        eq_obj(
-                            item,
-                            ffi::PyTuple_GET_ITEM(stored_obj, i),
-                            ffi::PyTuple_GET_ITEM(obj, i),
-                        )
+                        eq_obj(item, tuple_item(stored_obj, i), tuple_item(obj, i))
                     })
             }
             // A tuple's representation is a tuple, and only a tuple's is.
@@ -533,13 +693,9 @@ pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
         }
         if ffi::PyUnicode_CheckExact(ptr) != 0 && compact_ascii(ptr) {
             let hash = str_hash(ptr);
-            #[allow(clippy::cast_sign_loss)]
             return (hash != -1).then(|| {
-                let data = ffi::PyUnicode_DATA(ptr).cast::<u8>().cast_const();
-                (
-                    hash,
-                    Repr::Str(data, ffi::PyUnicode_GET_LENGTH(ptr) as usize),
-                )
+                let (data, len) = ascii_data(ptr);
+                (hash, Repr::Str(data, len))
             });
         }
         None
@@ -550,6 +706,7 @@ pub(crate) fn common(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
 /// with the two most common shapes ([`common`]) read first; `None` for any
 /// other key (which takes the general path, where an error is raised).
 #[inline(always)]
+#[cfg_attr(PyPy, allow(dead_code))] // for `py/fast.rs`
 pub(crate) fn read_plain(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
     if let Some(described) = common(obj) {
         return Some(described);
@@ -583,8 +740,13 @@ pub(crate) fn read_plain(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
 /// `obj` must be a live exact `str` and the caller must be attached.
 #[inline(always)]
 unsafe fn str_hash(obj: *mut ffi::PyObject) -> isize {
+    // PyPy keeps no hash in a `PyASCIIObject`: ask it.
+    #[cfg(PyPy)]
+    // SAFETY: as the caller guarantees.
+    return unsafe { ffi::PyObject_Hash(obj) };
     // SAFETY: a `str` starts with `PyASCIIObject`, whose `hash` is a
     // `Py_hash_t` (an `isize`) that CPython reads and writes atomically.
+    #[cfg(not(PyPy))]
     unsafe {
         let cached = std::sync::atomic::AtomicIsize::from_ptr(
             (&raw mut (*obj.cast::<ffi::PyASCIIObject>()).hash).cast::<isize>(),
@@ -622,10 +784,10 @@ unsafe fn lazy_tuple_hash(obj: *mut ffi::PyObject, depth: u32) -> isize {
         if ffi::PyTuple_CheckExact(obj) == 0 || depth >= MAX_TUPLE_DEPTH {
             return -1;
         }
-        let n = ffi::PyTuple_GET_SIZE(obj);
+        let n = tuple_len(obj);
         let mut acc = PRIME_5;
         for i in 0..n {
-            let item = ffi::PyTuple_GET_ITEM(obj, i);
+            let item = tuple_item(obj, i);
             let tp = ffi::Py_TYPE(item);
             let lane = if tp == addr_of_mut!(ffi::PyUnicode_Type) {
                 if !compact_ascii(item) {
@@ -766,7 +928,8 @@ fn check_tuple_hash(py: Python<'_>) -> PyResult<()> {
 /// `obj` must be a live `int` (or subclass) and the caller must be attached.
 #[inline(always)]
 unsafe fn compact_int(obj: *mut ffi::PyObject) -> Option<i64> {
-    if !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
+    // PyPy's `int` has no CPython digits to read.
+    if cfg!(PyPy) || !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     // The digits follow the object's header: `ob_size` (a `PyVarObject`)
@@ -807,7 +970,7 @@ unsafe fn compact_int(obj: *mut ffi::PyObject) -> Option<i64> {
 /// `obj` must be a live `int` and the caller must be attached.
 #[cfg(not(Py_GIL_DISABLED))]
 unsafe fn u128_of(obj: *mut ffi::PyObject) -> Option<u128> {
-    if !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
+    if cfg!(PyPy) || !INT_LAYOUT.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     // SAFETY: as in `compact_int`: an int has as many digits as its size or
@@ -911,12 +1074,23 @@ fn or_none<T>(result: PyResult<T>, py: Python<'_>) -> PyResult<Option<T>> {
 fn as_native_number(obj: &Bound<'_, PyAny>) -> PyResult<Option<Repr>> {
     let py = obj.py();
     // SAFETY: reads the number slots of a live object's type.
+    #[cfg(not(PyPy))]
     let (index, float) = unsafe {
         let numbers = (*ffi::Py_TYPE(obj.as_ptr())).tp_as_number;
         if numbers.is_null() {
             return Ok(None);
         }
         ((*numbers).nb_index.is_some(), (*numbers).nb_float.is_some())
+    };
+    // PyPy: its type objects' slots are not the class's methods (see
+    // `same_method`); the methods are looked up instead.
+    #[cfg(PyPy)]
+    let (index, float) = {
+        let tp = obj.get_type();
+        (
+            tp.hasattr(pyo3::intern!(py, "__index__"))?,
+            tp.hasattr(pyo3::intern!(py, "__float__"))?,
+        )
     };
     let equal_int = |int: Bound<'_, PyAny>| -> PyResult<Option<Repr>> {
         // SAFETY: `int` is a live exact int and we are attached.
@@ -1162,7 +1336,7 @@ mod uuid {
         let Ok(class) = module.getattr(intern!(py, "UUID")) else {
             return false;
         };
-        #[cfg(not(Py_GIL_DISABLED))]
+        #[cfg(not(any(Py_GIL_DISABLED, PyPy)))]
         find_int_slot(&class);
         let ptr = class.clone().unbind().into_ptr();
         if UUID_TYPE
@@ -1185,12 +1359,12 @@ mod uuid {
     /// slot, a `__slots__` member), 0 if `UUID` does not keep it so. Read
     /// only on the GIL build, where a borrowed slot cannot be replaced while
     /// it is read (on the free-threaded build, `getattr` takes a reference).
-    #[cfg(not(Py_GIL_DISABLED))]
+    #[cfg(not(any(Py_GIL_DISABLED, PyPy)))]
     static INT_SLOT: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 
     /// Sets [`INT_SLOT`] from `UUID.__dict__["int"]` when it is a member
     /// descriptor of an object slot.
-    #[cfg(not(Py_GIL_DISABLED))]
+    #[cfg(not(any(Py_GIL_DISABLED, PyPy)))]
     fn find_int_slot(class: &Bound<'_, PyAny>) {
         let Ok(descr) = class
             .getattr(intern!(class.py(), "__dict__"))
@@ -1219,7 +1393,7 @@ mod uuid {
     /// anything else (which [`describe`] handles).
     #[inline]
     pub(super) fn read(obj: &Bound<'_, PyAny>) -> Option<(isize, Repr)> {
-        #[cfg(not(Py_GIL_DISABLED))]
+        #[cfg(not(any(Py_GIL_DISABLED, PyPy)))]
         {
             let tp = obj.get_type_ptr().cast::<ffi::PyObject>();
             if tp != UUID_TYPE.load(Ordering::Relaxed) {
@@ -1245,7 +1419,7 @@ mod uuid {
             };
             Some(of_value(value))
         }
-        #[cfg(Py_GIL_DISABLED)]
+        #[cfg(any(Py_GIL_DISABLED, PyPy))]
         {
             let _ = obj;
             None
