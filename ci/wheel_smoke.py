@@ -35,6 +35,8 @@ versions = {
 }
 assert f"{sys.version_info[0]}.{sys.version_info[1]}" in versions, versions
 assert versions == set(sys.argv[1].split(",")), (versions, sys.argv[1])
+implementation = "PyPy" if sys.implementation.name == "pypy" else "CPython"
+assert f"Programming Language :: Python :: Implementation :: {implementation}" in classifiers
 if free_threaded:
     assert not sys._is_gil_enabled(), "importing moka_py enabled the GIL"
-print(sys.version.split()[0], "free-threaded" if free_threaded else "GIL", "ok")
+print(implementation, sys.version.split()[0], "free-threaded" if free_threaded else "GIL", "ok")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the files a user installs, into dist/:
 #   - a release wheel for every CPython of TARGETS (ci/env.sh: 3.10, 3.11, 3.12, 3.13,
-#     free-threaded 3.13t and 3.14), linked by zig (`maturin build --zig`, ziglang from PyPI) against
+#     free-threaded 3.13t and 3.14) and for PyPy 3.11 (ci/python-pypy.sh), linked by zig (`maturin build --zig`, ziglang from PyPI) against
 #     glibc 2.17's symbols and tagged manylinux2014 (manylinux_2_17: RHEL/Alma 8, Amazon
 #     Linux 2, Ubuntu 20.04, Debian 11 and newer), which maturin's auditwheel check and then
 #     `auditwheel show` (PyPI) must both confirm;
@@ -25,7 +25,7 @@ rm -f dist/moka_py-*
 mkdir -p dist
 
 pythons=()
-for v in "${TARGETS[@]}"; do
+for v in "${TARGETS[@]}" pypy3.11; do
     target_python "$v" && pythons+=("$TARGET_PY")
 done
 
