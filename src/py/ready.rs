@@ -36,8 +36,9 @@ impl Ready {
     }
 }
 
-/// `am_send` (CPython; PyPy drives `await` through `__await__` and `__next__`): how `await` (on 3.10 and 3.11) and `PyIter_Send` drive an
+/// `am_send`: how `await` (on 3.10 and 3.11) and `PyIter_Send` drive an
 /// awaitable without an exception: the result comes back as a return value.
+/// CPython only: PyPy drives `await` through `__await__` and `__next__`.
 #[cfg(not(PyPy))]
 unsafe extern "C" fn send(
     iter: *mut ffi::PyObject,
